@@ -253,8 +253,10 @@ export function wrapUnary<Request, Response>(
     }
     pending.then(
       (response) => {
+        // An answer after the client has gone is dropped by grpc-js; record what the client saw.
+        const code = call.cancelled ? goneCode(ctx) : status.OK;
         callback(null, response);
-        finishCall(options, ctx, { code: status.OK, durationMs: performance.now() - started });
+        finishCall(options, ctx, { code, durationMs: performance.now() - started });
       },
       (err: unknown) => {
         const answer = failure(err, call, ctx);
