@@ -9,11 +9,11 @@
  */
 
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { InternalError } from '../errors.js';
+import { packageRoot } from '../version.js';
 import type { ProtoGrpcType } from './generated/api.js';
 import type {
   ImageServiceClient,
@@ -55,30 +55,17 @@ export interface CriDefinitions {
 let cached: CriDefinitions | undefined;
 
 /**
- * Finds proto/api.proto by walking up from this module to the package root (the first
- * directory with a package.json). The module runs from src/cri/ under vitest and from
- * dist/src/cri/ when compiled, so a fixed relative path would be right in only one of them.
+ * proto/api.proto inside the package. The module runs from src/cri/ under vitest and from
+ * dist/src/cri/ when compiled, so the package root is found by walking up (src/version.ts).
  */
-export function findProtoPath(startDir: string = dirname(fileURLToPath(import.meta.url))): string {
-  let dir = startDir;
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) {
-      const candidate = join(dir, PROTO_RELATIVE_PATH);
-      if (existsSync(candidate)) return candidate;
-      throw new InternalError(
-        `package root ${dir} has no ${PROTO_RELATIVE_PATH}; reinstall rootless-cri or check that ` +
-          `the proto directory was shipped with the package`,
-      );
-    }
-    const parent = dirname(dir);
-    if (parent === dir) {
-      throw new InternalError(
-        `no package.json found above ${startDir}, so ${PROTO_RELATIVE_PATH} cannot be located; ` +
-          `run rootless-cri from its installed package directory`,
-      );
-    }
-    dir = parent;
+export function findProtoPath(startDir?: string): string {
+  const candidate = join(packageRoot(startDir), PROTO_RELATIVE_PATH);
+  if (!existsSync(candidate)) {
+    throw new InternalError(
+      `${candidate} is missing; reinstall rootless-cri or check that the proto directory was shipped with the package`,
+    );
   }
+  return candidate;
 }
 
 /** Loads (once) and returns the CRI service definitions and the grpc package object. */

@@ -3,11 +3,9 @@
  * about itself. The facts come from narrow interfaces the composition root (src/daemon.ts)
  * builds, so these handlers are tested with fakes.
  */
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { describeError, InternalError, InvalidArgumentError } from '../errors.js';
+import { describeError, InvalidArgumentError } from '../errors.js';
+import { packageVersion } from '../version.js';
 import type { RuntimeHandlers } from './server.js';
 
 export const RUNTIME_NAME = 'rootless-cri';
@@ -46,37 +44,6 @@ export type RuntimeInfoHandlers = Pick<
   RuntimeHandlers,
   'Version' | 'Status' | 'RuntimeConfig' | 'UpdateRuntimeConfig'
 >;
-
-let packageVersion: string | undefined;
-
-/** The version field of rootless-cri's package.json, found by walking up from this module (src/ or dist/src/). */
-export function readPackageVersion(startDir: string = dirname(fileURLToPath(import.meta.url))): string {
-  if (packageVersion !== undefined) return packageVersion;
-  let dir = startDir;
-  for (;;) {
-    try {
-      const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
-        name?: unknown;
-        version?: unknown;
-      };
-      if (manifest.name === RUNTIME_NAME && typeof manifest.version === 'string') {
-        packageVersion = manifest.version;
-        return packageVersion;
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        throw new InternalError(`cannot read ${join(dir, 'package.json')}; reinstall rootless-cri`, {
-          cause: err,
-        });
-      }
-    }
-    const parent = dirname(dir);
-    if (parent === dir) {
-      throw new InternalError(`no package.json of ${RUNTIME_NAME} above ${startDir}; reinstall rootless-cri`);
-    }
-    dir = parent;
-  }
-}
 
 /**
  * Checks a pod CIDR list as kubelet sends it ("10.88.0.0/16" or, dual-stack,
@@ -127,7 +94,7 @@ export function createRuntimeInfoHandlers(deps: RuntimeInfoDependencies): Runtim
     Version: async () => ({
       version: KUBELET_API_VERSION,
       runtime_name: RUNTIME_NAME,
-      runtime_version: deps.runtimeVersion ?? readPackageVersion(),
+      runtime_version: deps.runtimeVersion ?? packageVersion(),
       runtime_api_version: RUNTIME_API_VERSION,
     }),
 

@@ -251,11 +251,11 @@ describe('findProtoPath', () => {
   it('says what is wrong when the package root has no proto file', () => {
     const packageRoot = mkdtempSync(join(tmpdir(), 'proto-path-'));
     try {
-      writeFileSync(join(packageRoot, 'package.json'), '{}');
+      writeFileSync(join(packageRoot, 'package.json'), '{"name":"rootless-cri","version":"0.0.0"}');
       mkdirSync(join(packageRoot, 'dist', 'src', 'cri'), { recursive: true });
       expect(() => findProtoPath(join(packageRoot, 'dist', 'src', 'cri'))).toThrow(InternalError);
       expect(() => findProtoPath(join(packageRoot, 'dist', 'src', 'cri'))).toThrow(
-        /has no proto\/api\.proto/,
+        /proto\/api\.proto is missing/,
       );
     } finally {
       rmSync(packageRoot, { recursive: true, force: true });

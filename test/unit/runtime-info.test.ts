@@ -9,11 +9,11 @@ import {
   createRuntimeInfoHandlers,
   parsePodCidrs,
   type RuntimeInfoHandlers,
-  readPackageVersion,
 } from '../../src/cri/runtime-info.js';
 import { type CriServer, createCriServer } from '../../src/cri/server.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
+import { packageVersion as readInstalledVersion } from '../../src/version.js';
 import { FakePodCidrSetting, FakeRuntimeHealth } from '../fakes/fake-runtime-health.js';
 import { CriClient, grpcCode } from '../harness/cri-client.js';
 
@@ -45,7 +45,7 @@ describe('runtime info handlers', () => {
   });
 
   it('Version reports the package version', async () => {
-    expect(readPackageVersion()).toBe(packageVersion);
+    expect(readInstalledVersion()).toBe(packageVersion);
     const version = await handlers.Version({ version: '' }, testContext('Version'));
     expect(version.runtime_version).toBe(packageVersion);
     expect(version.runtime_name).toBe('rootless-cri');

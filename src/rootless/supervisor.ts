@@ -1,0 +1,167 @@
+/**
+ * `rootless-cri serve` on the host: find or start the node, then run the daemon inside it
+ * (nsenter into every node namespace) and stay as its supervisor: forward signals, record the
+ * daemon's host pid for `rootless-cri stop`, and exit with the daemon's status.
+ *
+ * The node outlives the daemon on purpose: `kill -9` of the daemon, then `serve` again, rejoins
+ * the same node (same user namespace) with every pod still running.
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { FailedPreconditionError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { preflightSocket } from '../socket-file.js';
+import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from './cgroup-delegation.js';
+import {
+  findNode,
+  type NodeHandle,
+  type NodeOptions,
+  nsenterArgs,
+  sleep,
+  startNode,
+  withSbin,
+} from './node.js';
+
+export interface SupervisorOptions {
+  runDir: string;
+  socket: string;
+  node: NodeOptions;
+  /** The command that runs the daemon once inside the node, e.g. [node, cli.js, serve, --in-node, ...]. */
+  daemonCommand: string[];
+  nsenter?: string;
+}
+
+export function pidFilePath(runDir: string): string {
+  return path.join(runDir, 'rootless-cri.pid');
+}
+
+export async function readPidFile(runDir: string): Promise<number | null> {
+  const text = await readFile(pidFilePath(runDir), 'utf8').catch(() => null);
+  const pid = text ? Number(text.trim()) : Number.NaN;
+  return Number.isInteger(pid) && pid > 1 ? pid : null;
+}
+
+export async function writePidFile(runDir: string, pid: number): Promise<void> {
+  const file = pidFilePath(runDir);
+  const tmp = `${file}.${process.pid}.tmp`;
+  await writeFile(tmp, `${pid}\n`, { mode: 0o600 });
+  await rename(tmp, file);
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Finds or starts the node and returns it. */
+export async function ensureNode(options: NodeOptions, logger: Logger): Promise<NodeHandle> {
+  const existing = await findNode(options.stateDir, options.cgroupSubtree);
+  if (existing) {
+    logger.info(
+      { childPid: existing.childPid, userns: existing.userNamespace },
+      'joining the running rootless node',
+    );
+    return existing;
+  }
+  return startNode(options, logger);
+}
+
+async function childOf(pid: number): Promise<number | null> {
+  const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
+  const first = Number(text.trim().split(/\s+/)[0]);
+  return Number.isInteger(first) && first > 1 ? first : null;
+}
+
+export async function superviseDaemon(options: SupervisorOptions, logger: Logger): Promise<number> {
+  await mkdir(options.runDir, { recursive: true, mode: 0o700 });
+  const running = await readPidFile(options.runDir);
+  if (running && processAlive(running)) {
+    throw new FailedPreconditionError(
+      `rootless-cri is already running (pid ${running}); stop it first with \`rootless-cri stop\``,
+    );
+  }
+  // A bad socket path or a live daemon on it must fail before a node is started or joined.
+  await preflightSocket(options.socket, logger);
+  const node = await ensureNode(options.node, logger);
+  if (node.cgroupDir) {
+    const daemonCgroup = path.join(node.cgroupDir, DAEMON_CGROUP_NAME);
+    try {
+      await ensureCgroup(daemonCgroup);
+      await moveProcess(daemonCgroup, process.pid);
+    } catch (err) {
+      logger.warn({ err, cgroup: daemonCgroup }, 'could not move the daemon into its cgroup; continuing');
+    }
+  }
+
+  const [cmd, ...args] = options.daemonCommand;
+  const child = spawn(options.nsenter ?? 'nsenter', [...nsenterArgs(node.childPid), cmd!, ...args], {
+    stdio: 'inherit',
+    env: {
+      ...process.env,
+      PATH: withSbin(process.env.PATH),
+      ROOTLESSKIT_STATE_DIR: node.stateDir,
+      ROOTLESS_CRI_IN_NODE: '1',
+    },
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+
+  // nsenter forks once to enter the pid namespace: the daemon is its child.
+  let daemonPid: number | null = null;
+  for (let i = 0; i < 200 && daemonPid === null && child.exitCode === null; i++) {
+    daemonPid = child.pid ? await childOf(child.pid) : null;
+    if (daemonPid === null) await sleep(10);
+  }
+  if (daemonPid !== null) await writePidFile(options.runDir, daemonPid);
+
+  const forward = (sig: NodeJS.Signals) => {
+    const target = daemonPid ?? child.pid;
+    if (target) {
+      try {
+        process.kill(target, sig);
+      } catch {
+        // already gone
+      }
+    }
+  };
+  const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+  for (const s of signals) process.on(s, forward);
+
+  const { code, signal } = await exited;
+  for (const s of signals) process.off(s, forward);
+  if (daemonPid !== null && (await readPidFile(options.runDir)) === daemonPid) {
+    await rm(pidFilePath(options.runDir), { force: true });
+  }
+  if (signal) {
+    logger.warn({ signal }, 'the daemon was killed by a signal; the node keeps running');
+    return 128 + (signalNumber(signal) ?? 0);
+  }
+  return code ?? 1;
+}
+
+function signalNumber(sig: NodeJS.Signals): number | undefined {
+  const numbers: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
+  return numbers[sig];
+}
+
+/** Stops the daemon whose pid file is in runDir; true if one was running. */
+export async function stopDaemon(runDir: string, timeoutMs = 15_000): Promise<boolean> {
+  const pid = await readPidFile(runDir);
+  if (!pid || !processAlive(pid)) {
+    await rm(pidFilePath(runDir), { force: true });
+    return false;
+  }
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline && processAlive(pid)) await sleep(50);
+  if (processAlive(pid)) process.kill(pid, 'SIGKILL');
+  while (processAlive(pid)) await sleep(20);
+  await rm(pidFilePath(runDir), { force: true });
+  return true;
+}
