@@ -1,0 +1,177 @@
+#!/usr/bin/env node
+/**
+ * rootless-cri command line:
+ *   serve [--in-node]        run the daemon (joining or starting the rootless node)
+ *   doctor [--json]          check the host and say what is missing
+ *   enter -- CMD...          run CMD as uid 0 inside the node namespaces (like `podman unshare`)
+ *   stop [--all]             stop the daemon; --all also tears the node down
+ *   version                  print the version
+ * Global flags: --config FILE, --root-dir DIR, --run-dir DIR, --socket PATH, --log-level LEVEL
+ */
+import { spawn } from 'node:child_process';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { type Config, type ConfigOverrides, loadConfig } from './config.js';
+import { runDaemon } from './daemon.js';
+import { CriError, describeError } from './errors.js';
+import { createLogger, type Logger } from './log.js';
+import { formatDoctorReport, runDoctor } from './rootless/doctor.js';
+import { RealHostProbe } from './rootless/host-probe.js';
+import { findNode, inUserNamespace, nsenterArgs, stopNode, withSbin } from './rootless/node.js';
+import { stopDaemon, superviseDaemon } from './rootless/supervisor.js';
+import { packageVersion } from './version.js';
+
+const USAGE = `usage: rootless-cri [global flags] COMMAND
+
+commands:
+  serve             run the CRI daemon inside the rootless node (starting the node if needed)
+  doctor [--json]   check this host for everything rootless-cri needs; exit 0 only when all is there
+  enter -- CMD...   run CMD as uid 0 inside the node namespaces (like \`podman unshare\`)
+  stop [--all]      stop the daemon; --all also stops the node and every pod in it
+  version           print the version
+
+global flags:
+  --config FILE       TOML config (default $XDG_CONFIG_HOME/rootless-cri/config.toml if present)
+  --root-dir DIR      persistent state (default $XDG_DATA_HOME/rootless-cri)
+  --run-dir DIR       runtime state (default $XDG_RUNTIME_DIR/rootless-cri)
+  --socket PATH       gRPC socket (default <run-dir>/rootless-cri.sock)
+  --log-level LEVEL   trace, debug, info, warn, error
+`;
+
+const GLOBAL_OPTIONS = {
+  config: { type: 'string' },
+  'root-dir': { type: 'string' },
+  'run-dir': { type: 'string' },
+  socket: { type: 'string' },
+  'log-level': { type: 'string' },
+  'in-node': { type: 'boolean' },
+  json: { type: 'boolean' },
+  all: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+async function main(argv: string[]): Promise<number> {
+  const dashDash = argv.indexOf('--');
+  const own = dashDash >= 0 ? argv.slice(0, dashDash) : argv;
+  const rest = dashDash >= 0 ? argv.slice(dashDash + 1) : [];
+  const { values, positionals } = parseArgs({ args: own, options: GLOBAL_OPTIONS, allowPositionals: true });
+  const command = positionals[0];
+  if (values.help || !command) {
+    process.stdout.write(USAGE);
+    return command || values.help ? 0 : 2;
+  }
+  if (command === 'version') {
+    process.stdout.write(`rootless-cri ${packageVersion()}\nCRI API: v1\n`);
+    return 0;
+  }
+  const overrides: ConfigOverrides = {};
+  if (values['root-dir']) overrides.root_dir = values['root-dir'];
+  if (values['run-dir']) overrides.run_dir = values['run-dir'];
+  if (values.socket) overrides.socket = values.socket;
+  if (values['log-level']) overrides.log_level = values['log-level'] as ConfigOverrides['log_level'];
+  const config = loadConfig({ file: values.config, overrides });
+  const logger = createLogger({ level: config.logLevel });
+  switch (command) {
+    case 'serve':
+      return serve(config, logger, own, Boolean(values['in-node']));
+    case 'doctor': {
+      const report = await runDoctor(config, new RealHostProbe());
+      process.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatDoctorReport(report));
+      return report.ok ? 0 : 1;
+    }
+    case 'enter':
+      return enter(config, rest);
+    case 'stop':
+      return stop(config, logger, Boolean(values.all));
+    default:
+      process.stderr.write(`rootless-cri: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+async function serve(config: Config, logger: Logger, ownArgs: string[], inNode: boolean): Promise<number> {
+  const alreadyInNode = inNode || Boolean(process.env.ROOTLESSKIT_STATE_DIR) || (await inUserNamespace());
+  if (alreadyInNode) return runDaemon(config, logger);
+  const cli = realpathSync(fileURLToPath(import.meta.url));
+  const passArgs = ownArgs.filter((a) => a !== 'serve');
+  return superviseDaemon(
+    {
+      runDir: config.runDir,
+      socket: config.socket,
+      node: nodeOptions(config),
+      daemonCommand: [process.execPath, cli, 'serve', '--in-node', ...passArgs],
+      nsenter: config.node.nsenter,
+    },
+    logger,
+  );
+}
+
+function nodeOptions(config: Config) {
+  return {
+    stateDir: config.node.stateDir,
+    rootlesskit: config.node.rootlesskit,
+    mtu: config.node.slirp4netnsMtu,
+    portDriver: config.node.portDriver,
+    copyUp: config.node.copyUp,
+    disableHostLoopback: config.node.disableHostLoopback,
+    cgroupSubtree: config.cgroup.subtree,
+    logFile: `${config.runDir}/node.log`,
+  };
+}
+
+async function enter(config: Config, command: string[]): Promise<number> {
+  if (command.length === 0) {
+    process.stderr.write('rootless-cri enter: give the command after --, e.g. `rootless-cri enter -- sh`\n');
+    return 2;
+  }
+  const node = await findNode(config.node.stateDir, config.cgroup.subtree);
+  if (!node) {
+    process.stderr.write(
+      `rootless-cri enter: no rootless node is running (state dir ${config.node.stateDir}); start one with \`rootless-cri serve\`\n`,
+    );
+    return 1;
+  }
+  const child = spawn(
+    config.node.nsenter,
+    [...nsenterArgs(node.childPid, { workdir: process.cwd() }), ...command],
+    {
+      stdio: 'inherit',
+      env: { ...process.env, PATH: withSbin(process.env.PATH) },
+    },
+  );
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => child.kill(s));
+  return new Promise((resolve) => {
+    child.once('error', (err) => {
+      process.stderr.write(`rootless-cri enter: ${err.message}\n`);
+      resolve(127);
+    });
+    child.once('exit', (code, signal) => resolve(signal ? 128 + 9 : (code ?? 1)));
+  });
+}
+
+async function stop(config: Config, logger: Logger, all: boolean): Promise<number> {
+  const stopped = await stopDaemon(config.runDir);
+  process.stdout.write(stopped ? 'rootless-cri daemon stopped\n' : 'rootless-cri daemon was not running\n');
+  if (all) {
+    const node = await findNode(config.node.stateDir, config.cgroup.subtree);
+    if (node) {
+      await stopNode(node, logger);
+      process.stdout.write('rootless node stopped\n');
+    } else {
+      process.stdout.write('no rootless node was running\n');
+    }
+  }
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const kind = err instanceof CriError ? `${err.kind}: ` : '';
+    process.stderr.write(`rootless-cri: ${kind}${describeError(err)}\n`);
+    process.exitCode = 1;
+  },
+);
