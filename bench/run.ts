@@ -1,0 +1,91 @@
+/**
+ * `npm run bench`: figures as ratios against a floor measured in the same run.
+ *
+ * rpc: Version round trip over a unix socket, sequential, through the real rootless-cri server
+ * (edge adapter, request ids, logging, metrics) vs a bare grpc-js server answering the same
+ * RPC. Each server runs in its own process; rounds alternate (bare, cri, bare, cri, ...) so
+ * machine noise hits both alike.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CriClient } from '../test/harness/cri-client.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const CALLS = Number(process.env.BENCH_RPC_CALLS ?? 10_000);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const WARMUP = 1_000;
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[idx]!;
+}
+
+async function startServer(mode: 'cri' | 'bare', socket: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [path.join(here, 'grpc-server.js'), mode, socket], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      if (d.toString().includes('ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`${mode} server exited with ${code}`)));
+  });
+  return child;
+}
+
+async function measure(socket: string, calls: number): Promise<number[]> {
+  const client = new CriClient(socket);
+  try {
+    for (let i = 0; i < WARMUP; i++) await client.runtime('Version', {});
+    const samples: number[] = new Array(calls);
+    for (let i = 0; i < calls; i++) {
+      const t0 = process.hrtime.bigint();
+      await client.runtime('Version', {});
+      samples[i] = Number(process.hrtime.bigint() - t0) / 1000; // µs
+    }
+    return samples;
+  } finally {
+    client.close();
+  }
+}
+
+async function benchRpc(): Promise<void> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'rcri-bench-'));
+  const all: Record<'cri' | 'bare', number[]> = { cri: [], bare: [] };
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const mode of ['bare', 'cri'] as const) {
+        const socket = path.join(dir, `${mode}-${round}.sock`);
+        const server = await startServer(mode, socket);
+        try {
+          all[mode].push(...(await measure(socket, Math.ceil(CALLS / ROUNDS))));
+        } finally {
+          server.kill('SIGTERM');
+          await new Promise((r) => server.once('exit', r));
+        }
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  const stats = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99) };
+  };
+  const cri = stats(all.cri);
+  const bare = stats(all.bare);
+  const fmt = (x: number) => `${x.toFixed(0)} µs`;
+  console.log('rpc: Version round trip over a unix socket (sequential)');
+  console.log(`  rootless-cri  n=${cri.n}  p50 ${fmt(cri.p50)}  p99 ${fmt(cri.p99)}`);
+  console.log(`  bare grpc-js  n=${bare.n}  p50 ${fmt(bare.p50)}  p99 ${fmt(bare.p99)}`);
+  console.log(
+    `  ratio rootless-cri / bare: p50 ${(cri.p50 / bare.p50).toFixed(2)}x  p99 ${(cri.p99 / bare.p99).toFixed(2)}x  (aim: <= 1.3x)`,
+  );
+}
+
+const only = process.argv[2];
+if (!only || only === 'rpc') await benchRpc();

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Everything CI runs (`make test`, called by .ci/run). As root on a fresh Debian 12 machine:
+# prepare the host, install crictl/critest, build, lint, then run every test suite as the
+# unprivileged test user's daemon. Ends with one line "N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+TEST_USER=${ROOTLESS_CRI_TEST_USER:-rcri-test}
+APP=/opt/rootless-cri-test/app
+REPORT_DIR=${ROOTLESS_CRI_REPORT_DIR:-$repo/.work/reports}
+mkdir -p "$REPORT_DIR"
+
+step() { printf '\n=== %s\n' "$*"; }
+die() { echo "run-all: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "make test must run as root: it prepares the host and creates the test user"
+
+step "install: host setup, test user $TEST_USER, crictl/critest, build, app copy in $APP"
+bash deploy/install.sh --user "$TEST_USER" --app-dir "$APP" || die "deploy/install.sh failed"
+export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER
+
+lint_failed=0
+step "lint (biome) and type check"
+npx biome check . || lint_failed=1
+npx tsc -p tsconfig.json --noEmit || lint_failed=1
+
+step "vitest: unit, integration and conformance suites"
+npx vitest run --reporter=default --reporter=json --outputFile.json="$REPORT_DIR/vitest.json"
+vitest_rc=$?
+
+node - "$REPORT_DIR/vitest.json" "$lint_failed" "$vitest_rc" <<'JS'
+const [file, lintFailed, rc] = process.argv.slice(2);
+let passed = 0, failed = 0, skipped = 0;
+try {
+  const r = JSON.parse(require('fs').readFileSync(file, 'utf8'));
+  passed = r.numPassedTests; failed = r.numFailedTests;
+  skipped = (r.numPendingTests || 0) + (r.numTodoTests || 0);
+  // A suite that failed to load counts as a failure even when no test in it ran.
+  failed += (r.testResults || []).filter((t) => t.status === 'failed' && (t.assertionResults || []).length === 0).length;
+} catch (e) {
+  console.error(`run-all: no vitest report (${e.message})`);
+  failed += 1;
+}
+if (lintFailed === '1') { console.error('run-all: lint or type check failed'); failed += 1; } else passed += 1;
+if (rc !== '0' && failed === 0) failed = 1;
+console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
+process.exitCode = failed > 0 ? 1 : 0;
+JS
