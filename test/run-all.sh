@@ -22,7 +22,7 @@ export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER
 lint_failed=0
 step "lint (biome) and type check"
 npx biome check . || lint_failed=1
-npx tsc -p tsconfig.json --noEmit || lint_failed=1
+npx tsc -p tsconfig.check.json || lint_failed=1
 
 step "vitest: unit, integration and conformance suites"
 npx vitest run --reporter=default --reporter=json --outputFile.json="$REPORT_DIR/vitest.json"

@@ -2,7 +2,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Config, loadConfig } from '../../src/config.js';
+import { type Config, type ConfigOverrides, loadConfig } from '../../src/config.js';
 import {
   type DoctorCheck,
   type DoctorReport,
@@ -54,7 +54,7 @@ const ALL_CHECK_IDS = [
   'run-dir',
 ];
 
-function config(overrides: Parameters<typeof loadConfig>[0]['overrides'] = {}): Config {
+function config(overrides: ConfigOverrides = {}): Config {
   return loadConfig({ env: ENV, uid: 1000, overrides });
 }
 

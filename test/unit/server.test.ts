@@ -9,6 +9,7 @@ import { ReadinessGate } from '../../src/cri/edge.js';
 import { loadCriDefinitions } from '../../src/cri/proto.js';
 import { createRuntimeInfoHandlers } from '../../src/cri/runtime-info.js';
 import {
+  type CriHandlers,
   type CriServer,
   createCriServer,
   MAX_MESSAGE_BYTES,
@@ -42,7 +43,7 @@ let root: string;
 const servers: CriServer[] = [];
 const clients: CriClient[] = [];
 
-function newServer(handlers = runtimeInfo()): CriServer {
+function newServer(handlers: CriHandlers = runtimeInfo()): CriServer {
   const server = createCriServer({ logger: silentLogger(), readiness: openGate(), handlers });
   servers.push(server);
   return server;
