@@ -1,0 +1,336 @@
+import { type ChildProcessByStdio, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import * as zlib from 'node:zlib';
+import {
+  CancelledError,
+  CriError,
+  FailedPreconditionError,
+  InternalError,
+  InvalidArgumentError,
+  ResourceExhaustedError,
+  UnimplementedError,
+} from '../errors.js';
+import { MEDIA_TYPE } from './media-types.js';
+
+/**
+ * Unpacks one layer blob into an empty directory with the native helper
+ * (native/layer-unpack.c), which does every filesystem write relative to fds resolved with
+ * openat2(RESOLVE_IN_ROOT): Node has no such API, and a path-string untar is exactly how
+ * the CVEs in the security reference (section A, catalog rows 1–11) happened. This module only decompresses,
+ * hashes (diff_id) and pipes the tar stream, then turns the helper's JSON report into an
+ * error kind. Any failure removes the partial directory.
+ */
+
+export interface LayerUnpackLimits {
+  /** Uncompressed tar bytes (decompression bombs stop here). */
+  maxBytes: number;
+  maxEntries: number;
+  /** Path components per entry name. */
+  maxDepth: number;
+}
+
+export const DEFAULT_LAYER_UNPACK_LIMITS: LayerUnpackLimits = {
+  maxBytes: 16 * 1024 ** 3,
+  maxEntries: 1_000_000,
+  maxDepth: 256,
+};
+
+/** The IDs the helper may chown to, as seen where it runs (inside the node's user namespace). */
+export interface LayerIdMap {
+  uidMax: number;
+  gidMax: number;
+  /** When set, IDs above the range become this ID instead of failing the unpack. */
+  squashTo?: number;
+}
+
+export type HelperProcess = ChildProcessByStdio<Writable, Readable, Readable>;
+
+/**
+ * Starts the helper. The daemon runs inside the node's user namespace already, so a plain
+ * spawn makes the helper uid 0 there; tests wrap it (e.g. `unshare --user`).
+ */
+export type HelperRunner = (command: string, args: readonly string[]) => HelperProcess;
+
+export const spawnRunner: HelperRunner = (command, args) =>
+  spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+
+/** Runs the helper behind a command prefix, e.g. `['unshare', '--user', '--map-root-user']`. */
+export function prefixRunner(prefix: readonly string[]): HelperRunner {
+  if (prefix.length === 0) return spawnRunner;
+  return (command, args) => spawnRunner(prefix[0]!, [...prefix.slice(1), command, ...args]);
+}
+
+export interface UnpackLayerOptions {
+  blobPath: string;
+  /** Blob digest, used in messages. */
+  layerDigest: string;
+  mediaType: string;
+  destDir: string;
+  limits?: LayerUnpackLimits;
+  idMap: LayerIdMap;
+  /** Expected digest of the uncompressed tar (the config's rootfs.diff_ids entry). */
+  diffId?: string;
+  signal?: AbortSignal;
+  runner?: HelperRunner;
+  helperPath?: string;
+}
+
+export interface UnpackLayerResult {
+  entries: number;
+  /** Uncompressed tar bytes read. */
+  bytes: number;
+  diffId: string;
+  warnings: string[];
+}
+
+type Compression = 'none' | 'gzip' | 'zstd';
+
+const COMPRESSION_BY_MEDIA_TYPE: ReadonlyMap<string, Compression> = new Map([
+  [MEDIA_TYPE.ociLayer, 'none'],
+  [MEDIA_TYPE.ociLayerNondistributable, 'none'],
+  [MEDIA_TYPE.ociLayerGzip, 'gzip'],
+  [MEDIA_TYPE.ociLayerNondistributableGzip, 'gzip'],
+  [MEDIA_TYPE.dockerLayerGzip, 'gzip'],
+  [MEDIA_TYPE.dockerLayerForeignGzip, 'gzip'],
+  [MEDIA_TYPE.ociLayerZstd, 'zstd'],
+  [MEDIA_TYPE.ociLayerNondistributableZstd, 'zstd'],
+]);
+
+const STDERR_CAP = 16 * 1024;
+const STDOUT_CAP = 64 * 1024;
+
+/** Where `npm run build` puts the helper, from src/image (tsx/vitest) or dist/src/image. */
+export function defaultHelperPath(): string {
+  const candidates = ['../../native/build/layer-unpack', '../../../native/build/layer-unpack'].map((p) =>
+    fileURLToPath(new URL(p, import.meta.url)),
+  );
+  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
+}
+
+function decompressorFor(compression: Compression, options: UnpackLayerOptions): Transform | undefined {
+  if (compression === 'none') return undefined;
+  if (compression === 'gzip') return zlib.createGunzip();
+  // node:zlib gained zstd in Node 22.15; Node 20 has none, and no dependency is allowed for it.
+  const createZstd = (zlib as unknown as { createZstdDecompress?: () => Transform }).createZstdDecompress;
+  if (typeof createZstd === 'function') return createZstd();
+  throw new UnimplementedError(
+    `layer ${options.layerDigest} is zstd-compressed (${options.mediaType}) and this Node.js ${process.version} ` +
+      'has no zstd decompressor; use Node.js >= 22.15 or an image with gzip layers',
+  );
+}
+
+function helperArgs(options: UnpackLayerOptions): string[] {
+  const limits = options.limits ?? DEFAULT_LAYER_UNPACK_LIMITS;
+  const { idMap } = options;
+  // (uid_t)-1 means "leave unchanged" to chown, so the largest usable ID is one below it.
+  const ID_MAX = 0xfffffffe;
+  const numbers: [string, number, number][] = [
+    ['maxBytes', limits.maxBytes, Number.MAX_SAFE_INTEGER],
+    ['maxEntries', limits.maxEntries, Number.MAX_SAFE_INTEGER],
+    ['maxDepth', limits.maxDepth, 4096],
+    ['uidMax', idMap.uidMax, ID_MAX],
+    ['gidMax', idMap.gidMax, ID_MAX],
+  ];
+  if (idMap.squashTo !== undefined) numbers.push(['squashTo', idMap.squashTo, ID_MAX]);
+  for (const [name, value, max] of numbers) {
+    if (!Number.isSafeInteger(value) || value < 0 || value > max) {
+      throw new InvalidArgumentError(
+        `layer unpack ${name} must be an integer from 0 to ${max}, got ${value}`,
+      );
+    }
+  }
+  const args = [
+    `--max-bytes=${limits.maxBytes}`,
+    `--max-entries=${limits.maxEntries}`,
+    `--max-depth=${limits.maxDepth}`,
+    `--uid-max=${idMap.uidMax}`,
+    `--gid-max=${idMap.gidMax}`,
+    '--whiteout-format=overlay',
+  ];
+  if (idMap.squashTo !== undefined) args.push(`--squash-ids=${idMap.squashTo}`);
+  return [...args, options.destDir];
+}
+
+interface HelperReport {
+  ok: boolean;
+  entries?: number;
+  bytes?: number;
+  warnings?: string[];
+  kind?: string;
+  errno?: string;
+  error?: string;
+}
+
+function parseReport(stdout: string): HelperReport | undefined {
+  const line = stdout.trim().split('\n').pop();
+  if (!line) return undefined;
+  try {
+    const value: unknown = JSON.parse(line);
+    return typeof value === 'object' && value !== null && 'ok' in value ? (value as HelperReport) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function reportError(report: HelperReport, options: UnpackLayerOptions): CriError {
+  const layer = `layer ${options.layerDigest}`;
+  const why = report.error ?? 'unknown error';
+  switch (report.kind) {
+    case 'invalid_archive':
+      return new InvalidArgumentError(`${layer} is not a valid tar: ${why}`);
+    case 'id_range':
+      return new InvalidArgumentError(`${layer} cannot be unpacked: ${why}`);
+    case 'limit':
+      return new ResourceExhaustedError(
+        `${layer} exceeds an unpack limit: ${why}; raise the image unpack limits only for trusted images`,
+      );
+    default:
+      if (report.errno === 'ENOSPC' || report.errno === 'EDQUOT') {
+        return new ResourceExhaustedError(
+          `${layer} cannot be unpacked: ${why}; free space on the image store`,
+        );
+      }
+      return new InternalError(`${layer} cannot be unpacked: ${why}`);
+  }
+}
+
+/**
+ * Decompresses, verifies and unpacks one layer into `destDir`, which must not exist yet
+ * (its parent is created). On any error `destDir` is removed again.
+ */
+export async function unpackLayer(options: UnpackLayerOptions): Promise<UnpackLayerResult> {
+  const compression = COMPRESSION_BY_MEDIA_TYPE.get(options.mediaType);
+  if (compression === undefined) {
+    throw new InvalidArgumentError(
+      `layer ${options.layerDigest} has unsupported media type ${JSON.stringify(options.mediaType.slice(0, 200))}`,
+    );
+  }
+  const args = helperArgs(options);
+  const decompressor = decompressorFor(compression, options);
+  throwIfAborted(options.signal);
+  // Created here, never reused: the directory removed on failure is always one we made.
+  await mkdir(dirname(options.destDir), { recursive: true });
+  try {
+    await mkdir(options.destDir);
+  } catch (err) {
+    throw new FailedPreconditionError(`cannot unpack ${options.layerDigest} into ${options.destDir}`, {
+      cause: err,
+    });
+  }
+  try {
+    return await runHelper(options, args, decompressor);
+  } catch (err) {
+    // fs.rm does not follow symlinks, so a hostile partial layer cannot redirect it.
+    await rm(options.destDir, { recursive: true, force: true, maxRetries: 3 });
+    throw err;
+  }
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (!signal?.aborted) return;
+  if (signal.reason instanceof CriError) throw signal.reason;
+  throw new CancelledError('layer unpack was cancelled', { cause: signal.reason });
+}
+
+async function runHelper(
+  options: UnpackLayerOptions,
+  args: string[],
+  decompressor: Transform | undefined,
+): Promise<UnpackLayerResult> {
+  const helperPath = options.helperPath ?? defaultHelperPath();
+  const child = (options.runner ?? spawnRunner)(helperPath, args);
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    if (stdout.length < STDOUT_CAP) stdout += chunk;
+  });
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    if (stderr.length < STDERR_CAP) stderr += chunk;
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; spawnError?: Error }>(
+    (resolve) => {
+      child.once('error', (spawnError) => resolve({ code: null, signal: null, spawnError }));
+      child.once('close', (code, signal) => resolve({ code, signal }));
+    },
+  );
+  const onAbort = () => child.kill('SIGKILL');
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  if (options.signal?.aborted) onAbort();
+
+  const hash = createHash('sha256');
+  // pipeline() destroys every stage with the first error, so only the first one observed
+  // says which stage failed (a helper that stopped early shows up as EPIPE on its stdin).
+  let firstFailure: { stage: 'source' | 'decompress' | 'helper'; error: Error } | undefined;
+  // A stage torn down because another one ended reports ERR_STREAM_PREMATURE_CLOSE; that
+  // is never the cause (the helper closing its stdin after a bad entry looks like this).
+  const recordFailure = (stage: 'source' | 'decompress' | 'helper') => (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'ERR_STREAM_PREMATURE_CLOSE') firstFailure ??= { stage, error };
+  };
+  const source = createReadStream(options.blobPath).once('error', recordFailure('source'));
+  decompressor?.once('error', recordFailure('decompress'));
+  child.stdin.once('error', recordFailure('helper'));
+  const tap = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      hash.update(chunk);
+      callback(null, chunk);
+    },
+  });
+  // The helper stopping early (bad entry, limit) shows up here as EPIPE; its report says why.
+  const fed = (
+    decompressor ? pipeline(source, decompressor, tap, child.stdin) : pipeline(source, tap, child.stdin)
+  ).then(
+    () => undefined,
+    (e: Error) => e,
+  );
+  const [feedError, exit] = await Promise.all([fed, exited]);
+  options.signal?.removeEventListener('abort', onAbort);
+
+  throwIfAborted(options.signal);
+  const layer = `layer ${options.layerDigest}`;
+  if (exit.spawnError) {
+    throw new InternalError(
+      `cannot start the layer unpack helper ${helperPath}: ${exit.spawnError.message} (run npm run build)`,
+      { cause: exit.spawnError },
+    );
+  }
+  // TypeScript cannot see the assignments made in the listeners above.
+  const failure = firstFailure as { stage: string; error: Error } | undefined;
+  if (failure?.stage === 'source') {
+    throw new InternalError(`cannot read ${layer} from the content store`, { cause: failure.error });
+  }
+  if (failure?.stage === 'decompress') {
+    throw new InvalidArgumentError(
+      `${layer} is not valid ${options.mediaType} data: ${failure.error.message}`,
+      {
+        cause: failure.error,
+      },
+    );
+  }
+  const report = parseReport(stdout);
+  if (report?.ok === false) throw reportError(report, options);
+  if (report?.ok !== true || exit.code !== 0) {
+    const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
+    throw new InternalError(`layer unpack helper ${how} without a report for ${layer}: ${stderr.trim()}`);
+  }
+  if (feedError)
+    throw new InternalError(`streaming ${layer} to the unpack helper failed`, { cause: feedError });
+  const diffId = `sha256:${hash.digest('hex')}`;
+  if (options.diffId !== undefined && diffId !== options.diffId) {
+    throw new InvalidArgumentError(
+      `${layer} uncompressed to ${diffId}, but the image config says its diff_id is ${options.diffId}`,
+    );
+  }
+  return {
+    entries: report.entries ?? 0,
+    bytes: report.bytes ?? 0,
+    diffId,
+    warnings: report.warnings ?? [],
+  };
+}
