@@ -93,7 +93,7 @@ function subordinateStart(): string {
 let xattrReader = '';
 
 beforeAll(async () => {
-  execFileSync('make', ['-C', NATIVE_DIR, '--quiet'], { stdio: 'inherit' });
+  execFileSync('make', ['-C', NATIVE_DIR, '--quiet', 'build/layer-unpack'], { stdio: 'inherit' });
   // Node has no xattr API; a five-line reader is cheaper than a dependency.
   const dir = await mkdtemp(join(tmpdir(), 'layer-unpack-tools-'));
   xattrReader = join(dir, 'getxattr');
@@ -305,6 +305,34 @@ describe.each(VARIANTS)('layer unpack $name', (variant) => {
   it('refuses a hardlink to an absolute host sentinel (row 3)', async () => {
     await setUp();
     await expectFailure(evil.hardlinkOut(sentinel), 'InvalidArgument', /not in this layer/);
+  });
+
+  it.each(['etc', '.', '/', '../..'])('refuses a hardlink to the directory %s (row 3)', async (target) => {
+    const tar = evil.buildTar([
+      { name: 'etc/', type: 'dir' },
+      { name: 'h', type: 'hardlink', linkname: target },
+    ]);
+    await expectFailure(tar, 'InvalidArgument', /hardlink "h" points at a directory/);
+  });
+
+  it('drops xattrs that would change how the overlay reads the layer', async () => {
+    const tar = evil.buildTar([
+      {
+        name: 'd/',
+        type: 'dir',
+        pax: { 'SCHILY.xattr.user.overlay.opaque': 'y', 'SCHILY.xattr.user.overlay.redirect': '/etc' },
+      },
+      { name: 'f', pax: { 'SCHILY.xattr.trusted.overlay.metacopy': '', 'SCHILY.xattr.user.kept': 'yes' } },
+    ]);
+    const result = await unpack(tar);
+    expect(getXattr(join(dest, 'd'), 'user.overlay.opaque')).toBeUndefined();
+    expect(getXattr(join(dest, 'd'), 'user.overlay.redirect')).toBeUndefined();
+    expect(getXattr(join(dest, 'f'), 'user.kept')).toBe('yes');
+    expect(result.warnings).toEqual([
+      'dropped reserved xattr user.overlay.opaque on "d/"',
+      'dropped reserved xattr user.overlay.redirect on "d/"',
+      'dropped reserved xattr trusted.overlay.metacopy on "f"',
+    ]);
   });
 
   it('re-resolves every entry, so a dir swapped for a symlink to / cannot redirect writes (row 4)', async () => {
