@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import https from 'node:https';
+import type { LookupFunction } from 'node:net';
 import { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import {
@@ -58,6 +59,11 @@ export interface RegistryClientOptions {
   idleTimeoutMs?: number;
   userAgent?: string;
   logger?: Logger;
+  /**
+   * Host name resolution (default: the system resolver). Tests pass one that refuses, so a
+   * fallback to a public registry can never leave the machine.
+   */
+  lookup?: LookupFunction;
 }
 
 export const DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -73,6 +79,7 @@ interface ClientSettings {
   idleTimeoutMs: number;
   userAgent: string;
   logger: Logger;
+  lookup: LookupFunction | undefined;
 }
 
 export interface FetchedManifest {
@@ -122,6 +129,7 @@ export class RegistryClient {
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
       userAgent: options.userAgent ?? 'rootless-cri',
       logger: options.logger ?? silentLogger(),
+      lookup: options.lookup,
     };
   }
 
@@ -736,6 +744,7 @@ class HttpTransport implements TokenTransport {
         return;
       }
       const options: https.RequestOptions = { method, headers };
+      if (this.settings.lookup !== undefined) options.lookup = this.settings.lookup;
       if (ca !== undefined && url.protocol === 'https:') options.ca = ca;
       const transport = url.protocol === 'https:' ? https : http;
       let response: IncomingMessage | undefined;
