@@ -328,16 +328,15 @@ export class RegistrySession {
   ): Promise<FetchedManifest> {
     const reference = manifestReference(tagOrDigest);
     const what = `manifest ${reference} of ${this.reference}`;
-    const response = await this.send(endpoint, 'GET', `manifests/${reference}`, MANIFEST_ACCEPT, signal);
-    this.checkStatus(response, endpoint, what);
     const source = `${what} from ${describeEndpoint(endpoint)}`;
-    const limit = Math.min(this.settings.maxManifestBytes, descriptor?.size ?? Number.POSITIVE_INFINITY);
     if (descriptor !== undefined && descriptor.size > this.settings.maxManifestBytes) {
-      response.body.destroy();
       throw new InvalidArgumentError(
         `${source}: declared size ${descriptor.size} bytes is more than the ${formatBytes(this.settings.maxManifestBytes)} manifest limit`,
       );
     }
+    const response = await this.send(endpoint, 'GET', `manifests/${reference}`, MANIFEST_ACCEPT, signal);
+    this.checkStatus(response, endpoint, what);
+    const limit = Math.min(this.settings.maxManifestBytes, descriptor?.size ?? Number.POSITIVE_INFINITY);
     const bytes = await readBounded(response, limit, source, descriptor !== undefined);
     if (descriptor !== undefined && bytes.length !== descriptor.size) {
       throw new InvalidArgumentError(
@@ -384,7 +383,7 @@ export class RegistrySession {
       });
       if (response.status !== 401 || attempt > 0 || !sameOrigin(response.url, endpoint.baseUrl))
         return response;
-      response.body.resume();
+      response.body.destroy();
       await this.authorizer.onUnauthorized(
         endpoint,
         this.scope,
@@ -397,7 +396,8 @@ export class RegistrySession {
   private checkStatus(response: HttpResponse, endpoint: RegistryEndpoint, what: string): void {
     const status = response.status;
     if (status >= 200 && status <= 299) return;
-    response.body.resume();
+    // An error body is never read: a hostile registry could make it endless.
+    response.body.destroy();
     const where = describeEndpoint(endpoint);
     if (status === 404) {
       throw new NotFoundError(

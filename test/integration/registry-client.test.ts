@@ -162,7 +162,7 @@ async function pushTinyImage(
   headers = {},
 ): Promise<TinyImage> {
   const layers = [Buffer.from(`first layer of ${repo} ${architecture}`), Buffer.alloc(300_000, architecture)];
-  const layerDigests = [];
+  const layerDigests: string[] = [];
   for (const layer of layers) layerDigests.push(await pushBlob(registry, repo, layer, headers));
   const config = Buffer.from(
     JSON.stringify({

@@ -285,3 +285,69 @@ describe('selectPlatformManifest', () => {
     expect(selectPlatformManifest(idx, { os: 'linux', architecture: 'amd64' }).digest).toBe(d('2'));
   });
 });
+
+describe('hostile documents', () => {
+  // A small deterministic generator (no dependency): mutate valid documents at random and
+  // check that parsing either succeeds or fails with InvalidArgument, never anything else.
+  let seed = 12345;
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed / 2 ** 31;
+  };
+  const oddValues: unknown[] = [
+    null,
+    0,
+    -1,
+    1.5,
+    '',
+    'x',
+    [],
+    {},
+    [null],
+    { a: 1 },
+    true,
+    2 ** 64,
+    '__proto__',
+  ];
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+
+  function mutate(value: unknown, depth = 0): unknown {
+    if (random() < 0.15 || depth > 4) return pick(oddValues);
+    if (Array.isArray(value)) return value.map((v) => mutate(v, depth + 1));
+    if (typeof value === 'object' && value !== null) {
+      const out: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(value)) {
+        if (random() < 0.1) continue;
+        out[k] = random() < 0.5 ? mutate(v, depth + 1) : v;
+      }
+      if (random() < 0.1)
+        out[pick(['manifests', 'layers', 'config', 'mediaType', 'platform'])] = pick(oddValues);
+      return out;
+    }
+    return value;
+  }
+
+  it('never throws anything but InvalidArgument for 3000 mutated documents', () => {
+    const seeds = [
+      manifestDoc(MEDIA_TYPE.ociManifest),
+      manifestDoc(MEDIA_TYPE.dockerManifest),
+      indexDoc(MEDIA_TYPE.ociIndex, [entry('1', { os: 'linux', architecture: 'amd64', variant: 'v1' })]),
+      indexDoc(MEDIA_TYPE.dockerManifestList, [entry('2', { os: 'linux', architecture: 'arm64' })]),
+    ];
+    let parsed = 0;
+    for (let i = 0; i < 3000; i++) {
+      const doc = mutate(pick(seeds));
+      const contentType = pick([undefined, MEDIA_TYPE.ociIndex, MEDIA_TYPE.ociManifest, 'application/json']);
+      try {
+        const result = parseManifestDocument(bytes(doc), { contentType });
+        if (result.kind === 'index') selectPlatformManifest(result, { os: 'linux', architecture: 'amd64' });
+        parsed++;
+      } catch (err) {
+        if (!(err instanceof InvalidArgumentError) && !(err instanceof NotFoundError)) throw err;
+      }
+    }
+    // Some mutations leave a valid document; most do not.
+    expect(parsed).toBeGreaterThan(0);
+    expect(parsed).toBeLessThan(3000);
+  });
+});

@@ -253,6 +253,22 @@ describe('bounded reads', () => {
     expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(30 * 1024 * 1024);
   });
 
+  it('holds an index entry to its declared size and to the manifest cap', async () => {
+    const image = registry.pushImage('sized', undefined);
+    const platform = { os: 'linux', architecture: 'amd64' };
+    registry.pushIndex('sized', 'small', [{ image: { ...image, size: image.size - 1 }, platform }]);
+    const small = await caught(client().session(ref('sized:small')).resolve());
+    expect(small).toBeInstanceOf(InvalidArgumentError);
+    expect(small.message).toContain(`size mismatch (more than the declared ${image.size - 1} bytes`);
+
+    registry.pushIndex('sized', 'huge', [{ image: { ...image, size: 100 * 1024 * 1024 }, platform }]);
+    const before = registry.registryRequests().length;
+    const huge = await caught(client().session(ref('sized:huge')).resolve());
+    expect(huge.message).toContain('is more than the 4 MiB manifest limit');
+    // Only the index itself was fetched.
+    expect(registry.registryRequests().length - before).toBe(1);
+  });
+
   it('refuses a declared Content-Length over the cap before reading', async () => {
     let written = Promise.resolve(0);
     registry.intercept((_req, res, url) => {
