@@ -7,7 +7,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { chown, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { CriClient } from './cri-client.js';
@@ -49,6 +49,8 @@ export interface TestDaemonOptions {
 
 export class TestDaemon {
   client: CriClient;
+  /** The node's user namespace (from /proc/<pid>/ns/user), to find processes left in it. */
+  private nodeUserNamespace: string | null = null;
   private supervisor: ChildProcess | null = null;
   private supervisorExit: Promise<void> = Promise.resolve();
 
@@ -96,7 +98,15 @@ export class TestDaemon {
     );
     for (const p of [tmp, runDir, rootDir, configFile, crictlConfig]) await chown(p, user.uid, user.gid);
     const daemon = new TestDaemon(tmp, user, configFile, socket, runDir, rootDir, cgroupSubtree, filesBefore);
-    await daemon.serve();
+    try {
+      await daemon.serve();
+    } catch (err) {
+      // A daemon that never became ready may still have started a node: take it down.
+      daemon.client.close();
+      await daemon.cli(['stop', '--all']);
+      await rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
     return daemon;
   }
 
@@ -126,6 +136,7 @@ export class TestDaemon {
         this.client.close();
         this.client = new CriClient(this.socket);
         await this.client.runtime('Version', {}, { timeoutMs: 1000 });
+        this.nodeUserNamespace = await readlink(`/proc/${await this.nodePid()}/ns/user`);
         return;
       } catch (err) {
         lastError = err;
@@ -213,8 +224,16 @@ export class TestDaemon {
   /** Everything of the test user that outlives the daemon and node. */
   async leaks(): Promise<string[]> {
     const leaks: string[] = [];
+    // Other test daemons of the same user may run at the same time (developers run suites in
+    // parallel): ours are the processes in our node's user namespace or naming our temp root.
     const ps = await execa('pgrep', ['-u', String(this.user.uid), '-a'], { reject: false });
-    for (const line of String(ps.stdout).split('\n').filter(Boolean)) leaks.push(`process: ${line}`);
+    for (const line of String(ps.stdout).split('\n').filter(Boolean)) {
+      const pid = Number(line.split(' ')[0]);
+      const userns = await readlink(`/proc/${pid}/ns/user`).catch(() => null);
+      if (line.includes(this.tmp) || (userns !== null && userns === this.nodeUserNamespace)) {
+        leaks.push(`process: ${line}`);
+      }
+    }
     const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
     for (const line of mountinfo.split('\n')) if (line.includes(this.tmp)) leaks.push(`mount: ${line}`);
     const cgroupMarker = `/run/user/${this.user.uid}/.rootless-cri-cgroup`;
@@ -224,7 +243,8 @@ export class TestDaemon {
       if (await exists(nodeCgroup)) leaks.push(`cgroup: ${nodeCgroup}`);
     }
     for (const file of await userFilesOutside(this.user, this.tmp)) {
-      if (!this.filesBefore.has(file)) leaks.push(`file: ${file}`);
+      // Temp roots of other test daemons running at the same time are theirs to check.
+      if (!this.filesBefore.has(file) && !/^\/tmp\/rcri-it-/.test(file)) leaks.push(`file: ${file}`);
     }
     return leaks;
   }
