@@ -23,7 +23,10 @@ else
   cli=(node "$(pwd)/dist/src/cli.js")
 fi
 socket=/run/user/$uid/rootless-cri/rootless-cri.sock
-crictl=(crictl --runtime-endpoint "unix://$socket" --image-endpoint "unix://$socket")
+crictl_config=/tmp/rootless-cri-demo-crictl.yaml
+printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 30\n' "$socket" "$socket" >"$crictl_config"
+chmod 0644 "$crictl_config"
+crictl=(crictl --config "$crictl_config")
 
 say "rootless-cri doctor"
 as_user "${cli[@]}" doctor || echo "(doctor lists what is missing above; the demo goes on where it safely can)"
@@ -39,8 +42,8 @@ done
 
 say "crictl version (from the host)"
 as_user "${crictl[@]}" version
-say "crictl info"
-as_user "${crictl[@]}" info | head -40
+say "crictl info (conditions; the full verbose info has config, node facts and listeners)"
+as_user "${crictl[@]}" info -o go-template --template '{{range .status.conditions}}{{.type}}={{.status}} {{.reason}} {{.message}}{{"\n"}}{{end}}' 
 say "crictl version, from inside the node (rootless-cri enter)"
 as_user "${cli[@]}" enter -- "${crictl[@]}" version
 
