@@ -9,6 +9,8 @@ TEST_USER=${ROOTLESS_CRI_TEST_USER:-rcri-test}
 APP=/opt/rootless-cri-test/app
 REPORT_DIR=${ROOTLESS_CRI_REPORT_DIR:-$repo/.work/reports}
 mkdir -p "$REPORT_DIR"
+rm -f "$REPORT_DIR"/critest-*
+export ROOTLESS_CRI_REPORT_DIR=$REPORT_DIR
 
 step() { printf '\n=== %s\n' "$*"; }
 die() { echo "run-all: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
@@ -28,6 +30,7 @@ step "vitest: unit, integration and conformance suites"
 npx vitest run --reporter=default --reporter=json --outputFile.json="$REPORT_DIR/vitest.json"
 vitest_rc=$?
 
+[ -f "$REPORT_DIR/critest-summary.txt" ] && cat "$REPORT_DIR/critest-summary.txt"
 node - "$REPORT_DIR/vitest.json" "$lint_failed" "$vitest_rc" <<'JS'
 const [file, lintFailed, rc] = process.argv.slice(2);
 let passed = 0, failed = 0, skipped = 0;

@@ -1,0 +1,78 @@
+/**
+ * critest, the upstream CRI conformance suite, against a real daemon, run inside the node.
+ * One vitest test per critest spec: it passes when critest passed the spec. Specs in
+ * critest-skips.txt (host cannot support them) and critest-pending.txt (capability not landed
+ * yet, naming its issue) are not run; the test name carries the reason. critest's own skips
+ * (optional features the runtime does not advertise) are reported as skipped.
+ */
+import { chown, mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestDaemon } from '../harness/daemon.js';
+import {
+  type CritestResult,
+  listCritestSpecs,
+  matchingFilter,
+  readSpecFilters,
+  runCritest,
+} from './critest-runner.js';
+
+const here = import.meta.dirname;
+const REPORT_DIR = process.env.ROOTLESS_CRI_REPORT_DIR ?? path.resolve(here, '../../.work/reports');
+
+const specs = await listCritestSpecs();
+const skips = await readSpecFilters(path.join(here, 'critest-skips.txt'));
+const pending = await readSpecFilters(path.join(here, 'critest-pending.txt'));
+
+describe('critest v1.36.0 inside the node', () => {
+  let daemon: TestDaemon;
+  let result: CritestResult;
+
+  beforeAll(async () => {
+    expect(specs.length, 'critest -ginkgo.dry-run listed no specs').toBeGreaterThan(100);
+    daemon = await TestDaemon.start();
+    const reportDir = path.join(daemon.tmp, 'critest');
+    await mkdir(reportDir);
+    await chown(reportDir, daemon.user.uid, daemon.user.gid);
+    result = await runCritest(daemon, { skip: [...skips, ...pending], reportDir });
+    const counts = { passed: 0, failed: 0, skipped: 0 };
+    for (const spec of specs) {
+      const outcome = result.outcomes.get(spec)?.outcome;
+      if (outcome === 'passed') counts.passed++;
+      else if (
+        outcome === 'failed' ||
+        (outcome === undefined && !matchingFilter(spec, [...skips, ...pending]))
+      )
+        counts.failed++;
+      else counts.skipped++;
+    }
+    const summary = `critest: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`;
+    console.log(summary);
+    await mkdir(REPORT_DIR, { recursive: true });
+    await writeFile(path.join(REPORT_DIR, 'critest-summary.txt'), `${summary}\n`);
+    const junit = await import('node:fs/promises').then((fs) =>
+      fs.readFile(path.join(reportDir, 'critest-junit.xml'), 'utf8').catch(() => ''),
+    );
+    await writeFile(path.join(REPORT_DIR, 'critest-junit.xml'), junit);
+  }, 45 * 60_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+  }, 120_000);
+
+  for (const spec of specs) {
+    const skip = matchingFilter(spec, skips);
+    const notYet = matchingFilter(spec, pending);
+    const reason = skip ? `host cannot: ${skip.reason}` : notYet ? `pending: ${notYet.reason}` : '';
+    const name = reason ? `${spec} (${reason})` : spec;
+    it.skipIf(Boolean(reason))(name, (ctx) => {
+      const outcome = result.outcomes.get(spec);
+      if (outcome?.outcome === 'skipped') {
+        ctx.skip(`critest skipped it: ${outcome.message}`);
+        return;
+      }
+      expect(outcome, `critest did not report "${spec}":\n${result.output.slice(-3000)}`).toBeDefined();
+      expect(outcome?.outcome, outcome?.message).toBe('passed');
+    });
+  }
+});
