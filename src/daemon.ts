@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { Config } from './config.js';
 import { ReadinessGate } from './cri/edge.js';
 import { createRuntimeInfoHandlers, type HealthCondition, type RuntimeHealth } from './cri/runtime-info.js';
-import { createCriServer } from './cri/server.js';
+import { type CriHandlers, createCriServer } from './cri/server.js';
 import { describeError } from './errors.js';
 import { createImageFsInfoHandler } from './image/image-fs-info.js';
 import type { Logger } from './log.js';
@@ -21,6 +21,15 @@ import { packageVersion } from './version.js';
 
 const CGROUP2_SUPER_MAGIC = 0x63677270;
 const CGROUP_ROOT = '/sys/fs/cgroup';
+
+/** One capability of the daemon, as the composition root sees it. */
+interface DaemonService {
+  name: string;
+  handlers: CriHandlers;
+  /** Reconciles records with the system; runs before the daemon answers anything but UNAVAILABLE. */
+  recover?(): Promise<void>;
+  close?(): Promise<void>;
+}
 
 /** What the daemon learned about its host at start; shown by Status(verbose) and logged. */
 export interface NodeFacts {
@@ -228,14 +237,20 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       listeners: { metrics: metricsServer ? `http://127.0.0.1:${metricsServer.port}/metrics` : null },
     }),
   });
+  // Each capability is a service: its handlers, a recovery step run before the readiness gate
+  // opens (RPCs answer UNAVAILABLE until then, never an empty list), and a close step.
+  const services: DaemonService[] = [
+    { name: 'runtime-info', handlers: runtimeInfo },
+    {
+      name: 'image-fs-info',
+      handlers: { ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }) },
+    },
+  ];
   const server = createCriServer({
     logger,
     readiness,
     metrics: metrics.rpc,
-    handlers: {
-      ...runtimeInfo,
-      ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }),
-    },
+    handlers: Object.assign({}, ...services.map((s) => s.handlers)) as CriHandlers,
   });
 
   let metricsServer: MetricsServer | null = null;
@@ -251,7 +266,11 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   }
 
   await server.listen(config.socket);
-  // Later issues recover pods, containers and images here before opening the gate.
+  for (const service of services) {
+    const started = Date.now();
+    await service.recover?.();
+    logger.info({ service: service.name, ms: Date.now() - started }, 'recovered');
+  }
   readiness.open();
   logger.info({ socket: config.socket }, 'rootless-cri ready');
 
@@ -263,6 +282,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       logger.info({ signal }, 'rootless-cri stopping');
       try {
         await server.close(5_000);
+        for (const service of [...services].reverse()) await service.close?.();
         await metricsServer?.close();
         await daemonPorts.unpublishAll();
         resolve(0);
