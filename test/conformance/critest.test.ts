@@ -8,7 +8,9 @@
 import { chown, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestDaemon } from '../harness/daemon.js';
+import { type RunningRegistry, startRegistry } from '../fixtures/registry.js';
+import { buildCatalogue, pushCatalogue } from '../fixtures/test-images.js';
+import { mirrorConfig, TestDaemon } from '../harness/daemon.js';
 import {
   type CritestResult,
   listCritestSpecs,
@@ -26,11 +28,18 @@ const pending = await readSpecFilters(path.join(here, 'critest-pending.txt'));
 
 describe('critest v1.36.0 inside the node', () => {
   let daemon: TestDaemon;
+  let registry: RunningRegistry;
   let result: CritestResult;
 
   beforeAll(async () => {
     expect(specs.length, 'critest -ginkgo.dry-run listed no specs').toBeGreaterThan(100);
-    daemon = await TestDaemon.start();
+    // The stand-in images, pushed under their original repository paths to a local registry
+    // that every registry critest names is mirrored to: critest runs with neither
+    // -registry-prefix nor -test-images-file.
+    registry = await startRegistry();
+    const catalogue = await buildCatalogue({ cacheDir: path.join(REPORT_DIR, '..', 'test-images') });
+    await pushCatalogue(registry.host, catalogue.images);
+    daemon = await TestDaemon.start({ extraConfig: mirrorConfig(registry.url) });
     const reportDir = path.join(daemon.tmp, 'critest');
     await mkdir(reportDir);
     await chown(reportDir, daemon.user.uid, daemon.user.gid);
@@ -58,6 +67,7 @@ describe('critest v1.36.0 inside the node', () => {
 
   afterAll(async () => {
     await daemon?.stop();
+    await registry?.stop();
   }, 120_000);
 
   for (const spec of specs) {

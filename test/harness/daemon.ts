@@ -250,6 +250,16 @@ export class TestDaemon {
   }
 }
 
+/**
+ * TOML mirroring every registry critest and the Kubernetes e2e images name (registry.k8s.io,
+ * k8s.gcr.io, gcr.io, public.ecr.aws) to a local registry, repository path kept.
+ */
+export function mirrorConfig(registryUrl: string): string {
+  return ['registry.k8s.io', 'k8s.gcr.io', 'gcr.io', 'public.ecr.aws']
+    .map((host) => `[image.registry."${host}"]\nmirrors = ["${registryUrl}"]\n`)
+    .join('\n');
+}
+
 /** crictl with a config file naming the endpoints (and no warning about /etc/crictl.yaml). */
 export function crictlCommand(configFile: string, args: string[]): string[] {
   return ['crictl', '--config', configFile, ...args];
