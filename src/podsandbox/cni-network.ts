@@ -1,0 +1,255 @@
+/**
+ * Pod networking through real CNI plugins, run by the daemon inside the node (where the
+ * bridge, veths and iptables rules live). A small CNI executor, following the CNI spec:
+ *
+ * - ADD runs the conflist's plugins in order; each gets its plugin config with the list's
+ *   `name` and `cniVersion`, `prevResult` = the previous plugin's result, and
+ *   `runtimeConfig.portMappings` when it declares the portMappings capability (portmap: the
+ *   host port then also works from inside the node, e.g. critest GETting 127.0.0.1:12000).
+ * - DEL runs them in reverse with the stored ADD result as prevResult; each plugin's DEL is
+ *   idempotent by spec, so DEL after a half-done ADD or twice is fine. All plugins are tried;
+ *   the first failure is reported after the rest ran.
+ * - host-local's `ipam.dataDir` is set to network.ipam_data_dir from the daemon config, so IP
+ *   leases live under the run dir rather than /var/lib/cni.
+ * - env: CNI_COMMAND, CNI_CONTAINERID (sandbox id), CNI_NETNS (the pinned file), CNI_IFNAME=eth0,
+ *   CNI_PATH (the bin dirs), CNI_ARGS with the K8S_POD_* keys kubelet-era plugins read, and a
+ *   PATH with /usr/sbin for iptables. Nothing else of the daemon's environment leaks in.
+ * - `loopback` is not needed in the conflist: the sandbox brings `lo` up itself.
+ */
+import { execa } from 'execa';
+import { FailedPreconditionError, InternalError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { type CniConflist, findCniPlugin, loadCniConflist, parseCniConfig } from './cni-config.js';
+import type { SandboxNetwork } from './sandbox-record.js';
+
+export interface CniPortMapping {
+  hostPort: number;
+  containerPort: number;
+  protocol: 'tcp' | 'udp';
+  hostIP: string;
+}
+
+export interface NetworkSetUp {
+  /** The network configuration from loadConfig(), recorded before ADD so DEL uses the same. */
+  conflist: Record<string, unknown>;
+  sandboxId: string;
+  netnsPath: string;
+  podName: string;
+  podNamespace: string;
+  podUid: string;
+  portMappings: CniPortMapping[];
+}
+
+export interface NetworkTearDown {
+  conflist: Record<string, unknown>;
+  sandboxId: string;
+  netnsPath: string;
+  /** What ADD returned; null when ADD never finished. */
+  network: SandboxNetwork | null;
+  portMappings: CniPortMapping[];
+}
+
+/** The pod network, as the sandbox lifecycle sees it (STYLE.md: NetworkDriver). */
+export interface NetworkDriver {
+  /** The network configuration to use now; FailedPrecondition when it is unusable. */
+  loadConfig(): Promise<Record<string, unknown>>;
+  setUp(request: NetworkSetUp): Promise<SandboxNetwork>;
+  tearDown(request: NetworkTearDown): Promise<void>;
+}
+
+export interface CniNetworkOptions {
+  confDir: string;
+  binDirs: string[];
+  ipamDataDir: string;
+  logger: Logger;
+  timeoutMs?: number;
+}
+
+const CNI_PATH_ENV = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+const IFNAME = 'eth0';
+
+export class CniNetwork implements NetworkDriver {
+  private readonly timeoutMs: number;
+
+  constructor(private readonly options: CniNetworkOptions) {
+    this.timeoutMs = options.timeoutMs ?? 60_000;
+  }
+
+  async loadConfig(): Promise<Record<string, unknown>> {
+    const conflist = await this.loadConflist();
+    await this.resolvePlugins(conflist);
+    return conflist.raw;
+  }
+
+  async setUp(request: NetworkSetUp): Promise<SandboxNetwork> {
+    const conflist = parseCniConfig(JSON.stringify(request.conflist), 'the recorded CNI config');
+    const plugins = await this.resolvePlugins(conflist);
+    let prevResult: Record<string, unknown> | undefined;
+    for (const { config, binary } of plugins) {
+      const stdin = this.pluginInput(conflist, config, prevResult, request.portMappings);
+      prevResult = await this.invoke('ADD', binary, stdin, request);
+      if (prevResult.cniVersion === undefined) prevResult.cniVersion = conflist.cniVersion;
+    }
+    const result = prevResult ?? {};
+    return { ...addressesOf(result, conflist.name), result };
+  }
+
+  async tearDown(request: NetworkTearDown): Promise<void> {
+    const conflist = parseCniConfig(JSON.stringify(request.conflist), 'the recorded CNI config');
+    const plugins = await this.resolvePlugins(conflist);
+    let firstError: unknown;
+    for (const { config, binary } of [...plugins].reverse()) {
+      const stdin = this.pluginInput(conflist, config, request.network?.result, request.portMappings);
+      try {
+        await this.invoke('DEL', binary, stdin, {
+          sandboxId: request.sandboxId,
+          netnsPath: request.netnsPath,
+        });
+      } catch (err) {
+        this.options.logger.warn({ err, plugin: config.type, sandbox: request.sandboxId }, 'CNI DEL failed');
+        firstError ??= err;
+      }
+    }
+    if (firstError !== undefined) throw firstError;
+  }
+
+  private async loadConflist(): Promise<CniConflist> {
+    try {
+      return await loadCniConflist(this.options.confDir);
+    } catch (err) {
+      throw new FailedPreconditionError(`the pod network is not ready: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+  }
+
+  private async resolvePlugins(
+    conflist: CniConflist,
+  ): Promise<{ config: CniConflist['plugins'][number]; binary: string }[]> {
+    const resolved = [];
+    for (const config of conflist.plugins) {
+      const binary = await findCniPlugin(config.type, this.options.binDirs);
+      if (!binary) {
+        throw new FailedPreconditionError(
+          `the pod network is not ready: CNI plugin "${config.type}" named by ${conflist.file} is not an executable in ${this.options.binDirs.join(', ')}; install containernetworking-plugins or set network.cni_bin_dirs`,
+        );
+      }
+      resolved.push({ config, binary });
+    }
+    return resolved;
+  }
+
+  private pluginInput(
+    conflist: CniConflist,
+    plugin: CniConflist['plugins'][number],
+    prevResult: Record<string, unknown> | undefined,
+    portMappings: CniPortMapping[],
+  ): string {
+    const input: Record<string, unknown> = {
+      ...plugin,
+      name: conflist.name,
+      cniVersion: conflist.cniVersion,
+    };
+    const ipam = plugin.ipam as Record<string, unknown> | undefined;
+    if (ipam && typeof ipam === 'object' && ipam.type === 'host-local') {
+      input.ipam = { ...ipam, dataDir: this.options.ipamDataDir };
+    }
+    const capabilities = plugin.capabilities as Record<string, unknown> | undefined;
+    if (capabilities?.portMappings === true) input.runtimeConfig = { portMappings };
+    if (prevResult !== undefined) input.prevResult = prevResult;
+    return JSON.stringify(input);
+  }
+
+  private async invoke(
+    command: 'ADD' | 'DEL',
+    binary: string,
+    stdin: string,
+    request: {
+      sandboxId: string;
+      netnsPath: string;
+      podName?: string;
+      podNamespace?: string;
+      podUid?: string;
+    },
+  ): Promise<Record<string, unknown>> {
+    const cniArgs = [
+      'IgnoreUnknown=1',
+      ...(
+        [
+          ['K8S_POD_NAMESPACE', request.podNamespace],
+          ['K8S_POD_NAME', request.podName],
+          ['K8S_POD_INFRA_CONTAINER_ID', request.sandboxId],
+          ['K8S_POD_UID', request.podUid],
+        ] as const
+      )
+        // CNI_ARGS is "K=V;K=V": a value with ";" or "=" would forge another key, so it is left out.
+        .filter(([, value]) => value !== undefined && value !== '' && !/[;=\s]/.test(value))
+        .map(([key, value]) => `${key}=${value}`),
+    ].join(';');
+    const r = await execa(binary, [], {
+      input: stdin,
+      reject: false,
+      timeout: this.timeoutMs,
+      extendEnv: false,
+      env: {
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: request.sandboxId,
+        CNI_NETNS: request.netnsPath,
+        CNI_IFNAME: IFNAME,
+        CNI_PATH: this.options.binDirs.join(':'),
+        CNI_ARGS: cniArgs,
+        PATH: CNI_PATH_ENV,
+      },
+    });
+    const stdout = String(r.stdout);
+    if (r.exitCode !== 0 || r.timedOut) {
+      const why = r.timedOut
+        ? `timed out after ${this.timeoutMs / 1000}s`
+        : cniErrorText(stdout, String(r.stderr), r.exitCode);
+      throw new InternalError(
+        `CNI plugin ${binary} ${command} failed for sandbox ${request.sandboxId}: ${why}`,
+      );
+    }
+    if (command === 'DEL' || stdout.trim() === '') return {};
+    try {
+      return JSON.parse(stdout) as Record<string, unknown>;
+    } catch (err) {
+      throw new InternalError(
+        `CNI plugin ${binary} ADD printed a result that is not JSON: ${stdout.slice(0, 200)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+  }
+}
+
+function cniErrorText(stdout: string, stderr: string, exitCode: number | undefined): string {
+  try {
+    const parsed = JSON.parse(stdout) as { code?: number; msg?: string; details?: string };
+    if (parsed.msg)
+      return `${parsed.msg}${parsed.details ? ` (${parsed.details})` : ''} [CNI error ${parsed.code}]`;
+  } catch {
+    // not a CNI error object
+  }
+  return (stderr.trim() || stdout.trim() || `exit code ${exitCode}`).slice(0, 1000);
+}
+
+/** The pod's addresses from a CNI result (spec 0.3.0 and later: `ips`). */
+export function addressesOf(
+  result: Record<string, unknown>,
+  source: string,
+): { ip: string; additionalIps: string[]; gateway: string } {
+  const ips = Array.isArray(result.ips) ? (result.ips as { address?: unknown; gateway?: unknown }[]) : [];
+  const addresses = ips
+    .map((entry) => ({
+      ip: typeof entry.address === 'string' ? entry.address.split('/')[0]! : '',
+      gateway: typeof entry.gateway === 'string' ? entry.gateway : '',
+    }))
+    .filter((a) => a.ip !== '');
+  // IPv4 first, as kubelet expects the primary address of a single-stack v4 cluster.
+  addresses.sort((a, b) => Number(a.ip.includes(':')) - Number(b.ip.includes(':')));
+  const primary = addresses[0];
+  if (!primary) throw new InternalError(`the CNI network ${source} gave the pod no IP address`);
+  return { ip: primary.ip, additionalIps: addresses.slice(1).map((a) => a.ip), gateway: primary.gateway };
+}

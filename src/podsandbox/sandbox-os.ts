@@ -1,0 +1,392 @@
+/**
+ * The narrow interface between the sandbox lifecycle and the node's kernel (STYLE.md habit 4),
+ * and its real implementation, which runs inside the node (the daemon is uid 0 in the node's
+ * user, mount, net, pid, ipc, uts and cgroup namespaces).
+ *
+ * Choices, and why:
+ * - Namespaces are pinned as bind mounts of their nsfs files (`unshare --net=FILE --ipc=FILE
+ *   --uts=FILE true`, util-linux): they outlive every process, are found again by path after a
+ *   daemon restart, and are released with umount + unlink. One unshare creates all of them.
+ * - A pod pid namespace needs a PID 1: `unshare --pid --fork catatonit -P`, entered into the
+ *   pod's pinned namespaces with nsenter, spawned detached so it survives the daemon (it is
+ *   reparented to the node's catatonit). We record its pid, start time and pid-ns inode, and
+ *   never signal a pid whose start time has changed.
+ * - Hostname, `lo` up and sysctls are set by one `nsenter ... sh -c SCRIPT sh ARGS...`: every
+ *   key path and value is its own argv element, never joined into a string the shell parses.
+ *   The hostname goes through sethostname (`hostname`), which checks CAP_SYS_ADMIN in the
+ *   pod's user namespace; writing /proc/sys/kernel/hostname is refused in a user namespace.
+ * - cgroups: directories in the node's cgroup v2 view (`/sys/fs/cgroup` inside the node). A
+ *   leaf is emptied with cgroup.kill before rmdir.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { mkdir, readdir, readFile, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
+import type { InfraProcess } from './sandbox-record.js';
+
+export type PinnableNamespace = 'net' | 'ipc' | 'uts';
+
+export interface NamespacePaths {
+  net?: string;
+  ipc?: string;
+  uts?: string;
+}
+
+export interface SysctlWrite {
+  /** The sysctl key, for messages. */
+  key: string;
+  /** Absolute path under /proc/sys. */
+  path: string;
+  value: string;
+}
+
+export interface NamespaceSettings {
+  loopbackUp: boolean;
+  hostname: string | null;
+  sysctls: SysctlWrite[];
+}
+
+export interface SandboxOs {
+  /** Creates the files and pins fresh namespaces of these kinds on them. */
+  pinNamespaces(pins: { kind: PinnableNamespace; path: string }[]): Promise<void>;
+  /** umount + unlink; a path that is not there (or not mounted) is fine. */
+  unpinNamespaces(paths: string[]): Promise<void>;
+  /** Whether a pin is still mounted. */
+  isPinned(path: string): Promise<boolean>;
+  /** Starts catatonit as PID 1 of a new pid namespace inside the given namespaces. */
+  startInfra(ns: NamespacePaths, cgroupLeaf: string | null): Promise<InfraProcess>;
+  infraAlive(infra: InfraProcess): Promise<boolean>;
+  /** SIGKILL to the pod's PID 1 (which ends its pid namespace) and waits for it to go. */
+  stopInfra(infra: InfraProcess): Promise<void>;
+  configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void>;
+  /** mkdir -p under the cgroup root; returns the directories it created (relative), outermost first. */
+  createCgroup(relative: string): Promise<string[]>;
+  /** Kills what is left in each and removes it; missing ones are fine. Deepest first. */
+  removeCgroups(relatives: string[]): Promise<void>;
+}
+
+export interface NodeSandboxOsOptions {
+  cgroupRoot?: string;
+  catatonit?: string;
+  nsenter?: string;
+  unshare?: string;
+  /** Per command. */
+  timeoutMs?: number;
+}
+
+const SAFE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+// $1 = 1 to bring lo up, $2 = hostname or "", then pairs of (path, value).
+const CONFIGURE_SCRIPT = [
+  'if [ "$1" = 1 ]; then ip link set lo up || { echo "rcri-step loopback" >&2; exit 1; }; fi',
+  'if [ -n "$2" ]; then hostname "$2" || { echo "rcri-step hostname" >&2; exit 1; }; fi',
+  'shift 2',
+  'while [ $# -ge 2 ]; do printf %s "$2" > "$1" || { echo "rcri-step sysctl $1" >&2; exit 1; }; shift 2; done',
+].join('\n');
+
+export class NodeSandboxOs implements SandboxOs {
+  private readonly cgroupRoot: string;
+  private readonly catatonit: string;
+  private readonly nsenter: string;
+  private readonly unshare: string;
+  private readonly timeoutMs: number;
+
+  constructor(options: NodeSandboxOsOptions = {}) {
+    this.cgroupRoot = options.cgroupRoot ?? '/sys/fs/cgroup';
+    this.catatonit = options.catatonit ?? 'catatonit';
+    this.nsenter = options.nsenter ?? 'nsenter';
+    this.unshare = options.unshare ?? 'unshare';
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  async pinNamespaces(pins: { kind: PinnableNamespace; path: string }[]): Promise<void> {
+    if (pins.length === 0) return;
+    for (const pin of pins) {
+      await mkdir(path.dirname(pin.path), { recursive: true, mode: 0o700 });
+      // O_EXCL: a sandbox id is new, so an existing file means something else owns it.
+      closeSync(openSync(pin.path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_RDONLY, 0o400));
+    }
+    const args = pins.map((p) => `--${p.kind}=${p.path}`);
+    const r = await execa(this.unshare, [...args, 'true'], this.execOptions());
+    if (r.exitCode !== 0) {
+      throw new FailedPreconditionError(
+        `cannot create pod namespaces (${this.unshare} ${args.join(' ')}): ${String(r.stderr).trim() || `exit ${r.exitCode}`}; is the daemon inside the rootless node?`,
+      );
+    }
+  }
+
+  async unpinNamespaces(paths: string[]): Promise<void> {
+    if (paths.length === 0) return;
+    const mounted = await mountedTargets();
+    const toUnmount = paths.filter((p) => mounted.has(p));
+    if (toUnmount.length > 0) {
+      const r = await execa('umount', toUnmount, this.execOptions());
+      const still = await mountedTargets();
+      const left = toUnmount.filter((p) => still.has(p));
+      if (left.length > 0) {
+        throw new InternalError(
+          `cannot unmount namespace pins ${left.join(', ')}: ${String(r.stderr).trim()}`,
+        );
+      }
+    }
+    for (const p of paths) {
+      await unlink(p).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+    }
+  }
+
+  async isPinned(file: string): Promise<boolean> {
+    return (await mountedTargets()).has(file);
+  }
+
+  async startInfra(ns: NamespacePaths, cgroupLeaf: string | null): Promise<InfraProcess> {
+    const enter = nsenterArgs(ns);
+    const [command, args] =
+      enter.length > 0
+        ? [this.nsenter, [...enter, '--', this.unshare, '--pid', '--fork', this.catatonit, '-P']]
+        : [this.unshare, ['--pid', '--fork', this.catatonit, '-P']];
+    const child = spawn(command, args, {
+      detached: true,
+      stdio: 'ignore',
+      env: { PATH: SAFE_PATH },
+    });
+    const spawned = new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    let exitCode: number | null = null;
+    child.once('exit', (code, signal) => {
+      exitCode = code ?? (signal ? 128 : -1);
+    });
+    child.unref();
+    try {
+      await spawned;
+    } catch (err) {
+      throw new FailedPreconditionError(
+        `cannot start the pod infra process (${command}): ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
+    }
+    const wrapperPid = child.pid!;
+    const deadline = Date.now() + 5_000;
+    let pid = 0;
+    while (Date.now() < deadline) {
+      if (exitCode !== null) {
+        throw new FailedPreconditionError(
+          `the pod infra process (${this.catatonit} -P in a new pid namespace) exited at once with ${exitCode}; check that catatonit is installed`,
+        );
+      }
+      const children = await readFile(`/proc/${wrapperPid}/task/${wrapperPid}/children`, 'utf8').catch(
+        () => '',
+      );
+      const first = Number(children.trim().split(/\s+/)[0]);
+      if (first > 0) {
+        const comm = (await readFile(`/proc/${first}/comm`, 'utf8').catch(() => '')).trim();
+        // Until exec the child still shows unshare's name.
+        if (comm === path.basename(this.catatonit)) {
+          pid = first;
+          break;
+        }
+      }
+      await sleep(2);
+    }
+    if (pid === 0) {
+      process.kill(wrapperPid, 'SIGKILL');
+      throw new InternalError('the pod infra process did not start within 5s');
+    }
+    const infra: InfraProcess = {
+      pid,
+      wrapperPid,
+      startTime: await processStartTime(pid),
+      pidNamespaceInode: (await stat(`/proc/${pid}/ns/pid`)).ino,
+    };
+    if (cgroupLeaf !== null) {
+      const procs = path.join(this.cgroupRoot, cgroupLeaf, 'cgroup.procs');
+      try {
+        await writeFile(procs, String(wrapperPid));
+        await writeFile(procs, String(pid));
+      } catch (err) {
+        await this.stopInfra(infra);
+        throw new FailedPreconditionError(
+          `cannot move the pod infra process into ${procs}: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+    }
+    return infra;
+  }
+
+  async infraAlive(infra: InfraProcess): Promise<boolean> {
+    const start = await processStartTime(infra.pid).catch(() => null);
+    return start === infra.startTime;
+  }
+
+  async stopInfra(infra: InfraProcess): Promise<void> {
+    if (await this.infraAlive(infra)) {
+      try {
+        process.kill(infra.pid, 'SIGKILL');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    }
+    // The wrapper exits once its child is gone; wait for both so nothing is left behind.
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      const alive = (await this.infraAlive(infra)) || (await isLiveProcess(infra.wrapperPid, this.unshare));
+      if (!alive) return;
+      await sleep(5);
+    }
+    throw new InternalError(`the pod infra process ${infra.pid} did not exit within 10s of SIGKILL`);
+  }
+
+  async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {
+    if (!settings.loopbackUp && settings.hostname === null && settings.sysctls.length === 0) return;
+    const args = [
+      ...nsenterArgs(ns),
+      '--',
+      'sh',
+      '-c',
+      CONFIGURE_SCRIPT,
+      'sh',
+      settings.loopbackUp ? '1' : '0',
+      settings.hostname ?? '',
+      ...settings.sysctls.flatMap((s) => [s.path, s.value]),
+    ];
+    const r = await execa(this.nsenter, args, this.execOptions());
+    if (r.exitCode === 0) return;
+    const stderr = String(r.stderr);
+    const step = /rcri-step (\S+)(?: (\S+))?/.exec(stderr);
+    const detail = stderr.replace(/rcri-step .*\n?/g, '').trim();
+    if (step?.[1] === 'sysctl') {
+      const failed = settings.sysctls.find((s) => s.path === step[2]);
+      throw new InvalidArgumentError(
+        `sysctl ${failed?.key ?? step[2]}=${JSON.stringify(failed?.value ?? '')} was refused by the kernel inside the pod (${detail}); check the value`,
+      );
+    }
+    throw new InternalError(
+      `cannot configure the pod namespaces (${step?.[1] ?? 'nsenter'}): ${detail || `exit ${r.exitCode}`}`,
+    );
+  }
+
+  async createCgroup(relative: string): Promise<string[]> {
+    const created: string[] = [];
+    const parts = relative.split('/').filter(Boolean);
+    let current = '';
+    for (const part of parts) {
+      const parent = current;
+      current = `${current}/${part}`;
+      const dir = path.join(this.cgroupRoot, current);
+      try {
+        await mkdir(dir);
+        created.push(current);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+          throw new FailedPreconditionError(
+            `cannot create cgroup ${dir}: ${(err as Error).message}; is the node's cgroup v2 subtree delegated (rootless-cri doctor)?`,
+            { cause: err },
+          );
+        }
+      }
+      // Children can only use controllers their parent enables; best effort, like the node root.
+      await enableControllers(path.join(this.cgroupRoot, parent));
+    }
+    return created;
+  }
+
+  async removeCgroups(relatives: string[]): Promise<void> {
+    for (const relative of relatives) {
+      const dir = path.join(this.cgroupRoot, relative);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await rmdir(dir);
+          break;
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code === 'ENOENT') break;
+          if (code !== 'EBUSY' || attempt >= 200) {
+            throw new InternalError(`cannot remove cgroup ${dir}: ${(err as Error).message}`, { cause: err });
+          }
+          if (attempt === 0) await writeFile(path.join(dir, 'cgroup.kill'), '1').catch(() => undefined);
+          await sleep(10);
+        }
+      }
+    }
+  }
+
+  private execOptions() {
+    return {
+      reject: false,
+      timeout: this.timeoutMs,
+      env: { PATH: SAFE_PATH },
+      extendEnv: false,
+      stdin: 'ignore' as const,
+    };
+  }
+}
+
+function nsenterArgs(ns: NamespacePaths): string[] {
+  const args: string[] = [];
+  if (ns.net) args.push(`--net=${ns.net}`);
+  if (ns.ipc) args.push(`--ipc=${ns.ipc}`);
+  if (ns.uts) args.push(`--uts=${ns.uts}`);
+  return args;
+}
+
+async function enableControllers(dir: string): Promise<void> {
+  const available = (await readFile(path.join(dir, 'cgroup.controllers'), 'utf8').catch(() => '')).trim();
+  if (!available) return;
+  const enabled = (await readFile(path.join(dir, 'cgroup.subtree_control'), 'utf8').catch(() => '')).trim();
+  const missing = available.split(/\s+/).filter((c) => !enabled.split(/\s+/).includes(c));
+  for (const controller of missing) {
+    await writeFile(path.join(dir, 'cgroup.subtree_control'), `+${controller}`).catch(() => undefined);
+  }
+}
+
+/** Mount points in the daemon's (the node's) mount namespace. */
+async function mountedTargets(): Promise<Set<string>> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const targets = new Set<string>();
+  for (const line of text.split('\n')) {
+    const field = line.split(' ')[4];
+    if (field)
+      targets.add(
+        field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8))),
+      );
+  }
+  return targets;
+}
+
+/** Field 22 of /proc/<pid>/stat (start time in clock ticks since boot). */
+export async function processStartTime(pid: number): Promise<string> {
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may contain spaces and parentheses: fields restart after the last ')'.
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const start = rest[19];
+  if (start === undefined) throw new InternalError(`unexpected /proc/${pid}/stat`);
+  return start;
+}
+
+async function isLiveProcess(pid: number, expectedName: string): Promise<boolean> {
+  const status = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  if (!status) return false;
+  const state = status.slice(status.lastIndexOf(')') + 2, status.lastIndexOf(')') + 3);
+  if (state === 'Z' || state === 'X') return false;
+  const comm = status.slice(status.indexOf('(') + 1, status.lastIndexOf(')'));
+  return comm === path.basename(expectedName) || comm === 'nsenter';
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Lists a directory, or [] when it does not exist. */
+export async function listDir(dir: string): Promise<string[]> {
+  return readdir(dir).catch(() => []);
+}

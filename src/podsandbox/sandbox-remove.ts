@@ -1,0 +1,35 @@
+/**
+ * RemovePodSandbox: removes the pod's containers, stops the sandbox if it still runs (as
+ * containerd does, so a forced removal never leaves a running pod behind), then unpins the
+ * remaining namespaces and removes the pod cgroup, the sandbox files, the record and the name
+ * reservation. The record goes last: if anything before fails, the sandbox is still listed
+ * and a retry finishes the job. A sandbox that does not exist is OK.
+ */
+import type { CallContext } from '../cri/edge.js';
+import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { SandboxDeps } from './sandbox-deps.js';
+import { stopSandbox } from './sandbox-stop.js';
+import { removeCgroups, removeFiles, unpinOthers } from './sandbox-teardown.js';
+
+export function createRemovePodSandbox(deps: SandboxDeps) {
+  return async function RemovePodSandbox(
+    request: RuntimeRequest<'RemovePodSandbox'>,
+    ctx: Pick<CallContext, 'logger'>,
+  ): Promise<RuntimeResponse<'RemovePodSandbox'>> {
+    const id = deps.store.resolve(request.pod_sandbox_id);
+    if (id === undefined) return {};
+    await deps.locks.run(id, async () => {
+      if (!deps.store.get(id)) return;
+      await deps.containers.removeAll(id);
+      await stopSandbox(deps, id);
+      const record = deps.store.get(id)!;
+      await unpinOthers(deps, record);
+      await removeCgroups(deps, record);
+      await removeFiles(deps, record);
+      await deps.store.delete(id);
+      deps.names.releaseByOwner(id);
+      ctx.logger.info({ sandbox: id }, 'pod sandbox removed');
+    });
+    return {};
+  };
+}

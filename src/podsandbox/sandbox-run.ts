@@ -1,0 +1,261 @@
+/**
+ * RunPodSandbox: a pod's namespaces, infra process, cgroup, network, host ports and files.
+ *
+ * Order of steps, each pushing its undo on a RollbackStack:
+ *   check the request (no side effects) → reserve the name → record "creating" (names every
+ *   path the sandbox will use, so a daemon killed from here on leaves a record that Stop and
+ *   Remove can clean) → files dir → cgroup → pin net/ipc/uts namespaces → infra process
+ *   (pid POD) → CNI ADD → host ports → lo, hostname, sysctls → resolv.conf/hosts/hostname
+ *   files → log directory → record "ready".
+ *
+ * Name reservation follows containerd: the key is name_namespace_uid_attempt; a second
+ * request for a reserved key fails at once with AlreadyExists naming the sandbox that holds
+ * it, while the first one continues. The reservation is released when the request fails and
+ * when the sandbox is removed.
+ *
+ * A cancelled request (client gone, deadline passed) stops between steps and rolls back, so
+ * a retry with the same config gets a clean new sandbox, never a stuck reservation. The undos
+ * run with their own timeout. If an undo itself fails, the record stays as a visible
+ * NOTREADY sandbox (naming what could not be released) for Stop/Remove or kubelet's garbage
+ * collection, and the name is released so a retry is not blocked (catalog rows 34 and 40).
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { CallContext } from '../cri/edge.js';
+import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import { CancelledError, CriError, describeError, InternalError } from '../errors.js';
+import { writeFileAtomic } from '../store/atomic-file.js';
+import type { CniPortMapping } from './cni-network.js';
+import { describeUndoFailures, RollbackStack } from './rollback.js';
+import {
+  checkLogDirectory,
+  checkMetadata,
+  checkRuntimeHandler,
+  hostPortRequests,
+  hostsFileFor,
+  namespaceModes,
+  podCgroupPath,
+  podHostname,
+  resolvConfFrom,
+} from './sandbox-config.js';
+import type { SandboxDeps } from './sandbox-deps.js';
+import type { NamespacePaths, PinnableNamespace } from './sandbox-os.js';
+import { SANDBOX_RECORD_VERSION, type SandboxRecord, sandboxName } from './sandbox-record.js';
+import {
+  detachNetwork,
+  removeCgroups,
+  removeFiles,
+  stopInfra,
+  unpinNetwork,
+  unpinOthers,
+  unpublishPorts,
+} from './sandbox-teardown.js';
+import { validateSysctls } from './sysctls.js';
+
+export function newSandboxId(): string {
+  return randomBytes(32).toString('hex');
+}
+
+export function createRunPodSandbox(deps: SandboxDeps) {
+  return async function RunPodSandbox(
+    request: RuntimeRequest<'RunPodSandbox'>,
+    ctx: Pick<CallContext, 'signal' | 'logger'>,
+  ): Promise<RuntimeResponse<'RunPodSandbox'>> {
+    checkRuntimeHandler(request.runtime_handler);
+    const config = request.config;
+    const meta = checkMetadata(config);
+    // checkMetadata has thrown when config is null.
+    const podConfig = config!;
+    const modes = namespaceModes(podConfig);
+    const podNetwork = modes.network === 'POD';
+    const podIpc = modes.ipc === 'POD';
+    const sysctls = validateSysctls(podConfig.linux?.sysctls ?? {}, { podNetwork, podIpc });
+    const hostname = podNetwork ? podHostname(podConfig, meta) : deps.nodeHostname();
+    const resolvConf = resolvConfFrom(podConfig.dns_config);
+    const hostPorts = hostPortRequests(podConfig.port_mappings ?? []);
+    checkLogDirectory(podConfig.log_directory);
+
+    const id = deps.newId();
+    const name = sandboxName(meta);
+    deps.names.reserve(name, id);
+    return deps.locks.run(id, async () => {
+      const rollback = new RollbackStack(deps.undoTimeoutMs);
+      const ns = (dir: string, own: boolean) => (own ? path.join(deps.paths.runDir, dir, id) : null);
+      let record: SandboxRecord = {
+        version: SANDBOX_RECORD_VERSION,
+        id,
+        state: 'creating',
+        createdAt: deps.now().toString(),
+        runtimeHandler: request.runtime_handler,
+        config: podConfig,
+        hostname,
+        namespaces: {
+          network: { mode: modes.network, path: ns('netns', podNetwork) },
+          ipc: { mode: modes.ipc, path: ns('ipcns', podIpc) },
+          uts: { mode: modes.network, path: ns('utsns', podNetwork) },
+          pid: { mode: modes.pid, targetId: modes.targetId, infra: null },
+        },
+        network: null,
+        networkConfig: null,
+        ports: [],
+        cgroup: null,
+        filesDir: path.join(deps.paths.sandboxesDir, id),
+        stoppedAt: null,
+        notReadyReason: null,
+      };
+      const save = async (next: SandboxRecord) => {
+        await deps.store.put(next);
+        record = next;
+      };
+      const step = (what: string) => {
+        if (ctx.signal.aborted) {
+          throw new CancelledError(
+            `RunPodSandbox for ${name} was cancelled before ${what}; nothing was kept`,
+            {
+              cause: ctx.signal.reason,
+            },
+          );
+        }
+      };
+      try {
+        // The cgroup path is decided (and checked) before anything exists.
+        const cgroupPath = podCgroupPath(podConfig.linux?.cgroup_parent ?? '', id);
+        await save({
+          ...record,
+          cgroup: { path: cgroupPath, leaf: `${cgroupPath}/sandbox-${id.slice(0, 12)}`, created: [] },
+        });
+
+        step('creating the sandbox directory');
+        rollback.push('remove the sandbox files', () => removeFiles(deps, record));
+        await mkdir(record.filesDir, { recursive: true, mode: 0o755 });
+
+        step('creating the pod cgroup');
+        rollback.push('remove the pod cgroup', () => removeCgroups(deps, record));
+        // Only the pod cgroup itself is ours to remove later; parents it needed (/pods,
+        // kubelet's /kubepods/burstable) are shared with other pods.
+        const createdPod = await deps.os.createCgroup(record.cgroup!.path);
+        const ownPod = createdPod.includes(record.cgroup!.path) ? [record.cgroup!.path] : [];
+        await deps.os.createCgroup(record.cgroup!.leaf);
+        await save({ ...record, cgroup: { ...record.cgroup!, created: [...ownPod, record.cgroup!.leaf] } });
+
+        step('creating the pod namespaces');
+        const pins: { kind: PinnableNamespace; path: string }[] = [];
+        if (record.namespaces.network.path) pins.push({ kind: 'net', path: record.namespaces.network.path });
+        if (record.namespaces.ipc.path) pins.push({ kind: 'ipc', path: record.namespaces.ipc.path });
+        if (record.namespaces.uts.path) pins.push({ kind: 'uts', path: record.namespaces.uts.path });
+        rollback.push('unpin the pod namespaces', async () => {
+          await unpinNetwork(deps, record);
+          await unpinOthers(deps, record);
+        });
+        await deps.os.pinNamespaces(pins);
+        const nsPaths: NamespacePaths = {};
+        if (record.namespaces.network.path) nsPaths.net = record.namespaces.network.path;
+        if (record.namespaces.ipc.path) nsPaths.ipc = record.namespaces.ipc.path;
+        if (record.namespaces.uts.path) nsPaths.uts = record.namespaces.uts.path;
+
+        if (modes.pid === 'POD') {
+          step('starting the pod infra process');
+          rollback.push('stop the pod infra process', () => stopInfra(deps, record));
+          const infra = await deps.os.startInfra(nsPaths, record.cgroup!.leaf);
+          await save({
+            ...record,
+            namespaces: { ...record.namespaces, pid: { ...record.namespaces.pid, infra } },
+          });
+        }
+
+        const cniPorts: CniPortMapping[] = hostPorts.map((p) => ({
+          hostPort: p.hostPort,
+          containerPort: p.containerPort,
+          protocol: p.protocol,
+          hostIP: p.hostIp === '0.0.0.0' ? '' : p.hostIp,
+        }));
+        if (podNetwork) {
+          step('setting up the pod network');
+          const conflist = await deps.network.loadConfig();
+          // Recorded before ADD: from here on cleanup must run DEL with this configuration.
+          await save({ ...record, networkConfig: conflist });
+          rollback.push('tear down the pod network (CNI DEL)', () => detachNetwork(deps, record));
+          const network = await deps.network.setUp({
+            conflist,
+            sandboxId: id,
+            netnsPath: record.namespaces.network.path!,
+            podName: meta.name,
+            podNamespace: meta.namespace,
+            podUid: meta.uid,
+            portMappings: cniPorts,
+          });
+          await save({ ...record, network });
+        }
+
+        if (hostPorts.length > 0) {
+          if (!deps.ports) {
+            ctx.logger.warn(
+              { sandbox: id },
+              'no rootlesskit API: host ports are reachable inside the node only',
+            );
+          } else {
+            rollback.push('unpublish the host ports', () => unpublishPorts(deps, record));
+            const childIP = record.network?.ip ?? '127.0.0.1';
+            for (const p of hostPorts) {
+              step(`publishing host port ${p.hostPort}`);
+              const published = await deps.ports.add({
+                protocol: p.protocol,
+                parentIP: p.hostIp,
+                parentPort: p.hostPort,
+                childIP,
+                childPort: p.containerPort,
+              });
+              await save({ ...record, ports: [...record.ports, { ...p, id: published.id }] });
+            }
+          }
+        }
+
+        step('configuring the pod namespaces');
+        await deps.os.configureNamespaces(nsPaths, {
+          loopbackUp: podNetwork,
+          hostname: podNetwork ? hostname : null,
+          sysctls,
+        });
+
+        step('writing resolv.conf, hosts and hostname');
+        const nodeResolv = async () => readFile(deps.paths.nodeResolvConf, 'utf8').catch(() => '');
+        await writeFile(path.join(record.filesDir, 'resolv.conf'), resolvConf ?? (await nodeResolv()), {
+          mode: 0o644,
+        });
+        const hosts = podNetwork
+          ? hostsFileFor(record.network?.ip ?? '', hostname)
+          : await readFile(deps.paths.nodeHosts, 'utf8').catch(() => hostsFileFor('', hostname));
+        await writeFile(path.join(record.filesDir, 'hosts'), hosts, { mode: 0o644 });
+        await writeFileAtomic(path.join(record.filesDir, 'hostname'), `${hostname}\n`, 0o644);
+        if (podConfig.log_directory !== '')
+          await mkdir(podConfig.log_directory, { recursive: true, mode: 0o755 });
+
+        step('marking the sandbox ready');
+        await save({ ...record, state: 'ready' });
+        rollback.commit();
+        ctx.logger.info({ sandbox: id, name, ip: record.network?.ip ?? '' }, 'pod sandbox ready');
+        return { pod_sandbox_id: id };
+      } catch (err) {
+        const failures = await rollback.unwind();
+        if (failures.length === 0) {
+          await deps.store.delete(id).catch((deleteError) => {
+            ctx.logger.error(
+              { err: deleteError, sandbox: id },
+              'cannot delete the record of a rolled-back sandbox',
+            );
+          });
+        } else {
+          const reason = `RunPodSandbox failed (${describeError(err)}) and its cleanup did not finish: ${describeUndoFailures(failures)}`;
+          ctx.logger.error({ sandbox: id, failures: failures.map((f) => f.description) }, reason);
+          await deps.store
+            .put({ ...record, state: 'notready', notReadyReason: reason })
+            .catch(() => undefined);
+        }
+        deps.names.releaseByOwner(id);
+        if (err instanceof CriError) throw err;
+        throw new InternalError(`RunPodSandbox for ${name} failed: ${describeError(err)}`, { cause: err });
+      }
+    });
+  };
+}

@@ -1,0 +1,39 @@
+/**
+ * StopPodSandbox: stops the pod's containers, then releases what a running pod holds: its
+ * PID 1 (and so its pid namespace), host ports, network (CNI DEL: IP lease, veth, iptables
+ * rules) and network namespace. IPC/UTS namespaces, cgroup, files and the record stay until
+ * RemovePodSandbox. A sandbox that does not exist, or is already stopped, is OK (CRI
+ * idempotence); an empty id or an ambiguous prefix is InvalidArgument.
+ *
+ * Containers get a grace period of 0: kubelet has already stopped them gracefully before it
+ * stops the sandbox (containerd does the same).
+ */
+import type { CallContext } from '../cri/edge.js';
+import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { SandboxDeps } from './sandbox-deps.js';
+import { releaseRunningResources } from './sandbox-teardown.js';
+
+export async function stopSandbox(deps: SandboxDeps, id: string): Promise<void> {
+  const record = deps.store.get(id);
+  if (!record) return;
+  await deps.containers.stopAll(id, 0);
+  const released = await releaseRunningResources(deps, record);
+  const alreadyStopped = record.state === 'notready' && record.stoppedAt !== null;
+  await deps.store.put({
+    ...released,
+    state: 'notready',
+    stoppedAt: alreadyStopped ? record.stoppedAt : deps.now().toString(),
+  });
+}
+
+export function createStopPodSandbox(deps: SandboxDeps) {
+  return async function StopPodSandbox(
+    request: RuntimeRequest<'StopPodSandbox'>,
+    _ctx: Pick<CallContext, 'logger'>,
+  ): Promise<RuntimeResponse<'StopPodSandbox'>> {
+    const id = deps.store.resolve(request.pod_sandbox_id);
+    if (id === undefined) return {};
+    await deps.locks.run(id, () => stopSandbox(deps, id));
+    return {};
+  };
+}
