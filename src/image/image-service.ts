@@ -1,0 +1,242 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Config } from '../config.js';
+import type { ImageHandlers } from '../cri/server.js';
+import { NotFoundError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { ContentStore } from './content-store.js';
+import { ActivePulls, collectGarbage } from './image-gc.js';
+import { createListImagesHandler } from './image-list.js';
+import { createPullImageHandler } from './image-pull.js';
+import { createRemoveImageHandler, dropImage } from './image-remove.js';
+import { createImageStatusHandler, findImage } from './image-status.js';
+import { type ImageRecord, ImageStore } from './image-store.js';
+import { LayerStore, type LayerUnpacker } from './layer-store.js';
+import { type LayerIdMap, type UnpackLayerOptions, unpackLayer } from './layer-unpack.js';
+import { RegistryClient } from './registry-client.js';
+import type { RegistryHostsConfig } from './registry-hosts.js';
+
+/**
+ * The CRI ImageService (except ImageFsInfo, see image-fs-info.ts) and what the container
+ * layer needs from images. Everything lives under `<rootDir>/image`:
+ *
+ *   image/images/<id hex>.json       image records (image-store.ts)
+ *   image/content/sha256/<hex>       verified blobs (content-store.ts)
+ *   image/layers/<chain id hex>      unpacked layers (layer-store.ts)
+ *
+ * Image size (ImageStatus/ListImages `size`) is the compressed size of the config and layer
+ * blobs as listed in the manifest: fixed per image, the same whatever name asks for it,
+ * and what `crictl images` shows for containerd. ImageFsInfo reports the real disk usage.
+ */
+
+export interface ResolvedLocalImage {
+  id: string;
+  /** The parsed OCI image config (a fresh copy per call: callers may not share it). */
+  config: Record<string, unknown>;
+  /** Unpacked layer directories, top layer first (what the snapshotter stacks). */
+  layerDirs: string[];
+  repoTags: string[];
+  repoDigests: string[];
+}
+
+export type ImageServiceHandlers = Pick<
+  ImageHandlers,
+  'PullImage' | 'ImageStatus' | 'ListImages' | 'RemoveImage'
+>;
+
+export interface ImageService {
+  handlers: ImageServiceHandlers;
+  /** Loads records, drops damaged images, removes leftovers of a crash, collects garbage. */
+  recover(): Promise<{ images: number; dropped: string[] }>;
+  close(): Promise<void>;
+  /** By id, tag or digest; NotFound when absent. Exact ids also find untagged-but-held images. */
+  resolveImage(nameOrIdOrDigest: string): Promise<ResolvedLocalImage>;
+  /** Records that `holder` (a container id) uses the image: it is never deleted meanwhile. */
+  markInUse(id: string, holder: string): Promise<void>;
+  release(id: string, holder: string): Promise<void>;
+  /** After the container layer's recovery: drops holds of holders that no longer exist. */
+  retainHolders(live: ReadonlySet<string>): Promise<void>;
+}
+
+export interface ImageServiceOptions {
+  config: Pick<Config, 'rootDir' | 'image'>;
+  logger: Logger;
+  /** IDs layers may use (default: read from /proc/self/{uid,gid}_map). */
+  idMap?: LayerIdMap;
+  unpacker?: LayerUnpacker;
+  /** Host name resolution for registries (tests pass one that refuses). */
+  lookup?: import('node:net').LookupFunction;
+}
+
+/** The largest N such that IDs 0..N are all mapped, from a /proc/<pid>/uid_map text. */
+export function contiguousIdMax(mapText: string): number {
+  const ranges = mapText
+    .trim()
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/).map(Number))
+    .filter((f) => f.length === 3 && f.every(Number.isSafeInteger))
+    .map(([inside, , count]) => ({ start: inside!, end: inside! + count! - 1 }))
+    .sort((a, b) => a.start - b.start);
+  let max = -1;
+  for (const range of ranges) {
+    if (range.start > max + 1) break;
+    max = Math.max(max, range.end);
+  }
+  // (uid_t)-1 is "no change" for chown, never a real owner.
+  return Math.min(max, 0xfffffffe);
+}
+
+export async function readIdMap(): Promise<LayerIdMap> {
+  const [uids, gids] = await Promise.all([
+    readFile('/proc/self/uid_map', 'utf8'),
+    readFile('/proc/self/gid_map', 'utf8'),
+  ]);
+  return { uidMax: Math.max(contiguousIdMax(uids), 0), gidMax: Math.max(contiguousIdMax(gids), 0) };
+}
+
+function registryHosts(config: ImageServiceOptions['config']): RegistryHostsConfig {
+  const hosts: RegistryHostsConfig = {};
+  for (const [host, entry] of Object.entries(config.image.registries)) {
+    hosts[host] = { mirrors: [...entry.mirrors] };
+    // `insecure = false` is the config's default; passing it would force HTTPS on loopback.
+    if (entry.insecure) hosts[host].insecure = true;
+    if (entry.caFile !== undefined) hosts[host].caFile = entry.caFile;
+  }
+  return hosts;
+}
+
+export function createImageService(options: ImageServiceOptions): ImageService {
+  const { config, logger } = options;
+  const imageDir = join(config.rootDir, 'image');
+  const store = new ImageStore(imageDir, logger);
+  const content = new ContentStore({
+    root: imageDir,
+    logger,
+    downloadConcurrency: config.image.maxConcurrentDownloads,
+  });
+  let idMap = options.idMap;
+  const unpacker = options.unpacker ?? unpackLayer;
+  const layers = new LayerStore({
+    imageDir,
+    logger,
+    // The id map is read once at recover(); it is fixed for the life of the node.
+    get idMap(): LayerIdMap {
+      return idMap ?? { uidMax: 0, gidMax: 0 };
+    },
+    unpacker: (o: UnpackLayerOptions) => unpacker(o),
+  });
+  const registry = new RegistryClient({
+    hosts: registryHosts(config),
+    maxManifestBytes: config.image.maxManifestBytes,
+    maxConfigBytes: config.image.maxConfigBytes,
+    logger,
+    ...(options.lookup === undefined ? {} : { lookup: options.lookup }),
+  });
+  const active = new ActivePulls();
+  const gc = () => collectGarbage({ store, content, layers, active, logger });
+  const readConfig = (record: ImageRecord) => content.readJson(record.id, config.image.maxConfigBytes);
+
+  const handlers: ImageServiceHandlers = {
+    PullImage: createPullImageHandler({
+      store,
+      content,
+      layers,
+      registry,
+      active,
+      logger,
+      collectGarbage: gc,
+    }),
+    ImageStatus: createImageStatusHandler({ store, readConfig }),
+    ListImages: createListImagesHandler(store),
+    RemoveImage: createRemoveImageHandler({ store, logger, collectGarbage: gc }),
+  };
+
+  const updateHolders = (id: string, change: (holders: Set<string>) => void) =>
+    store.exclusive(async () => {
+      const record = findImage(store, id, { includeRemoved: true });
+      if (record === undefined) return false;
+      const holders = new Set(record.holders);
+      const before = holders.size;
+      change(holders);
+      if (holders.size === before) return false;
+      const updated = { ...record, holders: [...holders] };
+      if (updated.removed && holders.size === 0) {
+        await dropImage({ store, logger, collectGarbage: gc }, updated);
+        await gc();
+        return true;
+      }
+      await store.put(updated);
+      return true;
+    });
+
+  return {
+    handlers,
+
+    async recover() {
+      idMap ??= await readIdMap();
+      await content.init();
+      await layers.init();
+      const { dropped } = await store.load();
+      await store.exclusive(async () => {
+        for (const record of store.all()) {
+          const missing: string[] = [];
+          if (!(await content.has(record.id))) missing.push(`config ${record.id}`);
+          for (const layer of record.layers) {
+            if (!(await layers.has(layer.chainId))) missing.push(`layer ${layer.chainId}`);
+          }
+          if (missing.length === 0) continue;
+          logger.warn(
+            { image: record.id, tags: record.repoTags, missing },
+            'image is damaged (files missing on disk); removing its record, pull it again',
+          );
+          await store.delete(record.id);
+          dropped.push(record.id);
+        }
+        await gc();
+      });
+      const images = store.all().length;
+      logger.info({ images, dropped: dropped.length, idMap }, 'image store recovered');
+      return { images, dropped };
+    },
+
+    async close() {
+      // Wait for record writes in progress; pulls are cancelled by the server's shutdown.
+      await store.exclusive(async () => undefined);
+    },
+
+    async resolveImage(name) {
+      const record = findImage(store, name, { includeRemoved: true });
+      if (record === undefined) {
+        throw new NotFoundError(`image ${JSON.stringify(name.slice(0, 300))} is not present; pull it first`);
+      }
+      const raw = await readConfig(record);
+      return {
+        id: record.id,
+        config: structuredClone(raw) as Record<string, unknown>,
+        layerDirs: record.layers.map((l) => layers.path(l.chainId)).reverse(),
+        repoTags: [...record.repoTags],
+        repoDigests: [...record.repoDigests],
+      };
+    },
+
+    async markInUse(id, holder) {
+      const changed = await updateHolders(id, (h) => h.add(holder));
+      if (!changed && findImage(store, id, { includeRemoved: true }) === undefined) {
+        throw new NotFoundError(`image ${JSON.stringify(id.slice(0, 300))} is not present; pull it first`);
+      }
+    },
+
+    async release(id, holder) {
+      await updateHolders(id, (h) => h.delete(holder));
+    },
+
+    async retainHolders(live) {
+      for (const record of store.all()) {
+        if (record.holders.every((h) => live.has(h))) continue;
+        await updateHolders(record.id, (h) => {
+          for (const holder of [...h]) if (!live.has(holder)) h.delete(holder);
+        });
+      }
+    },
+  };
+}

@@ -1,0 +1,259 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
+import { type Logger, silentLogger } from '../log.js';
+import { type Digest, digestHex, isDigest, parseDigest } from './digest.js';
+import {
+  type LayerIdMap,
+  type UnpackLayerOptions,
+  type UnpackLayerResult,
+  unpackLayer,
+} from './layer-unpack.js';
+import { abortError } from './registry-client.js';
+
+/**
+ * Unpacked layers, one directory per chain ID: `<imageDir>/layers/<chain id hex>`.
+ *
+ * A layer directory holds only that layer's own changes (whiteouts as 0:0 character
+ * devices, opaque dirs as an xattr); the snapshotter stacks them. It is keyed by chain ID
+ * (the OCI image spec's identity for "this layer on top of exactly these parents") so two
+ * images share a directory only when their whole layer stack up to it is the same.
+ *
+ * A layer is unpacked into `layers/.tmp-<random>` and renamed to its final name only when
+ * the helper reported success and the uncompressed content matched the config's diff_id,
+ * so a directory under its chain ID is always complete. Concurrent requests for one chain
+ * ID share one unpack; the unpack is cancelled only when every waiter has gone, and its
+ * temp directory is removed before the last waiter's call returns. A crash leaves at most
+ * `.tmp-*` directories, which `init` removes.
+ */
+
+/** What the store needs from the unpacker (the real one runs native/layer-unpack). */
+export type LayerUnpacker = (options: UnpackLayerOptions) => Promise<UnpackLayerResult>;
+
+export interface LayerStoreOptions {
+  /** `<rootDir>/image`; layers live in `<imageDir>/layers`. */
+  imageDir: string;
+  idMap: LayerIdMap;
+  logger?: Logger;
+  unpacker?: LayerUnpacker;
+}
+
+export interface LayerToUnpack {
+  /** Blob digest (compressed), used in messages. */
+  digest: Digest;
+  mediaType: string;
+  /** The stored blob. */
+  blobPath: string;
+  diffId: Digest;
+  chainId: Digest;
+}
+
+interface Flight {
+  promise: Promise<string>;
+  controller: AbortController;
+  waiters: number;
+  settled: boolean;
+}
+
+const TEMP_PREFIX = '.tmp-';
+const HEX64 = /^[a-f0-9]{64}$/;
+
+/** chainId(L0) = diffId(L0); chainId(Ln) = sha256(chainId(Ln-1) + " " + diffId(Ln)). */
+export function chainIds(diffIds: readonly Digest[]): Digest[] {
+  const out: Digest[] = [];
+  for (const diffId of diffIds) {
+    const parent = out[out.length - 1];
+    out.push(
+      parent === undefined
+        ? diffId
+        : `sha256:${createHash('sha256').update(`${parent} ${diffId}`).digest('hex')}`,
+    );
+  }
+  return out;
+}
+
+export class LayerStore {
+  readonly layersDir: string;
+  private readonly logger: Logger;
+  private readonly unpacker: LayerUnpacker;
+  private readonly flights = new Map<Digest, Flight>();
+
+  constructor(private readonly options: LayerStoreOptions) {
+    this.layersDir = join(options.imageDir, 'layers');
+    this.logger = options.logger ?? silentLogger();
+    this.unpacker = options.unpacker ?? unpackLayer;
+  }
+
+  /** Creates the directory and removes unpacks a crashed run left half done. */
+  async init(): Promise<void> {
+    await mkdir(this.layersDir, { recursive: true, mode: 0o700 });
+    let removed = 0;
+    for (const name of await readdir(this.layersDir)) {
+      if (!name.startsWith(TEMP_PREFIX)) continue;
+      await rm(join(this.layersDir, name), { recursive: true, force: true, maxRetries: 3 });
+      removed += 1;
+    }
+    if (removed > 0)
+      this.logger.info({ count: removed }, 'removed unfinished layer unpacks of a previous run');
+  }
+
+  /** Where the layer with this chain ID lives (or would live). */
+  path(chainId: string): string {
+    return join(this.layersDir, digestHex(parseDigest(chainId, 'layer chain ID')));
+  }
+
+  async has(chainId: string): Promise<boolean> {
+    try {
+      return (await stat(this.path(chainId))).isDirectory();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
+  /** Chain IDs of every complete layer directory. */
+  async list(): Promise<Digest[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.layersDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    return names.filter((n) => HEX64.test(n)).map((n) => `sha256:${n}` as Digest);
+  }
+
+  /** Chain IDs being unpacked right now (garbage collection leaves them alone). */
+  inFlight(): Digest[] {
+    return [...this.flights.keys()];
+  }
+
+  /** Unpacks the layer unless its directory exists; returns the directory. */
+  async ensure(layer: LayerToUnpack, signal?: AbortSignal): Promise<string> {
+    if (!isDigest(layer.chainId) || !isDigest(layer.diffId)) {
+      throw new InvalidArgumentError(`layer ${layer.digest}: invalid chain ID or diff_id`);
+    }
+    if (signal?.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
+    const target = this.path(layer.chainId);
+    let flight = this.flights.get(layer.chainId);
+    if (flight === undefined || flight.controller.signal.aborted) {
+      if (await this.has(layer.chainId)) return target;
+      // Checked again: another caller may have started a flight while we looked at the disk.
+      flight = this.flights.get(layer.chainId);
+    }
+    if (flight === undefined || flight.controller.signal.aborted) {
+      const controller = new AbortController();
+      const started: Flight = {
+        controller,
+        waiters: 0,
+        settled: false,
+        promise: this.unpack(layer, target, controller.signal),
+      };
+      started.promise = started.promise.finally(() => {
+        started.settled = true;
+        if (this.flights.get(layer.chainId) === started) this.flights.delete(layer.chainId);
+      });
+      started.promise.catch(() => {});
+      this.flights.set(layer.chainId, started);
+      flight = started;
+    }
+    return this.wait(flight, signal, `unpack of layer ${layer.digest}`);
+  }
+
+  /**
+   * Removes a layer directory. It is renamed to a temp name first, so a crash in the middle
+   * of a long delete leaves a `.tmp-*` (removed by `init`), never a half-empty layer under
+   * its chain ID.
+   */
+  async remove(chainId: string): Promise<void> {
+    const doomed = join(this.layersDir, `${TEMP_PREFIX}gc-${randomBytes(8).toString('hex')}`);
+    try {
+      await rename(this.path(chainId), doomed);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    await rm(doomed, { recursive: true, force: true, maxRetries: 3 });
+  }
+
+  private async unpack(layer: LayerToUnpack, target: string, signal: AbortSignal): Promise<string> {
+    await mkdir(this.layersDir, { recursive: true, mode: 0o700 });
+    const temp = join(this.layersDir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const started = Date.now();
+    try {
+      const result = await this.unpacker({
+        blobPath: layer.blobPath,
+        layerDigest: layer.digest,
+        mediaType: layer.mediaType,
+        destDir: temp,
+        idMap: this.options.idMap,
+        diffId: layer.diffId,
+        signal,
+      });
+      if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
+      await rename(temp, target);
+      for (const warning of result.warnings) {
+        this.logger.warn({ layer: layer.digest }, `layer unpack: ${warning}`);
+      }
+      this.logger.debug(
+        { layer: layer.digest, chainId: layer.chainId, entries: result.entries, ms: Date.now() - started },
+        'unpacked layer',
+      );
+      return target;
+    } catch (err) {
+      await rm(temp, { recursive: true, force: true, maxRetries: 3 });
+      if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
+      if (
+        (err as NodeJS.ErrnoException).code === 'ENOTEMPTY' ||
+        (err as NodeJS.ErrnoException).code === 'EEXIST'
+      ) {
+        // Someone else (an earlier daemon's flight finished the same layer) won the rename.
+        return target;
+      }
+      throw err;
+    }
+  }
+
+  private wait(flight: Flight, signal: AbortSignal | undefined, what: string): Promise<string> {
+    flight.waiters += 1;
+    return new Promise<string>((resolve, reject) => {
+      let done = false;
+      const finish = () => {
+        done = true;
+        flight.waiters -= 1;
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const onAbort = () => {
+        if (done) return;
+        finish();
+        const error = abortError(signal!, what);
+        if (flight.waiters === 0 && !flight.settled) {
+          // The last waiter left: stop the unpack and return once its temp dir is gone.
+          flight.controller.abort(error);
+          const settle = () => reject(error);
+          flight.promise.then(settle, settle);
+        } else {
+          reject(error);
+        }
+      };
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
+      flight.promise.then(
+        (value) => {
+          if (done) return;
+          finish();
+          resolve(value);
+        },
+        (error: unknown) => {
+          if (done) return;
+          finish();
+          reject(error);
+        },
+      );
+    });
+  }
+}
