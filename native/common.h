@@ -79,18 +79,23 @@ static void json_string(FILE *out, const char *s) {
   fputc('"', out);
 }
 
-/* {"ok":false,...} on stdout, exit 1 (2 for a usage error). */
-__attribute__((noreturn)) static void report_failure_and_exit(int code) {
-  fputs("{\"ok\":false,\"kind\":", stdout);
-  json_string(stdout, g_error_kind[0] != '\0' ? g_error_kind : "system");
+/* {"ok":false,...} on `out`. */
+__attribute__((unused)) static void report_failure(FILE *out) {
+  fputs("{\"ok\":false,\"kind\":", out);
+  json_string(out, g_error_kind[0] != '\0' ? g_error_kind : "system");
   if (g_error_errno[0] != '\0') {
-    fputs(",\"errno\":", stdout);
-    json_string(stdout, g_error_errno);
+    fputs(",\"errno\":", out);
+    json_string(out, g_error_errno);
   }
-  fputs(",\"error\":", stdout);
-  json_string(stdout, g_error[0] != '\0' ? g_error : "unknown error");
-  fputs("}\n", stdout);
-  fflush(stdout);
+  fputs(",\"error\":", out);
+  json_string(out, g_error[0] != '\0' ? g_error : "unknown error");
+  fputs("}\n", out);
+  fflush(out);
+}
+
+/* {"ok":false,...} on stdout, exit 1 (2 for a usage error). */
+__attribute__((noreturn, unused)) static void report_failure_and_exit(int code) {
+  report_failure(stdout);
   exit(code);
 }
 
