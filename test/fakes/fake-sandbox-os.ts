@@ -1,0 +1,134 @@
+import type {
+  NamespacePaths,
+  NamespaceSettings,
+  PinnableNamespace,
+  SandboxOs,
+} from '../../src/podsandbox/sandbox-os.js';
+import type { InfraProcess } from '../../src/podsandbox/sandbox-record.js';
+
+type Method = keyof SandboxOs;
+
+/**
+ * An in-memory node: pinned namespace files, infra processes and cgroup directories. Records
+ * every call in order and can fail the next call of one method (or block it until released).
+ */
+export class FakeSandboxOs implements SandboxOs {
+  readonly calls: { method: Method; args: unknown[] }[] = [];
+  readonly pinned = new Set<string>();
+  readonly infras = new Map<number, InfraProcess>();
+  readonly cgroups = new Set<string>();
+  readonly configured: { ns: NamespacePaths; settings: NamespaceSettings }[] = [];
+  #nextPid = 100;
+  #failures = new Map<Method, Error>();
+  #gates = new Map<Method, Promise<void>>();
+
+  /** `journal` (shared with other fakes) gets "os.<method>" for every call, in order. */
+  constructor(private readonly journal: string[] = []) {}
+
+  failNext(method: Method, error: Error): void {
+    this.#failures.set(method, error);
+  }
+
+  /** The next call of `method` waits until the returned function is called. */
+  blockNext(method: Method): () => void {
+    let release!: () => void;
+    this.#gates.set(method, new Promise<void>((r) => (release = r)));
+    return () => release();
+  }
+
+  /** What a test sees as "left behind". */
+  leftovers(): string[] {
+    return [
+      ...[...this.pinned].map((p) => `pin ${p}`),
+      ...[...this.infras.keys()].map((p) => `infra ${p}`),
+      ...[...this.cgroups].filter((c) => c !== '/pods').map((c) => `cgroup ${c}`),
+    ];
+  }
+
+  /** Simulates the infra process dying behind the daemon's back. */
+  killInfra(pid: number): void {
+    this.infras.delete(pid);
+  }
+
+  private async enter(method: Method, args: unknown[]): Promise<void> {
+    this.calls.push({ method, args });
+    this.journal.push(`os.${method}`);
+    const gate = this.#gates.get(method);
+    if (gate) {
+      this.#gates.delete(method);
+      await gate;
+    }
+    const failure = this.#failures.get(method);
+    if (failure) {
+      this.#failures.delete(method);
+      throw failure;
+    }
+  }
+
+  async pinNamespaces(pins: { kind: PinnableNamespace; path: string }[]): Promise<void> {
+    await this.enter('pinNamespaces', [pins]);
+    for (const p of pins) {
+      if (this.pinned.has(p.path)) throw new Error(`${p.path} exists`);
+      this.pinned.add(p.path);
+    }
+  }
+
+  async unpinNamespaces(paths: string[]): Promise<void> {
+    await this.enter('unpinNamespaces', [paths]);
+    for (const p of paths) this.pinned.delete(p);
+  }
+
+  async isPinned(path: string): Promise<boolean> {
+    return this.pinned.has(path);
+  }
+
+  async startInfra(ns: NamespacePaths, cgroupLeaf: string | null): Promise<InfraProcess> {
+    await this.enter('startInfra', [ns, cgroupLeaf]);
+    const pid = this.#nextPid++;
+    const infra = {
+      pid,
+      wrapperPid: pid + 1000,
+      startTime: String(pid * 7),
+      pidNamespaceInode: 4026530000 + pid,
+    };
+    this.infras.set(pid, infra);
+    return infra;
+  }
+
+  async infraAlive(infra: InfraProcess): Promise<boolean> {
+    return this.infras.get(infra.pid)?.startTime === infra.startTime;
+  }
+
+  async stopInfra(infra: InfraProcess): Promise<void> {
+    await this.enter('stopInfra', [infra]);
+    this.infras.delete(infra.pid);
+  }
+
+  async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {
+    await this.enter('configureNamespaces', [ns, settings]);
+    this.configured.push({ ns, settings });
+  }
+
+  async createCgroup(relative: string): Promise<string[]> {
+    await this.enter('createCgroup', [relative]);
+    const created: string[] = [];
+    let current = '';
+    for (const part of relative.split('/').filter(Boolean)) {
+      current = `${current}/${part}`;
+      if (!this.cgroups.has(current)) {
+        this.cgroups.add(current);
+        created.push(current);
+      }
+    }
+    return created;
+  }
+
+  async removeCgroups(relatives: string[]): Promise<void> {
+    await this.enter('removeCgroups', [relatives]);
+    for (const r of relatives) {
+      const hasChildren = [...this.cgroups].some((c) => c.startsWith(`${r}/`) && !relatives.includes(c));
+      if (hasChildren) throw new Error(`cgroup ${r} is busy`);
+      this.cgroups.delete(r);
+    }
+  }
+}
