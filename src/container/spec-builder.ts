@@ -1,0 +1,812 @@
+/**
+ * The OCI runtime spec of a container, from its CRI ContainerConfig, its pod, its image and
+ * facts about the node probed once at start. No side effects: the only I/O is reading, through
+ * the `SpecFiles` interface (image /etc/passwd and /etc/group in-root, host paths of mounts and
+ * devices, a Localhost seccomp profile), so tests can run it against temp dirs or fakes.
+ *
+ * The rules are containerd's (internal/cri/server/container_create_linux.go and pkg/oci), with
+ * the rootless adjustments of DESIGN.md: the node's user namespace is the container's (no new
+ * user namespace), limits of controllers that are not delegated are dropped with a warning,
+ * an oom_score_adj below the daemon's own is raised to it (lowering needs real root).
+ */
+import { constants as osConstants } from 'node:os';
+import path from 'node:path';
+import type { ContainerConfig__Output, KeyValue__Output, Mount__Output } from '../cri/proto.js';
+import { FailedPreconditionError, InvalidArgumentError, UnimplementedError } from '../errors.js';
+import { containerCapabilities } from './capabilities.js';
+import type { InRootPath } from './in-root.js';
+import type {
+  OciDevice,
+  OciDeviceRule,
+  OciMount,
+  OciNamespace,
+  OciResources,
+  OciSeccomp,
+  OciSpec,
+} from './oci-spec.js';
+import type { SandboxInfo } from './sandbox-info.js';
+import { defaultSeccompProfile, translateSeccompProfile } from './seccomp.js';
+import {
+  type GroupEntry,
+  type PasswdEntry,
+  parseGroup,
+  parsePasswd,
+  type ResolvedUser,
+  requestedUserString,
+  resolveUser,
+} from './user.js';
+
+/** Size caps for files read from the image or the host while building a spec. */
+export const MAX_ID_FILE_BYTES = 1024 * 1024;
+export const MAX_SECCOMP_PROFILE_BYTES = 1024 * 1024;
+
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export const DEFAULT_MASKED_PATHS: readonly string[] = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/sys/devices/virtual/powercap',
+];
+
+export const DEFAULT_READONLY_PATHS: readonly string[] = [
+  '/proc/bus',
+  '/proc/fs',
+  '/proc/irq',
+  '/proc/sys',
+  '/proc/sysrq-trigger',
+];
+
+/** Annotation keys the runtime writes (containerd's names, so tools that read them work). */
+export const ANNOTATIONS = {
+  containerType: 'io.kubernetes.cri.container-type',
+  sandboxId: 'io.kubernetes.cri.sandbox-id',
+  sandboxName: 'io.kubernetes.cri.sandbox-name',
+  sandboxNamespace: 'io.kubernetes.cri.sandbox-namespace',
+  sandboxUid: 'io.kubernetes.cri.sandbox-uid',
+  containerName: 'io.kubernetes.cri.container-name',
+  imageName: 'io.kubernetes.cri.image-name',
+} as const;
+
+/** A device node of the node, for privileged containers. */
+export interface HostDevice {
+  path: string;
+  type: 'c' | 'b';
+  major: number;
+  minor: number;
+  fileMode: number;
+  uid: number;
+  gid: number;
+}
+
+/** Facts about the node, probed once when the daemon starts. */
+export interface HostFacts {
+  /** /sys/fs/cgroup inside the node is cgroup v2. */
+  cgroupV2: boolean;
+  /** Controllers delegated to pods (cgroup.subtree_control of the pods' parent). */
+  controllers: readonly string[];
+  /** /proc/sys/kernel/cap_last_cap. */
+  capLastCap: number;
+  /** process.arch. */
+  nodeArch: string;
+  /** os.release(), e.g. 6.1.0-18-amd64. */
+  kernelVersion: string;
+  /** The OCI runtime accepts the `rro` mount option (and the kernel has mount_setattr). */
+  recursiveReadOnlyMounts: boolean;
+  /** The daemon's own oom_score_adj: nobody below real root can go lower. */
+  oomScoreAdjMin: number;
+  /** Ids 0..idMapSize-1 are mapped in the node's user namespace. */
+  idMapSize: number;
+  /** The node's device nodes (privileged containers get them all). */
+  devices: readonly HostDevice[];
+  apparmor: boolean;
+  selinux: boolean;
+}
+
+/** The read-only file access the builder needs. */
+export interface SpecFiles {
+  /** A regular file of the rootfs, resolved in-root; null when absent (see in-root.ts). */
+  readInRoot(root: string, p: string, maxBytes: number): Promise<Buffer | null>;
+  resolveInRoot(root: string, p: string): Promise<InRootPath>;
+  /** realpath(3) of a host path; rejects with code ENOENT when it does not exist. */
+  realpath(hostPath: string): Promise<string>;
+  /** The device node at a host path, or null when it is not a device. */
+  statDevice(hostPath: string): Promise<Omit<HostDevice, 'path'> | null>;
+  /** A regular host file (seccomp profile), at most maxBytes. */
+  readHostFile(hostPath: string, maxBytes: number): Promise<Buffer>;
+}
+
+/** The `config` object of an OCI image config (only what a container spec uses). */
+export interface ImageRuntimeConfig {
+  User?: string;
+  Env?: string[] | null;
+  Entrypoint?: string[] | null;
+  Cmd?: string[] | null;
+  WorkingDir?: string;
+  Volumes?: Record<string, unknown> | null;
+  StopSignal?: string;
+}
+
+export interface SpecInput {
+  containerId: string;
+  config: ContainerConfig__Output;
+  sandbox: SandboxInfo;
+  image: {
+    /** The OCI image config document ({ config: {...}, rootfs, history, ... }). */
+    config: { config?: ImageRuntimeConfig | null };
+    /** The prepared rootfs (absolute host path). */
+    rootfs: string;
+    /** The image name as the user asked for it (annotation and status). */
+    name: string;
+  };
+  hostFacts: HostFacts;
+  files: SpecFiles;
+  /** /proc/<pid>/ns/pid of the target container when pid mode is TARGET. */
+  targetPidNamespace?: string | null;
+}
+
+export interface SpecResult {
+  spec: OciSpec;
+  /** What was requested but is not applied on this node; logged and shown in verbose status. */
+  warnings: string[];
+  user: ResolvedUser;
+  /** Image VOLUME paths, confined to the rootfs; the caller creates them in-root. */
+  imageVolumes: string[];
+  /** Signal that stops the container: the request's, else the image's, else SIGTERM. */
+  stopSignal: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * `log_directory` + `log_path`, confined to the directory (catalog 26): a log path that is
+ * absolute or climbs out is an error. Empty when either is empty (no log file).
+ */
+export function containerLogPath(logDirectory: string, logPath: string): string {
+  if (logDirectory === '' || logPath === '') return '';
+  if (!path.isAbsolute(logDirectory)) {
+    throw new InvalidArgumentError(`log_directory "${logDirectory}" of the pod must be an absolute path`);
+  }
+  if (logPath.includes('\0') || path.isAbsolute(logPath)) {
+    throw new InvalidArgumentError(
+      `log_path "${logPath}" must be a relative path inside the pod's log_directory`,
+    );
+  }
+  const normalised = path.posix.normalize(logPath);
+  if (normalised === '..' || normalised.startsWith('../') || normalised === '.') {
+    throw new InvalidArgumentError(
+      `log_path "${logPath}" leaves the pod's log_directory; use a path inside it`,
+    );
+  }
+  return path.join(logDirectory, normalised);
+}
+
+function isUnderProc(p: string): boolean {
+  return p === '/proc' || p.startsWith('/proc/');
+}
+
+function int64(value: string | undefined, what: string): number {
+  if (value === undefined || value === '') return 0;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`${what} "${value}" is not an integer`);
+  return n;
+}
+
+function envValue(kv: KeyValue__Output): Buffer {
+  const v = kv.value as unknown;
+  if (Buffer.isBuffer(v)) return v;
+  return Buffer.from(typeof v === 'string' ? v : '', 'utf8');
+}
+
+/** Image env, then request env (replacing by key); NUL anywhere and CR/LF in HOME are refused. */
+function buildEnv(imageEnv: string[], requested: KeyValue__Output[], hostname: string): string[] {
+  const env = new Map<string, string>();
+  env.set('PATH', DEFAULT_PATH);
+  if (hostname !== '') env.set('HOSTNAME', hostname);
+  for (const entry of imageEnv) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0) continue;
+    env.set(entry.slice(0, eq), entry.slice(eq + 1));
+  }
+  for (const kv of requested) {
+    const key = kv.key;
+    if (key === '' || key.includes('=') || key.includes('\0')) {
+      throw new InvalidArgumentError(
+        `environment variable name "${key}" is invalid: names are non-empty, without "=" or NUL`,
+      );
+    }
+    const raw = envValue(kv);
+    if (raw.includes(0)) {
+      throw new InvalidArgumentError(`environment variable ${key} contains a NUL byte; remove it`);
+    }
+    env.set(key, raw.toString('utf8'));
+  }
+  for (const [key, value] of env) {
+    if (value.includes('\0'))
+      throw new InvalidArgumentError(`environment variable ${key} contains a NUL byte`);
+  }
+  const home = env.get('HOME');
+  // CVE-2022-4318 / CVE-2026-15809: a HOME with a real newline injected /etc/passwd lines.
+  if (home !== undefined && /[\n\r]/.test(home)) {
+    throw new InvalidArgumentError(
+      'environment variable HOME contains a newline or carriage return; remove it',
+    );
+  }
+  return [...env].map(([k, v]) => `${k}=${v}`);
+}
+
+/** containerd's merge of command/args with the image's Entrypoint/Cmd. */
+function buildArgs(config: ContainerConfig__Output, image: ImageRuntimeConfig): string[] {
+  let command = [...config.command];
+  let args = [...config.args];
+  if (command.length === 0) {
+    if (args.length === 0) args = [...(image.Cmd ?? [])];
+    const entrypoint = image.Entrypoint ?? [];
+    if (!(entrypoint.length === 1 && entrypoint[0] === '')) command = [...entrypoint];
+  }
+  const all = [...command, ...args];
+  if (all.length === 0) {
+    throw new InvalidArgumentError(
+      'no command specified: set command or args, or use an image with ENTRYPOINT/CMD',
+    );
+  }
+  if (all.some((a) => a.includes('\0')))
+    throw new InvalidArgumentError('a command argument contains a NUL byte');
+  return all;
+}
+
+function signalName(value: string | undefined): string | null {
+  if (value === undefined || value === '' || value === 'RUNTIME_DEFAULT') return null;
+  const signals = osConstants.signals as Record<string, number>;
+  const upper = value.toUpperCase();
+  if (/^[0-9]+$/.test(upper)) {
+    const n = Number(upper);
+    const name = Object.keys(signals).find((k) => signals[k] === n);
+    if (name) return name;
+  } else {
+    const name = upper.startsWith('SIG') ? upper : `SIG${upper}`;
+    if (name in signals) return name;
+  }
+  throw new InvalidArgumentError(`stop signal "${value}" is not a known signal`);
+}
+
+function checkAbsolute(p: string, what: string): string {
+  if (p === '' || !p.startsWith('/')) {
+    throw new InvalidArgumentError(`${what} "${p}" must be an absolute path`);
+  }
+  if (p.includes('\0')) throw new InvalidArgumentError(`${what} contains a NUL byte`);
+  return path.posix.normalize(p);
+}
+
+function checkId(id: number, what: string, facts: HostFacts): void {
+  if (id >= facts.idMapSize) {
+    throw new InvalidArgumentError(
+      `${what} ${id} is not mapped in the node's user namespace (ids 0..${facts.idMapSize - 1}); ` +
+        'use a smaller id or give the node user a larger /etc/subuid and /etc/subgid range',
+    );
+  }
+}
+
+const PROPAGATION_OPTION: Record<string, string> = {
+  PROPAGATION_PRIVATE: 'rprivate',
+  PROPAGATION_HOST_TO_CONTAINER: 'rslave',
+  PROPAGATION_BIDIRECTIONAL: 'rshared',
+};
+
+interface BindRequest {
+  containerPath: string;
+  hostPath: string;
+  readonly: boolean;
+  propagation: string;
+  recursiveReadOnly: boolean;
+}
+
+async function userMounts(
+  mounts: Mount__Output[],
+  files: SpecFiles,
+  facts: HostFacts,
+): Promise<BindRequest[]> {
+  const out: BindRequest[] = [];
+  for (const m of mounts) {
+    const where = `mount ${JSON.stringify(m.container_path)}`;
+    if (m.image) {
+      throw new UnimplementedError(
+        `${where}: image volumes (Mount.image) are not supported by rootless-cri yet`,
+      );
+    }
+    if (m.uidMappings.length > 0 || m.gidMappings.length > 0) {
+      throw new InvalidArgumentError(
+        `${where}: id-mapped mounts need pod user namespaces, which rootless-cri does not offer`,
+      );
+    }
+    const containerPath = checkAbsolute(m.container_path, 'mount container_path');
+    if (m.host_path === '' || !m.host_path.startsWith('/')) {
+      throw new InvalidArgumentError(`${where}: host_path "${m.host_path}" must be an absolute path`);
+    }
+    let hostPath: string;
+    try {
+      // The API says a symlink host path is followed: mount what it points to.
+      hostPath = await files.realpath(m.host_path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new InvalidArgumentError(`${where}: host_path ${m.host_path} does not exist; create it first`, {
+          cause: err,
+        });
+      }
+      throw new InvalidArgumentError(`${where}: host_path ${m.host_path} cannot be resolved`, { cause: err });
+    }
+    const propagation = PROPAGATION_OPTION[String(m.propagation)];
+    if (!propagation)
+      throw new InvalidArgumentError(`${where}: unknown propagation ${String(m.propagation)}`);
+    if (m.recursive_read_only) {
+      if (!m.readonly) throw new InvalidArgumentError(`${where}: recursive_read_only needs readonly: true`);
+      if (propagation !== 'rprivate') {
+        throw new InvalidArgumentError(`${where}: recursive_read_only needs propagation PROPAGATION_PRIVATE`);
+      }
+      if (!facts.recursiveReadOnlyMounts) {
+        throw new InvalidArgumentError(
+          `${where}: recursive read-only mounts are not supported on this node (the OCI runtime or kernel lacks them)`,
+        );
+      }
+    }
+    out.push({
+      containerPath,
+      hostPath,
+      readonly: m.readonly,
+      propagation,
+      recursiveReadOnly: m.recursive_read_only,
+    });
+  }
+  return out;
+}
+
+function bindMount(b: BindRequest): OciMount {
+  const options = ['rbind', b.propagation, b.readonly ? 'ro' : 'rw'];
+  if (b.recursiveReadOnly) options.push('rro');
+  return { destination: b.containerPath, type: 'bind', source: b.hostPath, options };
+}
+
+function defaultMounts(privileged: boolean): OciMount[] {
+  const sysOptions = ['nosuid', 'noexec', 'nodev', ...(privileged ? ['rw'] : ['ro'])];
+  return [
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    {
+      destination: '/dev',
+      type: 'tmpfs',
+      source: 'tmpfs',
+      options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
+    },
+    {
+      destination: '/dev/pts',
+      type: 'devpts',
+      source: 'devpts',
+      options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+    },
+    {
+      destination: '/dev/mqueue',
+      type: 'mqueue',
+      source: 'mqueue',
+      options: ['nosuid', 'noexec', 'nodev'],
+    },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: sysOptions },
+    {
+      destination: '/sys/fs/cgroup',
+      type: 'cgroup',
+      source: 'cgroup',
+      options: ['nosuid', 'noexec', 'nodev', 'relatime', ...(privileged ? ['rw'] : ['ro'])],
+    },
+  ];
+}
+
+function isUnder(p: string, dir: string): boolean {
+  return p === dir || p.startsWith(dir === '/' ? '/' : `${dir}/`);
+}
+
+async function readIdFiles(
+  input: SpecInput,
+): Promise<{ passwd: PasswdEntry[] | null; group: GroupEntry[] | null }> {
+  const { files, image } = input;
+  const passwd = await files.readInRoot(image.rootfs, '/etc/passwd', MAX_ID_FILE_BYTES);
+  const group = await files.readInRoot(image.rootfs, '/etc/group', MAX_ID_FILE_BYTES);
+  return {
+    passwd: passwd === null ? null : parsePasswd(passwd.toString('utf8')),
+    group: group === null ? null : parseGroup(group.toString('utf8')),
+  };
+}
+
+async function seccompFor(
+  input: SpecInput,
+  privileged: boolean,
+  capabilities: string[],
+): Promise<OciSeccomp | undefined> {
+  if (privileged) return undefined;
+  const sc = input.config.linux?.security_context;
+  let kind: 'default' | 'unconfined' | 'localhost';
+  let ref = '';
+  if (sc?.seccomp) {
+    const type = String(sc.seccomp.profile_type);
+    if (type === 'RuntimeDefault') kind = 'default';
+    else if (type === 'Unconfined') kind = 'unconfined';
+    else if (type === 'Localhost') {
+      kind = 'localhost';
+      ref = sc.seccomp.localhost_ref;
+    } else throw new InvalidArgumentError(`unknown seccomp profile type ${type}`);
+  } else {
+    const legacy = sc?.seccomp_profile_path ?? '';
+    if (legacy === '' || legacy === 'unconfined') kind = 'unconfined';
+    else if (legacy === 'runtime/default' || legacy === 'docker/default') kind = 'default';
+    else if (legacy.startsWith('localhost/')) {
+      kind = 'localhost';
+      ref = legacy.slice('localhost/'.length);
+    } else {
+      throw new InvalidArgumentError(
+        `seccomp_profile_path "${legacy}" is not supported: use runtime/default, unconfined or localhost/<absolute path>`,
+      );
+    }
+  }
+  if (kind === 'unconfined') return undefined;
+  if (kind === 'default') return defaultSeccompProfile(capabilities, input.hostFacts.nodeArch);
+  if (!ref.startsWith('/') || ref.includes('\0') || path.posix.normalize(ref) !== ref) {
+    throw new InvalidArgumentError(
+      `seccomp Localhost profile "${ref}" must be an absolute, normalised path to a JSON file on the node`,
+    );
+  }
+  let text: Buffer;
+  try {
+    text = await input.files.readHostFile(ref, MAX_SECCOMP_PROFILE_BYTES);
+  } catch (err) {
+    throw new InvalidArgumentError(`cannot read the seccomp Localhost profile ${ref}`, { cause: err });
+  }
+  return translateSeccompProfile(text.toString('utf8'), ref, {
+    capabilities,
+    nodeArch: input.hostFacts.nodeArch,
+    kernelVersion: input.hostFacts.kernelVersion,
+  });
+}
+
+function buildResources(
+  input: SpecInput,
+  warnings: string[],
+  haveCgroup: boolean,
+): { resources: OciResources | undefined; oomScoreAdj: number | undefined } {
+  const r = input.config.linux?.resources;
+  if (!r) return { resources: undefined, oomScoreAdj: undefined };
+  const facts = input.hostFacts;
+  const delegated = (c: string) => haveCgroup && facts.controllers.includes(c);
+  const drop = (what: string, controller: string) => {
+    warnings.push(
+      haveCgroup
+        ? `${what} dropped: the ${controller} cgroup controller is not delegated to rootless-cri on this node (see rootless-cri doctor)`
+        : `${what} dropped: the container has no cgroup on this node (see rootless-cri doctor)`,
+    );
+  };
+  const resources: OciResources = {};
+  const shares = int64(r.cpu_shares, 'cpu_shares');
+  const quota = int64(r.cpu_quota, 'cpu_quota');
+  const period = int64(r.cpu_period, 'cpu_period');
+  if (shares > 0 || quota > 0 || period > 0) {
+    if (delegated('cpu')) {
+      resources.cpu = {};
+      if (shares > 0) resources.cpu.shares = shares;
+      if (quota > 0) resources.cpu.quota = quota;
+      if (period > 0) resources.cpu.period = period;
+    } else drop('cpu shares/quota/period', 'cpu');
+  }
+  if (r.cpuset_cpus !== '' || r.cpuset_mems !== '') {
+    if (!/^[0-9,-]*$/.test(r.cpuset_cpus) || !/^[0-9,-]*$/.test(r.cpuset_mems)) {
+      throw new InvalidArgumentError('cpuset_cpus/cpuset_mems must be lists like "0-3,5"');
+    }
+    if (delegated('cpuset')) {
+      resources.cpu = { ...resources.cpu };
+      if (r.cpuset_cpus !== '') resources.cpu.cpus = r.cpuset_cpus;
+      if (r.cpuset_mems !== '') resources.cpu.mems = r.cpuset_mems;
+    } else drop('cpuset', 'cpuset');
+  }
+  const memory = int64(r.memory_limit_in_bytes, 'memory_limit_in_bytes');
+  const swap = int64(r.memory_swap_limit_in_bytes, 'memory_swap_limit_in_bytes');
+  if (memory > 0 || swap > 0) {
+    if (delegated('memory')) {
+      resources.memory = {};
+      if (memory > 0) resources.memory.limit = memory;
+      if (swap > 0) resources.memory.swap = swap;
+    } else drop('memory limit', 'memory');
+  }
+  if (r.hugepage_limits.some((h) => int64(h.limit, 'hugepage limit') > 0)) {
+    warnings.push('hugepage limits dropped: rootless-cri does not apply hugetlb limits');
+  }
+  const unified: Record<string, string> = {};
+  for (const [key, value] of Object.entries(r.unified)) {
+    if (!/^[a-z0-9_]+\.[A-Za-z0-9_.]+$/.test(key) || key.includes('..')) {
+      throw new InvalidArgumentError(`unified cgroup key "${key}" is not a cgroup v2 file name`);
+    }
+    if (/[\0\n]/.test(value))
+      throw new InvalidArgumentError(`unified cgroup value for ${key} contains NUL or newline`);
+    const controller = key.slice(0, key.indexOf('.'));
+    if (controller === 'cgroup' ? haveCgroup : delegated(controller)) unified[key] = value;
+    else drop(`unified ${key}`, controller);
+  }
+  if (Object.keys(unified).length > 0) resources.unified = unified;
+
+  let oomScoreAdj: number | undefined;
+  if (r.oom_score_adj !== '' && r.oom_score_adj !== '0') {
+    oomScoreAdj = int64(r.oom_score_adj, 'oom_score_adj');
+    if (oomScoreAdj < -1000 || oomScoreAdj > 1000) {
+      throw new InvalidArgumentError(`oom_score_adj ${oomScoreAdj} is outside -1000..1000`);
+    }
+    if (oomScoreAdj < facts.oomScoreAdjMin) {
+      warnings.push(
+        `oom_score_adj ${oomScoreAdj} raised to ${facts.oomScoreAdjMin}: lowering it below the daemon's needs real root`,
+      );
+      oomScoreAdj = facts.oomScoreAdjMin;
+    }
+  }
+  return { resources: Object.keys(resources).length > 0 ? resources : undefined, oomScoreAdj };
+}
+
+function namespacesFor(input: SpecInput): {
+  namespaces: OciNamespace[];
+  hostNetwork: boolean;
+  ipcMode: string;
+} {
+  const { sandbox } = input;
+  const containerOptions = input.config.linux?.security_context?.namespace_options;
+  const podOptions = sandbox.config.linux?.security_context?.namespace_options;
+  const network = String(containerOptions?.network ?? podOptions?.network ?? 'POD');
+  const ipc = String(containerOptions?.ipc ?? podOptions?.ipc ?? 'POD');
+  const pid = String(containerOptions?.pid ?? podOptions?.pid ?? 'CONTAINER');
+  if (containerOptions?.userns_options && String(containerOptions.userns_options.mode) !== 'NODE') {
+    throw new InvalidArgumentError(
+      'user namespace mode POD/CONTAINER/TARGET is not supported: rootless-cri containers share the node user namespace',
+    );
+  }
+  const namespaces: OciNamespace[] = [{ type: 'mount' }];
+  const hostNetwork = network === 'NODE';
+  if (!hostNetwork) {
+    namespaces.push(
+      sandbox.namespaces.network
+        ? { type: 'network', path: sandbox.namespaces.network }
+        : { type: 'network' },
+    );
+    if (sandbox.namespaces.uts) namespaces.push({ type: 'uts', path: sandbox.namespaces.uts });
+  }
+  if (ipc !== 'NODE') {
+    namespaces.push(sandbox.namespaces.ipc ? { type: 'ipc', path: sandbox.namespaces.ipc } : { type: 'ipc' });
+  }
+  switch (pid) {
+    case 'NODE':
+      break;
+    case 'CONTAINER':
+      namespaces.push({ type: 'pid' });
+      break;
+    case 'POD':
+      if (sandbox.infraPid === null) {
+        throw new FailedPreconditionError(
+          `pod ${sandbox.id} has no infra process to share its pid namespace (was it created with pid mode POD?)`,
+        );
+      }
+      namespaces.push({ type: 'pid', path: `/proc/${sandbox.infraPid}/ns/pid` });
+      break;
+    case 'TARGET':
+      if (!input.targetPidNamespace) {
+        throw new InvalidArgumentError(
+          `pid namespace mode TARGET needs a running target container (target_id)`,
+        );
+      }
+      namespaces.push({ type: 'pid', path: input.targetPidNamespace });
+      break;
+    default:
+      throw new InvalidArgumentError(`unknown pid namespace mode ${pid}`);
+  }
+  if (input.hostFacts.cgroupV2) namespaces.push({ type: 'cgroup' });
+  return { namespaces, hostNetwork, ipcMode: ipc };
+}
+
+/** Builds the OCI spec; throws InvalidArgument (etc.) naming the offending field. */
+export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
+  const { config, sandbox, hostFacts, files } = input;
+  const warnings: string[] = [];
+  const imageConfig: ImageRuntimeConfig = input.image.config.config ?? {};
+  const sc = config.linux?.security_context ?? null;
+  const privileged = sc?.privileged ?? false;
+  if (!config.metadata || config.metadata.name === '') {
+    throw new InvalidArgumentError('container metadata.name is required');
+  }
+  if (privileged && !sandbox.config.linux?.security_context?.privileged) {
+    throw new InvalidArgumentError('a privileged container needs a privileged pod sandbox');
+  }
+
+  // Process.
+  const args = buildArgs(config, imageConfig);
+  const env = buildEnv(imageConfig.Env ?? [], config.envs, sandbox.hostname);
+  let cwd = config.working_dir !== '' ? config.working_dir : imageConfig.WorkingDir || '/';
+  cwd = checkAbsolute(cwd, 'working directory');
+  // CVE-2024-21626: a cwd under /proc (e.g. /proc/self/fd/7) can reach a leaked host fd.
+  const resolvedCwd = await files.resolveInRoot(input.image.rootfs, cwd);
+  if (isUnderProc(cwd) || isUnderProc(resolvedCwd.containerPath)) {
+    throw new InvalidArgumentError(`working directory ${cwd} is under /proc; use a directory of the image`);
+  }
+
+  const userString = sc ? requestedUserString(sc) : '';
+  const ids = await readIdFiles(input);
+  const user = resolveUser(
+    userString || imageConfig.User || '',
+    sc?.supplemental_groups ?? [],
+    ids.passwd,
+    ids.group,
+    String(sc?.supplemental_groups_policy ?? 'Merge') === 'Strict' ? 'Strict' : 'Merge',
+  );
+  checkId(user.uid, 'uid', hostFacts);
+  for (const gid of user.additionalGids) checkId(gid, 'gid', hostFacts);
+
+  const capabilities = containerCapabilities(sc?.capabilities ?? null, privileged, hostFacts.capLastCap);
+  const { namespaces, hostNetwork, ipcMode } = namespacesFor(input);
+
+  // Mounts: defaults, then the pod's files, then the request's; a request mount replaces any
+  // default at or under its destination.
+  const requested = await userMounts(config.mounts, files, hostFacts);
+  const requestedPaths = requested.map((m) => m.containerPath);
+  const overridden = (dest: string) => requestedPaths.some((p) => isUnder(dest, p));
+  const readonlyRootfs = sc?.readonly_rootfs ?? false;
+  const podBinds: BindRequest[] = [];
+  const podFile = (containerPath: string, hostPath: string | null) => {
+    if (hostPath !== null) {
+      podBinds.push({
+        containerPath,
+        hostPath,
+        readonly: readonlyRootfs,
+        propagation: 'rprivate',
+        recursiveReadOnly: false,
+      });
+    }
+  };
+  podFile('/etc/hosts', sandbox.files.hosts);
+  podFile('/etc/resolv.conf', sandbox.files.resolvConf);
+  if (!hostNetwork) podFile('/etc/hostname', sandbox.files.hostname);
+  const shmSource = ipcMode === 'NODE' ? '/dev/shm' : sandbox.files.shm;
+  const mounts: OciMount[] = defaultMounts(privileged);
+  if (shmSource !== null) {
+    podBinds.push({
+      containerPath: '/dev/shm',
+      hostPath: shmSource,
+      readonly: false,
+      propagation: 'rprivate',
+      recursiveReadOnly: false,
+    });
+  } else {
+    mounts.push({
+      destination: '/dev/shm',
+      type: 'tmpfs',
+      source: 'shm',
+      options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
+    });
+  }
+  const allMounts = [
+    ...mounts.filter((m) => !overridden(m.destination)),
+    ...podBinds.filter((b) => !overridden(b.containerPath)).map(bindMount),
+    // Parents before children, so a mount at /a/b is not hidden by a later mount at /a.
+    ...[...requested]
+      .sort((a, b) => a.containerPath.split('/').length - b.containerPath.split('/').length)
+      .map(bindMount),
+  ];
+  let rootfsPropagation: string | undefined;
+  if (requested.some((m) => m.propagation === 'rshared')) rootfsPropagation = 'rshared';
+  else if (requested.some((m) => m.propagation === 'rslave')) rootfsPropagation = 'rslave';
+
+  // Devices.
+  const devices: OciDevice[] = [];
+  const deviceRules: OciDeviceRule[] = [{ allow: privileged, access: 'rwm' }];
+  if (privileged) {
+    for (const d of hostFacts.devices) devices.push({ ...d });
+  }
+  for (const d of config.devices) {
+    const containerPath = checkAbsolute(d.container_path, 'device container_path');
+    const permissions = d.permissions === '' ? 'rwm' : d.permissions;
+    if (!/^[rwm]{1,3}$/.test(permissions) || new Set(permissions).size !== permissions.length) {
+      throw new InvalidArgumentError(
+        `device ${d.host_path}: permissions "${d.permissions}" must be letters of "rwm"`,
+      );
+    }
+    let hostPath: string;
+    try {
+      hostPath = await files.realpath(d.host_path);
+    } catch (err) {
+      throw new InvalidArgumentError(`device host_path ${d.host_path} does not exist on the node`, {
+        cause: err,
+      });
+    }
+    const dev = await files.statDevice(hostPath);
+    if (!dev) throw new InvalidArgumentError(`device host_path ${d.host_path} is not a device node`);
+    devices.push({ path: containerPath, ...dev });
+    if (!privileged)
+      deviceRules.push({
+        allow: true,
+        type: dev.type,
+        major: dev.major,
+        minor: dev.minor,
+        access: permissions,
+      });
+  }
+
+  // Resources and cgroup.
+  const haveCgroup = hostFacts.cgroupV2 && sandbox.cgroupParent !== null;
+  const { resources, oomScoreAdj } = buildResources(input, warnings, haveCgroup);
+
+  // Security.
+  const seccomp = await seccompFor(input, privileged, capabilities.bounding);
+  const apparmor = sc?.apparmor ? String(sc.apparmor.profile_type) : sc?.apparmor_profile || '';
+  if (apparmor !== '' && apparmor !== 'Unconfined' && apparmor !== 'unconfined') {
+    warnings.push(
+      `AppArmor profile ${sc?.apparmor?.localhost_ref || apparmor} not enforced: rootless-cri does not apply AppArmor`,
+    );
+  }
+  const selinux = sc?.selinux_options;
+  if (selinux && (selinux.user || selinux.role || selinux.type || selinux.level)) {
+    warnings.push('SELinux options not enforced: rootless-cri does not apply SELinux labels');
+  }
+  let maskedPaths: string[] | undefined;
+  let readonlyPaths: string[] | undefined;
+  if (!privileged) {
+    // An empty list (kubelet's "Unmasked", or nothing set) means the defaults (catalog row 28).
+    maskedPaths = (sc?.masked_paths?.length ? sc.masked_paths : DEFAULT_MASKED_PATHS).map((p) =>
+      checkAbsolute(p, 'masked path'),
+    );
+    readonlyPaths = (sc?.readonly_paths?.length ? sc.readonly_paths : DEFAULT_READONLY_PATHS).map((p) =>
+      checkAbsolute(p, 'read-only path'),
+    );
+  }
+
+  const podMeta = sandbox.config.metadata;
+  const annotations: Record<string, string> = {
+    [ANNOTATIONS.containerType]: 'container',
+    [ANNOTATIONS.sandboxId]: sandbox.id,
+    [ANNOTATIONS.sandboxName]: podMeta?.name ?? '',
+    [ANNOTATIONS.sandboxNamespace]: podMeta?.namespace ?? '',
+    [ANNOTATIONS.sandboxUid]: podMeta?.uid ?? '',
+    [ANNOTATIONS.containerName]: config.metadata.name,
+    [ANNOTATIONS.imageName]: input.image.name,
+  };
+
+  const imageVolumes = Object.keys(imageConfig.Volumes ?? {}).map(
+    // CVE-2022-23648: a VOLUME of /../../../etc must stay inside the rootfs.
+    (v) => path.posix.normalize(`/${v}`),
+  );
+
+  const spec: OciSpec = {
+    ociVersion: '1.0.2',
+    process: {
+      terminal: config.tty,
+      user: { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids },
+      args,
+      env,
+      cwd,
+      capabilities,
+      noNewPrivileges: sc?.no_new_privs ?? false,
+      ...(oomScoreAdj !== undefined ? { oomScoreAdj } : {}),
+    },
+    root: { path: input.image.rootfs, readonly: readonlyRootfs },
+    mounts: allMounts,
+    annotations,
+    linux: {
+      namespaces,
+      ...(devices.length > 0 ? { devices } : {}),
+      resources: { ...resources, devices: deviceRules },
+      ...(haveCgroup ? { cgroupsPath: `${sandbox.cgroupParent}/${input.containerId}` } : {}),
+      ...(seccomp ? { seccomp } : {}),
+      ...(maskedPaths ? { maskedPaths } : {}),
+      ...(readonlyPaths ? { readonlyPaths } : {}),
+      ...(rootfsPropagation ? { rootfsPropagation } : {}),
+    },
+  };
+  if (!haveCgroup && !hostFacts.cgroupV2)
+    warnings.push('no cgroup v2 inside the node: the container runs without a cgroup');
+  const stopSignal =
+    signalName(String(config.stop_signal ?? '')) ?? signalName(imageConfig.StopSignal) ?? 'SIGTERM';
+  return { spec, warnings, user, imageVolumes, stopSignal };
+}
