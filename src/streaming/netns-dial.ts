@@ -4,6 +4,7 @@
  * the connection; its stderr says, in one JSON line, whether the connect worked.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { FailedPreconditionError, UnavailableError } from '../errors.js';
