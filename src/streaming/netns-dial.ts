@@ -9,10 +9,16 @@ import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { FailedPreconditionError, UnavailableError } from '../errors.js';
 
-/** Where `npm run build` puts the helper (native/build/netns-dial). */
-export const DEFAULT_NETNS_DIAL_HELPER = fileURLToPath(
-  new URL('../../native/build/netns-dial', import.meta.url),
-);
+/**
+ * Where `npm run build` puts the helper: <repo>/native/build/netns-dial, reached from
+ * src/streaming/ when run from source and from dist/src/streaming/ when built.
+ */
+export const DEFAULT_NETNS_DIAL_HELPER = ((): string => {
+  const candidates = ['../../native/build/netns-dial', '../../../native/build/netns-dial'].map((rel) =>
+    fileURLToPath(new URL(rel, import.meta.url)),
+  );
+  return candidates.find((path) => existsSync(path)) ?? candidates[0]!;
+})();
 
 export interface DialInNetnsOptions {
   helperPath?: string;
