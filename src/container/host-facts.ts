@@ -1,0 +1,63 @@
+/**
+ * Probes, once at daemon start, the node facts the spec builder needs (HostFacts).
+ * Runs inside the node: /sys/fs/cgroup is the node's cgroup v2 view, /proc/self the daemon.
+ */
+import { readFile, statfs } from 'node:fs/promises';
+import { arch, release } from 'node:os';
+import type { HostFacts } from './spec-builder.js';
+
+const CGROUP2_SUPER_MAGIC = 0x63677270;
+
+async function text(p: string): Promise<string> {
+  return readFile(p, 'utf8').catch(() => '');
+}
+
+/** Number of consecutive ids mapped from 0 in a uid_map/gid_map (0 when 0 is unmapped). */
+export function mappedFromZero(map: string): number {
+  const ranges = map
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/).map(Number))
+    .filter((f) => f.length === 3 && f.every(Number.isFinite))
+    .map(([inside, , count]) => ({ inside: inside!, count: count! }))
+    .sort((a, b) => a.inside - b.inside);
+  let next = 0;
+  for (const r of ranges) {
+    if (r.inside > next) break;
+    next = Math.max(next, r.inside + r.count);
+  }
+  return next;
+}
+
+export async function probeHostFacts(
+  options: { cgroupRoot?: string; recursiveReadOnlyMounts?: boolean } = {},
+): Promise<HostFacts> {
+  const cgroupRoot = options.cgroupRoot ?? '/sys/fs/cgroup';
+  const cgroupV2 = await statfs(cgroupRoot).then(
+    (s) => Number(s.type) === CGROUP2_SUPER_MAGIC,
+    () => false,
+  );
+  const controllers = cgroupV2
+    ? (await text(`${cgroupRoot}/cgroup.subtree_control`)).split(/\s+/).filter(Boolean)
+    : [];
+  const [capLastCap, uidMap, gidMap, oom, apparmor, selinux] = await Promise.all([
+    text('/proc/sys/kernel/cap_last_cap'),
+    text('/proc/self/uid_map'),
+    text('/proc/self/gid_map'),
+    text('/proc/self/oom_score_adj'),
+    text('/sys/module/apparmor/parameters/enabled'),
+    text('/sys/fs/selinux/enforce'),
+  ]);
+  return {
+    cgroupV2,
+    controllers,
+    capLastCap: Number.parseInt(capLastCap, 10) || 40,
+    nodeArch: arch(),
+    kernelVersion: release(),
+    recursiveReadOnlyMounts: options.recursiveReadOnlyMounts ?? false,
+    oomScoreAdjMin: Number.parseInt(oom, 10) || 0,
+    idMapSize: Math.min(mappedFromZero(uidMap), mappedFromZero(gidMap)),
+    devices: [],
+    apparmor: apparmor.trim() === 'Y',
+    selinux: selinux.trim() !== '',
+  };
+}

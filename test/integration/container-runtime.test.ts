@@ -1,0 +1,240 @@
+/**
+ * The container driver end to end, without the CRI, image or sandbox layers: a rootless node
+ * from TestDaemon (used only as "a node to run commands in"), a busybox-static rootfs, a spec
+ * from the spec builder, and CrunConmonRuntime running it with the real conmon and crun.
+ *
+ * The driver (test/fixtures/container-runtime-driver.ts) is compiled here and run inside the
+ * node with nsenter, after root put it in a cgroup inside the node's delegated subtree (the
+ * daemon's own situation), so crun can place containers under the node cgroup.
+ */
+import { chown, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nsenterArgs } from '../../src/rootless/node.js';
+import { TestDaemon } from '../harness/daemon.js';
+
+const REPO = path.resolve(import.meta.dirname, '../..');
+const BUSYBOX_APPLETS = ['sh', 'echo', 'sleep', 'printf', 'tr', 'cat', 'id', 'ls', 'true'];
+
+let daemon: TestDaemon;
+let work: string;
+let driverJs: string;
+let driverCgroup: string;
+let counter = 0;
+
+interface DriverResult {
+  fatal?: string;
+  error?: string;
+  errorKind?: string;
+  warnings: string[];
+  logPath: string;
+  pid?: number;
+  createdState?: { status: string; pid: number } | null;
+  runningState?: { status: string; pid: number } | null;
+  stoppedState?: { status: string } | null;
+  deletedState?: unknown;
+  stateAfterError?: unknown;
+  exit?: { exitCode: number; exitedAt: string; oomKilled: boolean } | null;
+  stopMs?: number;
+  pidAlive?: boolean;
+  conmonsLeft: number[];
+  cgroup?: string;
+  execOk?: { exitCode: number; stdout: string; stderr: string };
+  execTimeout?: string;
+  execTimeoutMs?: number;
+  pidsAfterTimeout?: number[];
+}
+
+async function runScenario(scenario: string): Promise<DriverResult> {
+  counter += 1;
+  const id = `${scenario}-${counter}-${Date.now().toString(36)}`;
+  const jobFile = path.join(work, `${id}.json`);
+  await writeFile(
+    jobFile,
+    JSON.stringify({
+      scenario,
+      workDir: path.join(work, 'state'),
+      rootfs: path.join(work, 'rootfs'),
+      cgroupParent: '/itest',
+      id,
+    }),
+  );
+  await chown(jobFile, daemon.user.uid, daemon.user.gid);
+  const nodePid = await daemon.nodePid();
+  // As root: join the driver cgroup, drop to the test user, enter the node (as `enter` does).
+  const r = await execa(
+    'sh',
+    [
+      '-c',
+      'echo $$ > "$0/cgroup.procs" && shift && exec "$@"',
+      driverCgroup,
+      'x',
+      'setpriv',
+      `--reuid=${daemon.user.uid}`,
+      `--regid=${daemon.user.gid}`,
+      '--init-groups',
+      '--reset-env',
+      'env',
+      'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
+      `HOME=${daemon.user.home}`,
+      'nsenter',
+      ...nsenterArgs(nodePid, { workdir: work }),
+      process.execPath,
+      driverJs,
+      jobFile,
+    ],
+    { reject: false, timeout: 90_000 },
+  );
+  const line = String(r.stdout).trim().split('\n').pop() ?? '';
+  let parsed: DriverResult;
+  try {
+    parsed = JSON.parse(line) as DriverResult;
+  } catch {
+    throw new Error(`driver printed no JSON (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
+  }
+  if (parsed.fatal) throw new Error(`driver failed: ${parsed.fatal}\n${r.stderr}`);
+  return parsed;
+}
+
+/** CRI log lines: <RFC3339Nano> <stdout|stderr> <P|F> <content>. */
+const CRI_LINE = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(?:Z|[+-]\d\d:\d\d)) (stdout|stderr) ([PF]) (.*)$/;
+
+beforeAll(async () => {
+  daemon = await TestDaemon.start();
+  work = await mkdtemp(path.join(daemon.tmp, 'ctr-it-'));
+  // The driver, compiled where node_modules resolves, readable by the test user.
+  const outDir = path.join(REPO, 'dist', 'container-it');
+  await rm(outDir, { recursive: true, force: true });
+  const tsc = await execa(
+    path.join(REPO, 'node_modules/.bin/tsc'),
+    [
+      '--outDir',
+      outDir,
+      '--rootDir',
+      REPO,
+      '--module',
+      'NodeNext',
+      '--moduleResolution',
+      'NodeNext',
+      '--target',
+      'ES2022',
+      '--strict',
+      '--skipLibCheck',
+      '--types',
+      'node',
+      path.join(REPO, 'test/fixtures/container-runtime-driver.ts'),
+    ],
+    { reject: false },
+  );
+  expect(tsc.exitCode, `${tsc.stdout}\n${tsc.stderr}`).toBe(0);
+  driverJs = path.join(outDir, 'test/fixtures/container-runtime-driver.js');
+
+  // busybox-static rootfs.
+  const rootfs = path.join(work, 'rootfs');
+  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp'])
+    await mkdir(path.join(rootfs, d), { recursive: true });
+  await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
+  for (const applet of BUSYBOX_APPLETS) await symlink('busybox', path.join(rootfs, 'bin', applet));
+  await writeFile(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  await writeFile(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
+  await execa('chown', ['-R', `${daemon.user.uid}:${daemon.user.gid}`, work]);
+
+  // A leaf cgroup inside the node's subtree for the driver (and the conmons it starts).
+  const delegated = (await readFile(`/run/user/${daemon.user.uid}/.rootless-cri-cgroup`, 'utf8')).trim();
+  driverCgroup = path.join(delegated, daemon.cgroupSubtree, 'itest-driver');
+  await mkdir(driverCgroup, { recursive: true });
+  await execa('chown', [
+    `${daemon.user.uid}:${daemon.user.gid}`,
+    driverCgroup,
+    path.join(driverCgroup, 'cgroup.procs'),
+  ]);
+}, 180_000);
+
+afterAll(async () => {
+  await daemon?.stop();
+});
+
+describe('CrunConmonRuntime in a rootless node', () => {
+  it('runs a container whose output lands in the CRI log format, exit code from the exit file', async () => {
+    const r = await runScenario('log');
+    expect(r.error, r.error).toBeUndefined();
+    expect(r.createdState?.status).toBe('created');
+    expect(r.createdState?.pid).toBe(r.pid);
+    expect(r.exit?.exitCode).toBe(3);
+    expect(r.exit?.oomKilled).toBe(false);
+    expect(r.stoppedState?.status).toBe('stopped');
+    expect(r.deletedState).toBeNull();
+    expect(r.conmonsLeft).toEqual([]);
+    // The container ran in its own cgroup under the node's /itest.
+    expect(r.cgroup).toMatch(/^0::\/itest\/log-/m);
+
+    const log = await readFile(r.logPath, 'utf8');
+    const lines = log.split('\n');
+    expect(lines.pop()).toBe(''); // every entry ends with a newline
+    const entries = lines.map((l) => {
+      const m = CRI_LINE.exec(l);
+      expect(m, `not a CRI log line: ${JSON.stringify(l.slice(0, 80))}`).not.toBeNull();
+      // Four space-separated fields even for an empty line (critest's SplitN(" ", 4)).
+      expect(l.split(' ').length).toBeGreaterThanOrEqual(4);
+      return { stream: m![2], tag: m![3], content: m![4]! };
+    });
+    const full = entries.filter((e) => e.stream === 'stdout');
+    expect(full[0]).toEqual({ stream: 'stdout', tag: 'F', content: 'hello World' });
+    expect(full[1]).toEqual({ stream: 'stdout', tag: 'F', content: '' });
+    expect(lines[1]).toMatch(/ stdout F $/);
+    // The 20000-byte line arrives as partial chunks closed by one F.
+    const longParts: typeof entries = [];
+    for (const e of full.slice(2)) {
+      longParts.push(e);
+      if (e.tag === 'F') break;
+    }
+    expect(longParts.length).toBeGreaterThan(1);
+    expect(longParts.slice(0, -1).every((e) => e.tag === 'P')).toBe(true);
+    expect(longParts.map((e) => e.content).join('')).toBe('y'.repeat(20000));
+    expect(entries).toContainEqual({ stream: 'stderr', tag: 'F', content: 'oops' });
+    expect(entries.filter((e) => e.stream === 'stdout').at(-1)).toEqual({
+      stream: 'stdout',
+      tag: 'P',
+      content: 'partial',
+    });
+  });
+
+  it('stops a container that ignores SIGTERM with SIGKILL after the timeout; delete leaves no process', async () => {
+    const r = await runScenario('stop-ignored');
+    expect(r.error, r.error).toBeUndefined();
+    expect(r.runningState?.status).toBe('running');
+    expect(r.exit?.exitCode).toBe(137);
+    expect(r.stopMs).toBeGreaterThanOrEqual(2000);
+    expect(r.stopMs).toBeLessThan(8000);
+    expect(r.deletedState).toBeNull();
+    expect(r.pidAlive).toBe(false);
+    expect(r.conmonsLeft).toEqual([]);
+  });
+
+  it('stops a container that handles SIGTERM without waiting for the timeout', async () => {
+    const r = await runScenario('stop-trapped');
+    expect(r.error, r.error).toBeUndefined();
+    expect(r.exit?.exitCode).toBe(0);
+    expect(r.stopMs).toBeLessThan(5000);
+    expect(r.pidAlive).toBe(false);
+  });
+
+  it('execs with output and exit code, and kills the exec process at its timeout', async () => {
+    const r = await runScenario('exec');
+    expect(r.error, r.error).toBeUndefined();
+    expect(r.execOk).toEqual({ exitCode: 4, stdout: 'hello', stderr: 'err' });
+    expect(r.execTimeout).toMatch(/timed out after 1000 ms/);
+    expect(r.execTimeoutMs).toBeLessThan(5000);
+    // Only the container's own sleep is left: the exec'd `sleep 4321` was killed.
+    expect(r.pidsAfterTimeout).toHaveLength(1);
+    expect(r.conmonsLeft).toEqual([]);
+  });
+
+  it('a command that does not exist is an error and leaves no conmon, pipe or container (catalog 41)', async () => {
+    const r = await runScenario('missing-command');
+    expect(r.error).toMatch(/does-not-exist/);
+    expect(r.errorKind).toBe('FailedPrecondition');
+    expect(r.conmonsLeft).toEqual([]);
+  });
+});
