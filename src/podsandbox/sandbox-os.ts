@@ -20,7 +20,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
-import { mkdir, readdir, readFile, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
@@ -384,9 +384,4 @@ async function isLiveProcess(pid: number, expectedName: string): Promise<boolean
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Lists a directory, or [] when it does not exist. */
-export async function listDir(dir: string): Promise<string[]> {
-  return readdir(dir).catch(() => []);
 }

@@ -297,6 +297,27 @@ describe('pod sandboxes in the rootless node', () => {
     expect(await podLeftovers([id])).toEqual([]);
   });
 
+  it('puts the pod PID 1 in the pod cgroup (cgroup_parent honoured) and removes only what it created', async () => {
+    const id = await runp(podJson('cgroups', { linux: { cgroup_parent: '/kubepods/burstable/pod-cg' } }));
+    const { info } = await inspect(id);
+    expect(info.cgroup.path).toBe('/kubepods/burstable/pod-cg');
+    const infra = info.namespaces.pid.infra!.pid;
+    const membership = await daemon.enter(['cat', `/proc/${infra}/cgroup`]);
+    // The host is hybrid: the v2 line is the one that counts.
+    expect(membership.stdout).toMatch(
+      new RegExp(`^0::/kubepods/burstable/pod-cg/sandbox-${id.slice(0, 12)}$`, 'm'),
+    );
+    await stopAndRemove(id);
+    const after = await daemon.enter([
+      'sh',
+      '-c',
+      'ls -d /sys/fs/cgroup/kubepods/burstable /sys/fs/cgroup/kubepods/burstable/pod-cg 2>&1; true',
+    ]);
+    expect(after.stdout).toMatch(/^\/sys\/fs\/cgroup\/kubepods\/burstable$/m);
+    expect(after.stdout).toMatch(/pod-cg.*No such file/);
+    expect(await podLeftovers([id])).toEqual([]);
+  });
+
   it('keeps READY pods, their IP and PID 1 across kill -9 of the daemon', async () => {
     const id = await runp(podJson('survivor'));
     const before = await inspect(id);
