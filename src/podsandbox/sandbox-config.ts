@@ -191,6 +191,8 @@ export function hostPortRequests(mappings: PortMapping__Output[]): HostPortReque
       );
     }
     const protocol = m.protocol === 'UDP' ? 'udp' : 'tcp';
+    // No host_ip = every host address, as kubelet expects of a hostPort (rootlesskit's builtin
+    // driver listens on the real host); tests and careful operators set 127.0.0.1.
     const hostIp = m.host_ip === '' ? '0.0.0.0' : m.host_ip;
     const key = `${protocol}/${m.host_port}`;
     if (seen.has(key))

@@ -196,6 +196,8 @@ export function createRunPodSandbox(deps: SandboxDeps) {
             );
           } else {
             rollback.push('unpublish the host ports', () => unpublishPorts(deps, record));
+            // A host-network pod listens in the node netns itself: rootlesskit forwards to the
+            // node's loopback, as a host port on a normal node reaches a hostNetwork process.
             const childIP = record.network?.ip ?? '127.0.0.1';
             for (const p of hostPorts) {
               step(`publishing host port ${p.hostPort}`);
