@@ -13,6 +13,7 @@ import { createImageFsInfoHandler } from './image/image-fs-info.js';
 import type { Logger } from './log.js';
 import { createMetrics, type MetricsServer, startMetricsServer } from './metrics.js';
 import { checkCniReady } from './podsandbox/cni-config.js';
+import { createPodSandboxService } from './podsandbox/index.js';
 import { enableSubtreeControllers, readControllers } from './rootless/cgroup-delegation.js';
 import { inUserNamespace } from './rootless/node.js';
 import { type PortManager, RootlesskitPortManager } from './rootless/port-manager.js';
@@ -246,6 +247,8 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       handlers: { ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }) },
     },
   ];
+  const podSandboxes = createPodSandboxService({ config, logger, portManager });
+  services.push({ name: 'pod-sandboxes', ...podSandboxes });
   const server = createCriServer({
     logger,
     readiness,
