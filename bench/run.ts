@@ -1,5 +1,6 @@
 /**
  * `npm run bench`: figures as ratios against a floor measured in the same run.
+ * Suites: rpc (below), pods (bench/pods.ts).
  *
  * rpc: Version round trip over a unix socket, sequential, through the real rootless-cri server
  * (edge adapter, request ids, logging, metrics) vs a bare grpc-js server answering the same
@@ -12,17 +13,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CriClient } from '../test/harness/cri-client.js';
+import { benchPods } from './pods.js';
+import { percentile } from './stats.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CALLS = Number(process.env.BENCH_RPC_CALLS ?? 10_000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const WARMUP = 1_000;
-
-export function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[idx]!;
-}
 
 async function startServer(mode: 'cri' | 'bare', socket: string): Promise<ChildProcess> {
   const child = spawn(process.execPath, [path.join(here, 'grpc-server.js'), mode, socket], {
@@ -87,5 +84,8 @@ async function benchRpc(): Promise<void> {
   );
 }
 
-const only = process.argv[2];
-if (!only || only === 'rpc') await benchRpc();
+// npm run bench [rpc|pods ...]: all by default; pods needs root (a real daemon as the test user).
+const only = process.argv.slice(2);
+const want = (name: string) => only.length === 0 || only.includes(name);
+if (want('rpc')) await benchRpc();
+if (want('pods')) await benchPods();
