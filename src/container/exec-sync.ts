@@ -1,0 +1,96 @@
+/**
+ * ExecSync: runs a command in a running container and answers with its output and exit
+ * code. The OCI runtime does the work (`crun exec`, OciRuntime.exec): each stream is capped
+ * at 16 MiB (the rest is read and discarded, so the command never blocks on a full pipe),
+ * and at the timeout the process is killed before the RPC answers DEADLINE_EXCEEDED, so
+ * nothing of it is left when the caller looks (critest runs `pgrep sleep` right after).
+ *
+ * This file also holds what exec, attach and ExecSync share: the narrow view of the
+ * container store they read (ContainerLookup in container-store.ts satisfies it) and the
+ * "must be running" check.
+ */
+import type { ExecSyncRequest__Output } from '../cri/generated/runtime/v1/ExecSyncRequest.js';
+import type { ExecSyncResponse } from '../cri/generated/runtime/v1/ExecSyncResponse.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
+import type { OciRuntime } from './oci-runtime.js';
+
+/** What exec and attach need to know about a container (a subset of ContainerView). */
+export interface StreamableContainer {
+  id: string;
+  podSandboxId: string;
+  /** The CRI state, e.g. CONTAINER_RUNNING. */
+  state: string;
+  tty: boolean;
+  stdin: boolean;
+  stdinOnce: boolean;
+  bundleDir: string;
+  /** conmon's attach socket (SOCK_SEQPACKET). */
+  attachSocketPath?: string;
+  /** conmon's control FIFO. */
+  ctlFifoPath?: string;
+  exitCode?: number;
+}
+
+/** Read access to containers by full id or unique prefix (ContainerLookup). */
+export interface StreamableContainers {
+  getContainer(id: string): Promise<StreamableContainer | undefined>;
+}
+
+/**
+ * The container with this id, which must be running. NotFound for an unknown id,
+ * FailedPrecondition for one that is not (or no longer) running.
+ */
+export async function requireRunning(
+  containers: StreamableContainers,
+  id: string,
+  what: string,
+): Promise<StreamableContainer> {
+  if (id === '') throw new InvalidArgumentError(`${what}: container_id is required`);
+  const container = await containers.getContainer(id);
+  if (!container) {
+    throw new NotFoundError(`${what}: container ${id} does not exist; list containers with \`crictl ps -a\``);
+  }
+  if (container.state !== 'CONTAINER_RUNNING') {
+    const state = container.state.replace(/^CONTAINER_/, '').toLowerCase();
+    throw new FailedPreconditionError(
+      `${what}: container ${id} is ${state}, not running; start it (or create a new one) first`,
+    );
+  }
+  return container;
+}
+
+/** setTimeout's ceiling (about 24.8 days); CRI's "0 = no timeout" maps to it. */
+const NO_TIMEOUT_MS = 2 ** 31 - 1;
+
+/** Seconds (int64 as decimal string or number) → milliseconds; 0 or absent = no timeout. */
+export function execSyncTimeoutMs(timeout: string | number | undefined): number {
+  const seconds = typeof timeout === 'string' ? Number(timeout) : (timeout ?? 0);
+  if (!Number.isFinite(seconds) || seconds < 0 || !Number.isInteger(seconds)) {
+    throw new InvalidArgumentError(
+      `ExecSync: timeout ${String(timeout)} is not a whole number of seconds (0 = no timeout)`,
+    );
+  }
+  if (seconds === 0) return NO_TIMEOUT_MS;
+  return Math.min(seconds * 1000, NO_TIMEOUT_MS);
+}
+
+export interface ExecSyncDeps {
+  containers: StreamableContainers;
+  runtime: Pick<OciRuntime, 'exec'>;
+}
+
+export type ExecSyncHandler = (request: ExecSyncRequest__Output) => Promise<ExecSyncResponse>;
+
+export function createExecSync(deps: ExecSyncDeps): ExecSyncHandler {
+  return async (request) => {
+    const cmd = request.cmd ?? [];
+    if (cmd.length === 0 || cmd[0] === '') {
+      throw new InvalidArgumentError('ExecSync: cmd is required (the command and its arguments)');
+    }
+    const timeoutMs = execSyncTimeoutMs(request.timeout);
+    const container = await requireRunning(deps.containers, request.container_id ?? '', 'ExecSync');
+    // The runtime kills the process at the timeout and throws DeadlineExceeded.
+    const result = await deps.runtime.exec(container.id, { args: [...cmd] }, timeoutMs);
+    return { stdout: result.stdout, stderr: result.stderr, exit_code: result.exitCode };
+  };
+}
