@@ -143,7 +143,9 @@ describe('exec target', () => {
     expect(await kindOf(target.validate('nope'))).toBe('NotFound');
     expect(await kindOf(target.validate('stopped'))).toBe('FailedPrecondition');
     expect(
-      await kindOf(target.exec('stopped', ['true'], { tty: false, stdin: false, stdout: true, stderr: false })),
+      await kindOf(
+        target.exec('stopped', ['true'], { tty: false, stdin: false, stdout: true, stderr: false }),
+      ),
     ).toBe('FailedPrecondition');
     expect(await kindOf(target.validate('ctr'))).toBe('resolved');
   });
@@ -199,7 +201,11 @@ function sandbox(id: string, extra: Partial<SandboxRecord> = {}, netns: string |
 }
 
 describe('port-forward target', () => {
-  const records = [sandbox('pod-a1'), sandbox('host-b2', {}, null), sandbox('gone-c3', { state: 'notready' })];
+  const records = [
+    sandbox('pod-a1'),
+    sandbox('host-b2', {}, null),
+    sandbox('gone-c3', { state: 'notready' }),
+  ];
   const reader = {
     get: (id: string) => records.find((r) => r.id === id),
     list: () => records,
@@ -251,4 +257,3 @@ describe('port-forward target', () => {
     expect((err as Error).message).toMatch(new RegExp(`is anything listening on port ${port}`));
   });
 });
-
