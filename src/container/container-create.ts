@@ -1,0 +1,195 @@
+/**
+ * CreateContainer: a container in a ready pod, from an image the node already has (by name,
+ * id or digest), created by conmon + crun and waiting for StartContainer.
+ *
+ * Steps, each pushing its undo on a rollback stack (STYLE.md habit 8):
+ *   reserve the name → `creating` record → image marked in use → writable layer
+ *   (snapshotter.prepare) → OCI spec (spec-builder) and image VOLUME dirs → log directory →
+ *   conmon's cgroup leaf (<pod cgroup>/conmon) → conmon + `crun create` → `created` record.
+ * On failure the stack runs in reverse with fresh timeouts, the record is deleted and the
+ * name released; a failure of the rollback itself is logged with what is left.
+ *
+ * Two identical concurrent requests: the name reservation lets exactly one through; the other
+ * gets AlreadyExists naming the container that holds the name.
+ */
+import { randomBytes } from 'node:crypto';
+import type { CallContext } from '../cri/edge.js';
+import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
+import { describeUndoFailures, RollbackStack } from '../podsandbox/rollback.js';
+import type { ContainerDeps } from './container-deps.js';
+import { statusOf } from './container-status.js';
+import { CONTAINER_RECORD_VERSION, type ContainerRecord, containerName } from './container-store.js';
+import { buildOciSpec, containerLogPath, type ImageRuntimeConfig } from './spec-builder.js';
+
+export function newContainerId(): string {
+  return randomBytes(32).toString('hex');
+}
+
+/** The leaf conmon processes of a pod live in (a process may not sit in the pod cgroup itself). */
+export function conmonCgroupOf(podCgroup: string): string {
+  return `${podCgroup}/conmon`;
+}
+
+export function createCreateContainer(deps: ContainerDeps) {
+  return async function CreateContainer(
+    request: RuntimeRequest<'CreateContainer'>,
+    ctx: Pick<CallContext, 'logger'>,
+  ): Promise<RuntimeResponse<'CreateContainer'>> {
+    const config = request.config;
+    if (!config) throw new InvalidArgumentError('CreateContainer needs a container config');
+    if (!config.metadata || config.metadata.name === '') {
+      throw new InvalidArgumentError('container metadata.name is required');
+    }
+    const imageName = config.image?.image ?? '';
+    if (imageName === '') {
+      throw new InvalidArgumentError('container config image.image is empty: name the image to run');
+    }
+    if (request.pod_sandbox_id === '') throw new InvalidArgumentError('pod_sandbox_id is required');
+    const sandbox = await deps.sandboxes.getSandbox(request.pod_sandbox_id);
+    if (!sandbox) {
+      throw new NotFoundError(
+        `pod sandbox ${JSON.stringify(request.pod_sandbox_id)} does not exist; create it with RunPodSandbox first`,
+      );
+    }
+    if (!sandbox.ready) {
+      throw new FailedPreconditionError(
+        `pod sandbox ${sandbox.id} is not ready (stopped?); containers can only be created in a ready pod`,
+      );
+    }
+    const logPath = containerLogPath(sandbox.config.log_directory, config.log_path);
+    const image = await deps.images.resolveImage(imageName).catch((err: unknown) => {
+      if (err instanceof NotFoundError) {
+        throw new NotFoundError(
+          `image ${JSON.stringify(imageName)} is not present on the node; pull it first`,
+          {
+            cause: err,
+          },
+        );
+      }
+      throw err;
+    });
+
+    const id = deps.newId();
+    const podMeta = sandbox.config.metadata ?? { name: '', namespace: '', uid: '' };
+    const reservedName = containerName(config.metadata, podMeta);
+    deps.names.reserve(reservedName, id);
+    const log = ctx.logger.child({ container: id, pod: sandbox.id });
+    const rollback = new RollbackStack(deps.undoTimeoutMs);
+    rollback.push('release the container name', async () => deps.names.releaseByName(reservedName));
+    let record: ContainerRecord = {
+      version: CONTAINER_RECORD_VERSION,
+      id,
+      podSandboxId: sandbox.id,
+      state: 'creating',
+      reservedName,
+      config,
+      image: {
+        id: image.id,
+        requested: imageName,
+        repoDigest: image.repoDigests[0] ?? '',
+        repoTag: image.repoTags.includes(imageName) ? imageName : (image.repoTags[0] ?? ''),
+      },
+      logPath,
+      bundleDir: deps.paths.bundleDir(id),
+      rootfs: '',
+      cgroupPath: null,
+      conmonCgroup: null,
+      createdAt: deps.now().toString(),
+      startedAt: '0',
+      finishedAt: '0',
+      pid: 0,
+      exitCode: 0,
+      reason: '',
+      message: '',
+      stopSignal: 'SIGTERM',
+      warnings: [],
+      user: { uid: 0, gid: 0, additionalGids: [], username: null },
+      resources: config.linux?.resources ?? null,
+      tty: config.tty,
+      stdin: config.stdin,
+      stdinOnce: config.stdin_once,
+    };
+    let step = 'writing the container record';
+    try {
+      await deps.store.put(record);
+      rollback.push('delete the container record', () => deps.store.delete(id));
+
+      step = 'marking the image in use';
+      // Pushed first: a hold written by a call that then failed is released too.
+      rollback.push('release the image', () => deps.images.release(image.id, id));
+      await deps.images.markInUse(image.id, id);
+
+      step = 'preparing the writable layer';
+      rollback.push('remove the writable layer', () => deps.snapshotter.remove(id));
+      const { rootfs } = await deps.snapshotter.prepare(id, image.layerDirs);
+      record = { ...record, rootfs };
+
+      step = 'building the OCI spec';
+      const built = await buildOciSpec({
+        containerId: id,
+        config,
+        sandbox,
+        image: {
+          config: image.config as { config?: ImageRuntimeConfig | null },
+          rootfs,
+          name: imageName,
+        },
+        hostFacts: deps.hostFacts,
+        files: deps.files,
+      });
+      for (const warning of built.warnings) log.warn(warning);
+      await deps.os.makeVolumeDirs(rootfs, built.imageVolumes);
+      if (logPath !== '') await deps.os.prepareLogDirectory(logPath);
+      const cgroupPath = built.spec.linux.cgroupsPath ?? null;
+      let conmonCgroup: string | null = null;
+      let conmonCgroupDir: string | null = null;
+      if (cgroupPath !== null && sandbox.cgroupParent !== null) {
+        step = 'creating the conmon cgroup';
+        conmonCgroup = conmonCgroupOf(sandbox.cgroupParent);
+        conmonCgroupDir = await deps.os.ensureCgroup(conmonCgroup);
+      }
+      record = {
+        ...record,
+        cgroupPath,
+        conmonCgroup,
+        stopSignal: built.stopSignal,
+        warnings: built.warnings,
+        user: built.user,
+      };
+      await deps.store.put(record);
+
+      step = 'creating the container with conmon and crun';
+      rollback.push('delete the container from the runtime', async () => {
+        await deps.runtime.delete(id, true);
+        await deps.runtime.cleanup(id);
+      });
+      const { pid } = await deps.runtime.create({
+        id,
+        spec: built.spec,
+        logPath,
+        stdin: config.stdin,
+        stdinOnce: config.stdin_once,
+        conmonCgroup: conmonCgroupDir,
+      });
+
+      step = 'saving the created container';
+      record = { ...record, state: 'created', pid };
+      await deps.store.put(record);
+      rollback.commit();
+    } catch (err) {
+      log.warn({ step, err }, 'CreateContainer failed; rolling back');
+      const failures = await rollback.unwind();
+      if (failures.length > 0) {
+        log.error(
+          { failures: describeUndoFailures(failures) },
+          'rollback of CreateContainer left things behind',
+        );
+      }
+      throw err;
+    }
+    log.info({ name: config.metadata.name, image: image.id, pid: record.pid }, 'container created');
+    void deps.events.publish('CONTAINER_CREATED_EVENT', id, sandbox.id, statusOf(record), deps.now());
+    return { container_id: id };
+  };
+}

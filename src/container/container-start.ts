@@ -1,0 +1,59 @@
+/**
+ * StartContainer: lets conmon's container run (`crun start`). Only a `created` container can
+ * start; one that exited meanwhile (killed, or its process failed at exec) is reported with
+ * what conmon recorded. A start that fails leaves the container EXITED with reason StartError
+ * and crun's message, so kubelet sees why and RemoveContainer cleans it.
+ */
+import type { CallContext } from '../cri/edge.js';
+import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import { describeError, FailedPreconditionError, NotFoundError } from '../errors.js';
+import { type ContainerDeps, describeContainer } from './container-deps.js';
+import { observeExitLocked, recordExit, statusOf } from './container-status.js';
+
+export function createStartContainer(deps: ContainerDeps) {
+  return async function StartContainer(
+    request: RuntimeRequest<'StartContainer'>,
+    ctx: Pick<CallContext, 'logger'>,
+  ): Promise<RuntimeResponse<'StartContainer'>> {
+    const id = deps.store.resolve(request.container_id);
+    const notFound = () =>
+      new NotFoundError(
+        `container ${JSON.stringify(request.container_id)} does not exist; create it with CreateContainer first`,
+      );
+    if (id === undefined) throw notFound();
+    await deps.locks.run(id, async () => {
+      let record = deps.store.get(id);
+      if (!record || record.state === 'creating') throw notFound();
+      record = await observeExitLocked(deps, record);
+      if (record.state !== 'created') {
+        throw new FailedPreconditionError(
+          `container ${describeContainer(record)} is ${record.state}, not created: only a created container can be started`,
+        );
+      }
+      try {
+        await deps.runtime.start(id);
+      } catch (err) {
+        const info = await deps.runtime.exitInfo(id).catch(() => null);
+        await recordExit(deps, record, {
+          exitCode: info?.exitCode ?? 128,
+          exitedAt: info?.exitedAt ?? new Date(),
+          oomKilled: false,
+          reason: 'StartError',
+          message: describeError(err),
+        });
+        throw err;
+      }
+      const started = { ...record, state: 'running' as const, startedAt: deps.now().toString() };
+      await deps.store.put(started);
+      ctx.logger.info({ container: id }, `container ${describeContainer(record)} started`);
+      void deps.events.publish(
+        'CONTAINER_STARTED_EVENT',
+        id,
+        record.podSandboxId,
+        statusOf(started),
+        deps.now(),
+      );
+    });
+    return {};
+  };
+}

@@ -1,0 +1,216 @@
+/**
+ * ContainerStats, ListContainerStats, PodSandboxStats and ListPodSandboxStats, from the cgroup
+ * v2 files of the container (or pod) cgroup and the writable layer's disk usage:
+ *   cpu:     cpu.stat usage_usec (present in every v2 cgroup); usage_nano_cores from the
+ *            previous sample of the same cgroup;
+ *   memory:  memory.current / memory.stat (only where the memory controller is delegated;
+ *            otherwise only the timestamp is set: the value is unknown, not zero);
+ *   process: pids.current where pids is delegated, else cgroup.procs counted;
+ *   writable layer: snapshotter.usage (allocated bytes and inodes of the upper dir).
+ * Timestamps are always set (critest checks they are not zero). Network usage of pods is not
+ * reported yet. ListMetricDescriptors and ListPodSandboxMetrics are not implemented (the
+ * edge answers UNIMPLEMENTED).
+ */
+import type { CallContext } from '../cri/edge.js';
+import type { ContainerStatsFilter__Output } from '../cri/generated/runtime/v1/ContainerStatsFilter.js';
+import type { PodSandboxStats } from '../cri/generated/runtime/v1/PodSandboxStats.js';
+import type { ContainerStats, RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import { NotFoundError } from '../errors.js';
+import type { ContainerDeps } from './container-deps.js';
+import { currentRecords, matchesLabels } from './container-list.js';
+import { observeExit } from './container-status.js';
+import type { ContainerRecord } from './container-store.js';
+import type { SandboxInfo } from './sandbox-info.js';
+
+/** Keyed by cgroup path: the previous cpu sample, for usage_nano_cores. */
+export class CpuSamples {
+  readonly #last = new Map<string, { usageNs: bigint; at: bigint }>();
+
+  rate(key: string, usageNs: bigint, at: bigint): bigint | null {
+    const previous = this.#last.get(key);
+    this.#last.set(key, { usageNs, at });
+    if (!previous || at <= previous.at || usageNs < previous.usageNs) return null;
+    return ((usageNs - previous.usageNs) * 1_000_000_000n) / (at - previous.at);
+  }
+
+  forget(key: string): void {
+    this.#last.delete(key);
+  }
+}
+
+function field(text: string | null, name: string): bigint | null {
+  if (text === null) return null;
+  const match = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
+  return match ? BigInt(match[1]!) : null;
+}
+
+function value(v: bigint | null) {
+  return v === null ? null : { value: v.toString() };
+}
+
+interface CgroupUsage {
+  cpu: ContainerStats['cpu'];
+  memory: ContainerStats['memory'];
+  processes: bigint | null;
+}
+
+async function cgroupUsage(
+  deps: ContainerDeps,
+  samples: CpuSamples,
+  cgroup: string | null,
+): Promise<CgroupUsage> {
+  const at = deps.now();
+  const timestamp = at.toString();
+  if (cgroup === null) {
+    return { cpu: { timestamp }, memory: { timestamp }, processes: null };
+  }
+  const [cpuStat, current, memStat, pids, procs] = await Promise.all([
+    deps.os.readCgroupFile(cgroup, 'cpu.stat'),
+    deps.os.readCgroupFile(cgroup, 'memory.current'),
+    deps.os.readCgroupFile(cgroup, 'memory.stat'),
+    deps.os.readCgroupFile(cgroup, 'pids.current'),
+    deps.os.readCgroupFile(cgroup, 'cgroup.procs'),
+  ]);
+  const usageUsec = field(cpuStat, 'usage_usec');
+  const usageNs = usageUsec === null ? null : usageUsec * 1000n;
+  const nanoCores = usageNs === null ? null : samples.rate(cgroup, usageNs, at);
+  const memoryBytes = current === null ? null : BigInt(current.trim() || '0');
+  const inactiveFile = field(memStat, 'inactive_file') ?? 0n;
+  const workingSet =
+    memoryBytes === null ? null : memoryBytes > inactiveFile ? memoryBytes - inactiveFile : 0n;
+  let processes: bigint | null = pids === null ? null : BigInt(pids.trim() || '0');
+  if (processes === null && procs !== null) processes = BigInt(procs.split('\n').filter(Boolean).length);
+  return {
+    cpu: { timestamp, usage_core_nano_seconds: value(usageNs), usage_nano_cores: value(nanoCores) },
+    memory: {
+      timestamp,
+      working_set_bytes: value(workingSet),
+      usage_bytes: value(memoryBytes),
+      rss_bytes: value(field(memStat, 'anon')),
+      page_faults: value(field(memStat, 'pgfault')),
+      major_page_faults: value(field(memStat, 'pgmajfault')),
+    },
+    processes,
+  };
+}
+
+export async function containerStatsOf(
+  deps: ContainerDeps,
+  samples: CpuSamples,
+  record: ContainerRecord,
+): Promise<ContainerStats> {
+  const meta = record.config.metadata!;
+  const running = record.state === 'running' || record.state === 'created';
+  const usage = await cgroupUsage(deps, samples, running ? record.cgroupPath : null);
+  const disk = await deps.snapshotter.usage(record.id).catch(() => null);
+  return {
+    attributes: {
+      id: record.id,
+      metadata: { name: meta.name, attempt: meta.attempt },
+      labels: record.config.labels,
+      annotations: record.config.annotations,
+    },
+    cpu: usage.cpu,
+    memory: usage.memory,
+    writable_layer: {
+      timestamp: deps.now().toString(),
+      fs_id: { mountpoint: deps.snapshotter.root ?? '' },
+      used_bytes: value(disk?.bytes ?? null),
+      inodes_used: value(disk?.inodes ?? null),
+    },
+  };
+}
+
+function matchesStatsFilter(record: ContainerRecord, filter: ContainerStatsFilter__Output | null): boolean {
+  if (record.state === 'creating') return false;
+  if (!filter) return true;
+  if (filter.id !== '' && !record.id.startsWith(filter.id)) return false;
+  if (filter.pod_sandbox_id !== '' && !record.podSandboxId.startsWith(filter.pod_sandbox_id)) return false;
+  return matchesLabels(record, filter.label_selector ?? {});
+}
+
+/** What PodSandboxStats needs beyond SandboxLookup: every sandbox, for the List variant. */
+export interface SandboxLister {
+  listSandboxes(): Promise<SandboxInfo[]>;
+}
+
+async function podStatsOf(
+  deps: ContainerDeps,
+  samples: CpuSamples,
+  sandbox: SandboxInfo,
+): Promise<PodSandboxStats> {
+  const meta = sandbox.config.metadata;
+  const usage = await cgroupUsage(deps, samples, sandbox.ready ? sandbox.cgroupParent : null);
+  const records = (await currentRecords(deps)).filter(
+    (r) => r.podSandboxId === sandbox.id && r.state !== 'creating',
+  );
+  const containers = await Promise.all(records.map((r) => containerStatsOf(deps, samples, r)));
+  return {
+    attributes: {
+      id: sandbox.id,
+      metadata: meta
+        ? { name: meta.name, uid: meta.uid, namespace: meta.namespace, attempt: meta.attempt }
+        : null,
+      labels: sandbox.config.labels,
+      annotations: sandbox.config.annotations,
+    },
+    linux: {
+      cpu: usage.cpu,
+      memory: usage.memory,
+      process: { timestamp: deps.now().toString(), process_count: value(usage.processes) },
+      containers,
+    },
+  };
+}
+
+export function createStatsHandlers(deps: ContainerDeps, lister: SandboxLister, samples = new CpuSamples()) {
+  return {
+    async ContainerStats(
+      request: RuntimeRequest<'ContainerStats'>,
+      _ctx: Pick<CallContext, 'logger'>,
+    ): Promise<RuntimeResponse<'ContainerStats'>> {
+      const id = deps.store.resolve(request.container_id);
+      const record = id === undefined ? undefined : await observeExit(deps, id);
+      if (!record || record.state === 'creating') {
+        throw new NotFoundError(`container ${JSON.stringify(request.container_id)} does not exist`);
+      }
+      return { stats: await containerStatsOf(deps, samples, record) };
+    },
+
+    async ListContainerStats(
+      request: RuntimeRequest<'ListContainerStats'>,
+      _ctx: Pick<CallContext, 'logger'>,
+    ): Promise<RuntimeResponse<'ListContainerStats'>> {
+      const records = (await currentRecords(deps))
+        .filter((r) => matchesStatsFilter(r, request.filter))
+        .sort((a, b) => (BigInt(a.createdAt) < BigInt(b.createdAt) ? -1 : 1));
+      return { stats: await Promise.all(records.map((r) => containerStatsOf(deps, samples, r))) };
+    },
+
+    async PodSandboxStats(
+      request: RuntimeRequest<'PodSandboxStats'>,
+      _ctx: Pick<CallContext, 'logger'>,
+    ): Promise<RuntimeResponse<'PodSandboxStats'>> {
+      const sandbox =
+        request.pod_sandbox_id === '' ? null : await deps.sandboxes.getSandbox(request.pod_sandbox_id);
+      if (!sandbox)
+        throw new NotFoundError(`pod sandbox ${JSON.stringify(request.pod_sandbox_id)} does not exist`);
+      return { stats: await podStatsOf(deps, samples, sandbox) };
+    },
+
+    async ListPodSandboxStats(
+      request: RuntimeRequest<'ListPodSandboxStats'>,
+      _ctx: Pick<CallContext, 'logger'>,
+    ): Promise<RuntimeResponse<'ListPodSandboxStats'>> {
+      const filter = request.filter;
+      const sandboxes = (await lister.listSandboxes()).filter((s) => {
+        if (!filter) return true;
+        if (filter.id !== '' && !s.id.startsWith(filter.id)) return false;
+        for (const [k, v] of Object.entries(filter.label_selector ?? {}))
+          if (s.config.labels[k] !== v) return false;
+        return true;
+      });
+      return { stats: await Promise.all(sandboxes.map((s) => podStatsOf(deps, samples, s))) };
+    },
+  };
+}
