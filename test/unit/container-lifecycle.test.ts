@@ -287,7 +287,7 @@ describe('CreateContainer failures leave nothing behind', () => {
       [{}, { run_as_user: { value: '4294967296' } }, /4294967296|uid/],
       [{}, { run_as_username: 'nobody-here' }, /nobody-here/],
       [{ working_dir: '/proc/self/fd/7' }, {}, /under \/proc/],
-      [{ envs: [{ key: 'HOME', value: '/root\nroot::0:0::/:/bin/sh' }] }, {}, /HOME/],
+      [{ envs: [{ key: 'HOME', value: Buffer.from('/root\nroot::0:0::/:/bin/sh') }] }, {}, /HOME/],
       [{ mounts: [{ ...mountOf(''), container_path: '' }] }, {}, /absolute/],
       [{ mounts: [{ ...mountOf('/data'), host_path: 'relative' }] }, {}, /absolute/],
       [{ mounts: [{ ...mountOf('/data'), host_path: '/nonexistent-ctr-test' }] }, {}, /does not exist/],
