@@ -24,8 +24,8 @@ import { abortError, type RegistryClient, type RegistrySession } from './registr
  *
  * A client cancel or deadline aborts every download and unpack of this pull (shared ones
  * only when no other pull waits for them) and the call returns only once their temp files
- * are gone. Any failure does the same; what finished (verified blobs, complete layers) stays
- * for the next attempt until garbage collection finds no image using it.
+ * are gone. Any failure does the same, then garbage collection removes what the pull stored
+ * that no image uses (config, manifest, finished layers), so a failed pull leaves nothing.
  */
 
 export interface PullDeps {
@@ -222,6 +222,16 @@ export async function pullImage(
       'pulled image',
     );
     return id;
+  } catch (err) {
+    // Nothing of a failed or cancelled pull stays behind: what it stored that no image uses
+    // (its config, manifest, finished layers) goes now, not at the next removal.
+    hold.release();
+    await deps.store
+      .exclusive(() => deps.collectGarbage())
+      .catch((gcError: unknown) => {
+        deps.logger.warn({ err: String(gcError) }, 'cleaning up after a failed pull failed');
+      });
+    throw err;
   } finally {
     hold.release();
   }
@@ -249,16 +259,9 @@ async function fetchLayers(
       if (!(await deps.layers.has(layer.chainId)) || !(await deps.content.has(layer.digest))) {
         await deps.content.downloads.run(
           () =>
-            deps.content.ingest(
-              layer.digest,
-              layer.size,
-              (s) =>
-                session.openBlob(
-                  { mediaType: layer.mediaType, digest: layer.digest, size: layer.size },
-                  { signal: s },
-                ),
-              { signal: inner },
-            ),
+            deps.content.ingest(layer.digest, layer.size, (s) => openBlobGuarded(session, layer, s), {
+              signal: inner,
+            }),
           inner,
         );
       }
@@ -275,6 +278,21 @@ async function fetchLayers(
   if (signal?.aborted) throw abortError(signal, what);
   const failed = results.find((r) => r.status === 'rejected');
   if (failed !== undefined) throw firstError ?? (failed as PromiseRejectedResult).reason;
+}
+
+/**
+ * The registry client's blob stream starts flowing as soon as it is opened and may fail (a
+ * registry sending more than the descriptor's size) before the content store has attached
+ * its reader; without a listener that 'error' would be an uncaught exception that ends the
+ * daemon. The no-op listener keeps the error on the stream, where the store's read finds it.
+ */
+async function openBlobGuarded(session: RegistrySession, layer: LayerRecord, signal: AbortSignal) {
+  const stream = await session.openBlob(
+    { mediaType: layer.mediaType, digest: layer.digest, size: layer.size },
+    { signal },
+  );
+  stream.on('error', () => {});
+  return stream;
 }
 
 function isAbort(err: unknown): boolean {

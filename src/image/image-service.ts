@@ -12,7 +12,12 @@ import { createRemoveImageHandler, dropImage } from './image-remove.js';
 import { createImageStatusHandler, findImage } from './image-status.js';
 import { type ImageRecord, ImageStore } from './image-store.js';
 import { LayerStore, type LayerUnpacker } from './layer-store.js';
-import { type LayerIdMap, type UnpackLayerOptions, unpackLayer } from './layer-unpack.js';
+import {
+  type LayerIdMap,
+  type LayerUnpackLimits,
+  type UnpackLayerOptions,
+  unpackLayer,
+} from './layer-unpack.js';
 import { RegistryClient } from './registry-client.js';
 import type { RegistryHostsConfig } from './registry-hosts.js';
 
@@ -64,6 +69,8 @@ export interface ImageServiceOptions {
   /** IDs layers may use (default: read from /proc/self/{uid,gid}_map). */
   idMap?: LayerIdMap;
   unpacker?: LayerUnpacker;
+  /** Per-layer unpack caps (default: DEFAULT_LAYER_UNPACK_LIMITS). */
+  unpackLimits?: LayerUnpackLimits;
   /** Host name resolution for registries (tests pass one that refuses). */
   lookup?: import('node:net').LookupFunction;
 }
@@ -124,6 +131,7 @@ export function createImageService(options: ImageServiceOptions): ImageService {
       return idMap ?? { uidMax: 0, gidMax: 0 };
     },
     unpacker: (o: UnpackLayerOptions) => unpacker(o),
+    ...(options.unpackLimits === undefined ? {} : { limits: options.unpackLimits }),
   });
   const registry = new RegistryClient({
     hosts: registryHosts(config),

@@ -6,6 +6,7 @@ import { type Logger, silentLogger } from '../log.js';
 import { type Digest, digestHex, isDigest, parseDigest } from './digest.js';
 import {
   type LayerIdMap,
+  type LayerUnpackLimits,
   type UnpackLayerOptions,
   type UnpackLayerResult,
   unpackLayer,
@@ -37,6 +38,8 @@ export interface LayerStoreOptions {
   idMap: LayerIdMap;
   logger?: Logger;
   unpacker?: LayerUnpacker;
+  /** Caps per layer (default: layer-unpack.ts's DEFAULT_LAYER_UNPACK_LIMITS). */
+  limits?: LayerUnpackLimits;
 }
 
 export interface LayerToUnpack {
@@ -190,6 +193,7 @@ export class LayerStore {
         idMap: this.options.idMap,
         diffId: layer.diffId,
         signal,
+        ...(this.options.limits === undefined ? {} : { limits: this.options.limits }),
       });
       if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
       await rename(temp, target);

@@ -327,6 +327,26 @@ describe('PullImage and ImageStatus', () => {
     expect(err.message).toMatch(/1 diff_ids but the manifest has 2 layers/);
   });
 
+  it('refuses a blob longer than its descriptor without crashing or leaving files', async () => {
+    const image = push('long', 'v1', ['long layer']);
+    const layer = image.layers[0]!;
+    registry.intercept((req, res, url) => {
+      if (!url.pathname.endsWith(`/blobs/${layer.digest}`)) return false;
+      // Chunked, no Content-Length: the excess shows only while reading.
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      res.write(layer.bytes);
+      res.end(Buffer.alloc(4096, 0x41));
+      req.resume();
+      return true;
+    });
+    const err = await caught(pull(`${registry.host}/long:v1`));
+    expect(err).toBeInstanceOf(InvalidArgumentError);
+    expect(err.message).toMatch(/size mismatch/);
+    expect(await dirNames('content', 'ingest')).toEqual([]);
+    expect(await dirNames('content', 'sha256')).toEqual([]);
+    expect(await dirNames('layers')).toEqual([]);
+  });
+
   it('aborts a cancelled pull and leaves no temp file, blob or layer of it', async () => {
     const image = push('slow', 'v1', ['slow layer']);
     const layerDigest = image.layers[0]!.digest;
