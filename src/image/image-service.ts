@@ -4,6 +4,7 @@ import type { Config } from '../config.js';
 import type { ImageHandlers } from '../cri/server.js';
 import { NotFoundError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { Dialer } from '../rootless/host-dialer.js';
 import { ContentStore } from './content-store.js';
 import { ActivePulls, collectGarbage } from './image-gc.js';
 import { createListImagesHandler } from './image-list.js';
@@ -73,6 +74,8 @@ export interface ImageServiceOptions {
   unpackLimits?: LayerUnpackLimits;
   /** Host name resolution for registries (tests pass one that refuses). */
   lookup?: import('node:net').LookupFunction;
+  /** How registry connections are opened; the daemon passes the host dialer. */
+  dial?: Dialer;
 }
 
 /** The largest N such that IDs 0..N are all mapped, from a /proc/<pid>/uid_map text. */
@@ -139,6 +142,7 @@ export function createImageService(options: ImageServiceOptions): ImageService {
     maxConfigBytes: config.image.maxConfigBytes,
     logger,
     ...(options.lookup === undefined ? {} : { lookup: options.lookup }),
+    ...(options.dial === undefined ? {} : { dial: options.dial }),
   });
   const active = new ActivePulls();
   const gc = () => collectGarbage({ store, content, layers, active, logger });

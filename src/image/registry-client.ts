@@ -1,9 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import https from 'node:https';
-import type { LookupFunction } from 'node:net';
-import { Readable } from 'node:stream';
-import { rootCertificates } from 'node:tls';
+import { isIP, type LookupFunction } from 'node:net';
+import { type Duplex, Readable } from 'node:stream';
+import tls, { rootCertificates } from 'node:tls';
 import {
   CancelledError,
   CriError,
@@ -14,6 +14,7 @@ import {
   UnavailableError,
 } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
+import type { Dialer } from '../rootless/host-dialer.js';
 import { type Digest, parseDigest, sha256Digest } from './digest.js';
 import {
   assertImageManifest,
@@ -64,6 +65,12 @@ export interface RegistryClientOptions {
    * fallback to a public registry can never leave the machine.
    */
   lookup?: LookupFunction;
+  /**
+   * Opens the TCP connection for a request (default: a direct connection). The daemon passes
+   * the host dialer (src/rootless/host-dialer.ts) so registries are reached from the host's
+   * network namespace, where "127.0.0.1:5000" is the operator's registry.
+   */
+  dial?: Dialer;
 }
 
 export const DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -80,6 +87,7 @@ interface ClientSettings {
   userAgent: string;
   logger: Logger;
   lookup: LookupFunction | undefined;
+  dial: Dialer | undefined;
 }
 
 export interface FetchedManifest {
@@ -130,6 +138,7 @@ export class RegistryClient {
       userAgent: options.userAgent ?? 'rootless-cri',
       logger: options.logger ?? silentLogger(),
       lookup: options.lookup,
+      dial: options.dial,
     };
   }
 
@@ -746,6 +755,25 @@ class HttpTransport implements TokenTransport {
       const options: https.RequestOptions = { method, headers };
       if (this.settings.lookup !== undefined) options.lookup = this.settings.lookup;
       if (ca !== undefined && url.protocol === 'https:') options.ca = ca;
+      const dial = this.settings.dial;
+      if (dial !== undefined) {
+        options.agent = false;
+        options.createConnection = ((_opts: unknown, done: (err: Error | null, socket?: Duplex) => void) => {
+          const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
+          const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+          dial(hostname, port, signal).then(
+            (socket) =>
+              done(
+                null,
+                url.protocol === 'https:'
+                  ? tls.connect({ socket, servername: isIP(hostname) ? undefined : hostname, ca })
+                  : socket,
+              ),
+            (err: Error) => done(err),
+          );
+          return undefined;
+        }) as unknown as https.RequestOptions['createConnection'];
+      }
       const transport = url.protocol === 'https:' ? https : http;
       let response: IncomingMessage | undefined;
       const fail = (err: Error) => {

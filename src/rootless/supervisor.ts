@@ -13,6 +13,7 @@ import { FailedPreconditionError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { preflightSocket } from '../socket-file.js';
 import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from './cgroup-delegation.js';
+import { startHostDialer } from './host-dialer.js';
 import {
   findNode,
   type NodeHandle,
@@ -30,6 +31,10 @@ export interface SupervisorOptions {
   /** The command that runs the daemon once inside the node, e.g. [node, cli.js, serve, --in-node, ...]. */
   daemonCommand: string[];
   nsenter?: string;
+}
+
+export function hostDialerPath(runDir: string): string {
+  return path.join(runDir, 'host-dial.sock');
 }
 
 export function pidFilePath(runDir: string): string {
@@ -98,6 +103,9 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
     }
   }
 
+  // Registries are reached from the host's network namespace (see host-dialer.ts).
+  const dialer = await startHostDialer(hostDialerPath(options.runDir), logger);
+
   const [cmd, ...args] = options.daemonCommand;
   const child = spawn(options.nsenter ?? 'nsenter', [...nsenterArgs(node.childPid), cmd!, ...args], {
     stdio: 'inherit',
@@ -106,6 +114,7 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
       PATH: withSbin(process.env.PATH),
       ROOTLESSKIT_STATE_DIR: node.stateDir,
       ROOTLESS_CRI_IN_NODE: '1',
+      ROOTLESS_CRI_HOST_DIALER: dialer.socketPath,
     },
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
@@ -135,6 +144,7 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
 
   const { code, signal } = await exited;
   for (const s of signals) process.off(s, forward);
+  await dialer.close();
   if (daemonPid !== null && (await readPidFile(options.runDir)) === daemonPid) {
     await rm(pidFilePath(options.runDir), { force: true });
   }
