@@ -757,7 +757,7 @@ class HttpTransport implements TokenTransport {
       if (ca !== undefined && url.protocol === 'https:') options.ca = ca;
       const dial = this.settings.dial;
       if (dial !== undefined) {
-        options.agent = false;
+        // No agent: with one, Node would open the socket itself and ignore createConnection.
         options.createConnection = ((_opts: unknown, done: (err: Error | null, socket?: Duplex) => void) => {
           const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
           const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');

@@ -124,6 +124,9 @@ export function hostDialer(socketPath: string): Dialer {
         }
         if (rest.length > 0) socket.unshift(rest);
         socket.removeAllListeners('error');
+        // Back to flowing for the consumer. The server sends nothing before the client's first
+        // bytes (HTTP, TLS), so nothing can be emitted before the consumer listens.
+        socket.resume();
         resolve(socket);
       };
       socket.on('data', onData);
