@@ -10,12 +10,14 @@ import { createRuntimeInfoHandlers, type HealthCondition, type RuntimeHealth } f
 import { type CriHandlers, createCriServer } from './cri/server.js';
 import { describeError } from './errors.js';
 import { createImageFsInfoHandler } from './image/image-fs-info.js';
+import { createImageService } from './image/image-service.js';
 import type { Logger } from './log.js';
 import { createMetrics, type MetricsServer, startMetricsServer } from './metrics.js';
 import { checkCniReady } from './podsandbox/cni-config.js';
 import { createPodSandboxService } from './podsandbox/index.js';
 import { enableSubtreeControllers, readControllers } from './rootless/cgroup-delegation.js';
 import { inUserNamespace } from './rootless/node.js';
+import { hostDialer } from './rootless/host-dialer.js';
 import { type PortManager, RootlesskitPortManager } from './rootless/port-manager.js';
 import { writePidFile } from './rootless/supervisor.js';
 import { packageVersion } from './version.js';
@@ -247,6 +249,19 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       handlers: { ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }) },
     },
   ];
+  // Registries are reached from the host's network namespace when the supervisor offers it.
+  const hostDialerSocket = process.env.ROOTLESS_CRI_HOST_DIALER;
+  const images = createImageService({
+    config,
+    logger,
+    ...(hostDialerSocket ? { dial: hostDialer(hostDialerSocket) } : {}),
+  });
+  services.push({
+    name: 'images',
+    handlers: images.handlers,
+    recover: async () => void (await images.recover()),
+    close: () => images.close(),
+  });
   const podSandboxes = createPodSandboxService({ config, logger, portManager });
   services.push({ name: 'pod-sandboxes', ...podSandboxes });
   const server = createCriServer({
