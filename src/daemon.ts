@@ -16,8 +16,8 @@ import { createMetrics, type MetricsServer, startMetricsServer } from './metrics
 import { checkCniReady } from './podsandbox/cni-config.js';
 import { createPodSandboxService } from './podsandbox/index.js';
 import { enableSubtreeControllers, readControllers } from './rootless/cgroup-delegation.js';
-import { inUserNamespace } from './rootless/node.js';
 import { hostDialer } from './rootless/host-dialer.js';
+import { inUserNamespace } from './rootless/node.js';
 import { type PortManager, RootlesskitPortManager } from './rootless/port-manager.js';
 import { writePidFile } from './rootless/supervisor.js';
 import { packageVersion } from './version.js';
