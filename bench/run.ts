@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: figures as ratios against a floor measured in the same run.
- * Suites: rpc (below), pods (bench/pods.ts).
+ * Suites: rpc (below), pods (bench/pods.ts), pull (bench/pull.ts).
  *
  * rpc: Version round trip over a unix socket, sequential, through the real rootless-cri server
  * (edge adapter, request ids, logging, metrics) vs a bare grpc-js server answering the same
@@ -14,6 +14,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CriClient } from '../test/harness/cri-client.js';
 import { benchPods } from './pods.js';
+import { benchPull } from './pull.js';
 import { percentile } from './stats.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -89,3 +90,4 @@ const only = process.argv.slice(2);
 const want = (name: string) => only.length === 0 || only.includes(name);
 if (want('rpc')) await benchRpc();
 if (want('pods')) await benchPods();
+if (want('pull')) await benchPull();
