@@ -39,8 +39,6 @@ export interface ContainerSnapshotter {
   usage(id: string): Promise<{ bytes: bigint; inodes: bigint }>;
   /** Ids with a snapshot (recovery removes those no record names). */
   list?(): Promise<string[]>;
-  /** Where the snapshotter keeps its data (FilesystemUsage.fs_id), when known. */
-  readonly root?: string;
 }
 
 /** Where conmon keeps a container's sockets and FIFOs (CrunConmonRuntime's layout). */
@@ -88,6 +86,8 @@ export interface ContainerDeps {
   now: () => bigint;
   newId: () => string;
   undoTimeoutMs: number;
+  /** Where writable layers live (FilesystemUsage.fs_id of the stats), '' when unknown. */
+  writableLayerRoot: string;
 }
 
 export function nowNanoseconds(): bigint {

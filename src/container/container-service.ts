@@ -12,6 +12,7 @@
  *   <runDir>/s/<id>/attach           conmon's attach socket (kept short: sun_path is 108 bytes)
  *   <pod cgroup>/<id>                the container cgroup (crun), <pod cgroup>/conmon for conmon
  */
+import { accessSync, constants as fsConstants } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import type { PodSandboxStatus } from '../cri/proto.js';
@@ -63,13 +64,41 @@ export type ContainerHandlers = Pick<
   | 'GetContainerEvents'
 >;
 
+/**
+ * A program name as an absolute path (PATH, then the standard directories). conmon execs its
+ * runtime with execv(3), which does not search PATH: a bare `crun` makes conmon fail before
+ * it reports anything.
+ */
+export function resolveProgram(name: string, searchPath = process.env.PATH ?? ''): string {
+  if (name.includes('/')) return name;
+  const dirs = [
+    ...searchPath.split(':'),
+    '/usr/local/sbin',
+    '/usr/local/bin',
+    '/usr/sbin',
+    '/usr/bin',
+    '/sbin',
+    '/bin',
+  ];
+  for (const dir of dirs.filter((d) => d.startsWith('/'))) {
+    const candidate = path.join(dir, name);
+    try {
+      accessSync(candidate, fsConstants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return name;
+}
+
 /** Where CrunConmonRuntime keeps its files, so the service and the runtime agree. */
 export function runtimeLayout(
   config: Pick<Config, 'runDir' | 'runtime'>,
 ): Pick<CrunConmonOptions, 'conmonPath' | 'crunPath' | 'crunRoot' | 'stateDir' | 'exitDir' | 'socketDir'> {
   return {
-    conmonPath: config.runtime.conmon,
-    crunPath: config.runtime.crun,
+    conmonPath: resolveProgram(config.runtime.conmon),
+    crunPath: resolveProgram(config.runtime.crun),
     crunRoot: config.runtime.crunRoot,
     stateDir: path.join(config.runDir, 'containers'),
     exitDir: path.join(config.runDir, 'exits'),
@@ -128,6 +157,8 @@ export interface ContainerServiceOptions {
   sandboxes: SandboxLookup & Partial<SandboxLister>;
   images: ImageLookup;
   snapshotter: ContainerSnapshotter;
+  /** The snapshotter's directory, reported as the writable layers' filesystem in stats. */
+  snapshotRoot?: string;
   hostFacts: HostFacts;
   /** The pod's status in container events (optional). */
   sandboxStatus?: (podId: string) => Promise<PodSandboxStatus | null>;
@@ -172,6 +203,7 @@ export function createContainerService(options: ContainerServiceOptions): Contai
     now: options.overrides?.now ?? nowNanoseconds,
     newId: options.overrides?.newId ?? newContainerId,
     undoTimeoutMs: options.overrides?.undoTimeoutMs ?? 60_000,
+    writableLayerRoot: options.snapshotRoot ?? '',
   };
   const lister: SandboxLister = {
     listSandboxes: async () => (options.sandboxes.listSandboxes ? options.sandboxes.listSandboxes() : []),

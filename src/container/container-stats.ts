@@ -114,7 +114,7 @@ export async function containerStatsOf(
     memory: usage.memory,
     writable_layer: {
       timestamp: deps.now().toString(),
-      fs_id: { mountpoint: deps.snapshotter.root ?? '' },
+      fs_id: { mountpoint: deps.writableLayerRoot },
       used_bytes: value(disk?.bytes ?? null),
       inodes_used: value(disk?.inodes ?? null),
     },
