@@ -7,6 +7,7 @@
 import { constants } from 'node:fs';
 import { access, mkdir, open, readFile, rmdir } from 'node:fs/promises';
 import path from 'node:path';
+import { InternalError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { KeyedMutex } from '../store/keyed-mutex.js';
 import type { NameRegistrar } from '../store/name-registrar.js';
@@ -107,9 +108,11 @@ export class NodeContainerOs implements ContainerOs {
   constructor(private readonly cgroupRoot = '/sys/fs/cgroup') {}
 
   private cgroupDir(relative: string): string {
-    const clean = path.posix.normalize(`/${relative}`);
-    if (clean.split('/').includes('..')) throw new Error(`bad cgroup path ${relative}`);
-    return path.join(this.cgroupRoot, clean);
+    // Cgroup paths come from records and pod configs: a `..` is refused, not clamped.
+    if (relative.split('/').includes('..') || relative.includes('\0')) {
+      throw new InternalError(`bad cgroup path ${JSON.stringify(relative)}`);
+    }
+    return path.join(this.cgroupRoot, path.posix.normalize(`/${relative}`));
   }
 
   async ensureCgroup(relative: string): Promise<string> {
