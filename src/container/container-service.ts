@@ -31,7 +31,7 @@ import {
   nowNanoseconds,
   type RuntimePaths,
 } from './container-deps.js';
-import { ContainerEvents, createGetContainerEvents } from './container-events.js';
+import { type ContainerEventKind, ContainerEvents, createGetContainerEvents } from './container-events.js';
 import { createListContainers } from './container-list.js';
 import { createReopenContainerLog } from './container-log-reopen.js';
 import { type ContainerRecoveryReport, checkContainers, recoverContainers } from './container-recovery.js';
@@ -178,6 +178,12 @@ export interface ContainerService {
   recover(): Promise<void>;
   readonly lastRecovery: ContainerRecoveryReport | null;
   close(): Promise<void>;
+  /**
+   * The hook for sandbox events: the pod layer calls it when a pod is created, stopped or
+   * deleted, and every GetContainerEvents subscriber gets the event with container_id = the
+   * pod's id and the pod's status (containerd sends sandbox events the same way).
+   */
+  publishSandboxEvent(kind: ContainerEventKind, podId: string): void;
   /** For tests: one pass of the exit/monitor check. */
   checkNow(): Promise<void>;
 }
@@ -352,6 +358,9 @@ export function createContainerService(options: ContainerServiceOptions): Contai
       if (monitorTimer) clearTimeout(monitorTimer);
       events.close();
       await Promise.allSettled([...running]);
+    },
+    publishSandboxEvent(kind, podId) {
+      void events.publish(kind, podId, podId, null, deps.now());
     },
     checkNow: () => checkContainers(deps, true),
   };

@@ -535,8 +535,17 @@ describe('update, reopen, stats, events', () => {
       expect(list.every((e) => e.container_id === id && BigInt(e.created_at as string) > 0n)).toBe(true);
       expect(list[2]!.containers_statuses?.[0]?.state).toBe('CONTAINER_EXITED');
     }
+    w.service.publishSandboxEvent('CONTAINER_STOPPED_EVENT', POD);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(seen[0].at(-1)).toMatchObject({
+      container_id: POD,
+      container_event_type: 'CONTAINER_STOPPED_EVENT',
+    });
     abort.abort();
     await Promise.all(streams);
+    // Gone subscribers are dropped: publishing afterwards reaches nobody and does not throw.
+    w.service.publishSandboxEvent('CONTAINER_DELETED_EVENT', POD);
+    expect(seen[0].at(-1)?.container_event_type).toBe('CONTAINER_STOPPED_EVENT');
   });
 });
 
