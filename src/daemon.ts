@@ -5,21 +5,32 @@
 import { access, constants, mkdir, readFile, rename, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from './config.js';
+import {
+  createContainerService,
+  runtimeLayout,
+  sandboxLookupFromReader,
+} from './container/container-service.js';
+import { probeHostFacts } from './container/host-facts.js';
+import { CrunConmonRuntime } from './container/oci-runtime.js';
 import { ReadinessGate } from './cri/edge.js';
 import { createRuntimeInfoHandlers, type HealthCondition, type RuntimeHealth } from './cri/runtime-info.js';
 import { type CriHandlers, createCriServer } from './cri/server.js';
 import { describeError } from './errors.js';
+import { FuseOverlayfsSnapshotter } from './image/fuse-overlayfs-snapshotter.js';
 import { createImageFsInfoHandler } from './image/image-fs-info.js';
 import { createImageService } from './image/image-service.js';
+import { OverlaySnapshotter } from './image/overlay-snapshotter.js';
 import type { Logger } from './log.js';
 import { createMetrics, type MetricsServer, startMetricsServer } from './metrics.js';
 import { checkCniReady } from './podsandbox/cni-config.js';
 import { createPodSandboxService } from './podsandbox/index.js';
+import { sandboxStatusOf } from './podsandbox/sandbox-status.js';
 import { enableSubtreeControllers, readControllers } from './rootless/cgroup-delegation.js';
 import { hostDialer } from './rootless/host-dialer.js';
 import { inUserNamespace } from './rootless/node.js';
 import { type PortManager, RootlesskitPortManager } from './rootless/port-manager.js';
 import { writePidFile } from './rootless/supervisor.js';
+import { createDaemonStreaming } from './streaming/streaming-wiring.js';
 import { packageVersion } from './version.js';
 
 const CGROUP2_SUPER_MAGIC = 0x63677270;
@@ -262,8 +273,55 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     recover: async () => void (await images.recover()),
     close: () => images.close(),
   });
-  const podSandboxes = createPodSandboxService({ config, logger, portManager });
+  // The pod layer calls the container layer (Stop/RemovePodSandbox) and the container layer
+  // reads the pods: the pod service gets a forwarder, bound once the container service exists.
+  let containerService: ReturnType<typeof createContainerService> | null = null;
+  const podSandboxes = createPodSandboxService({
+    config,
+    logger,
+    portManager,
+    containers: {
+      stopAll: async (podId, timeout) => containerService?.podContainers.stopAll(podId, timeout),
+      removeAll: async (podId) => containerService?.podContainers.removeAll(podId),
+    },
+  });
   services.push({ name: 'pod-sandboxes', ...podSandboxes });
+  const layout = runtimeLayout(config);
+  const ociRuntime = new CrunConmonRuntime({ ...layout, conmonLogLevel: 'error' });
+  const snapshotRoot = path.join(config.rootDir, 'snapshots', config.image.snapshotter);
+  const snapshotter =
+    config.image.snapshotter === 'overlay'
+      ? new OverlaySnapshotter({ root: snapshotRoot })
+      : new FuseOverlayfsSnapshotter({ root: snapshotRoot, binary: config.image.fuseOverlayfs });
+  containerService = createContainerService({
+    config,
+    logger,
+    runtime: ociRuntime,
+    sandboxes: sandboxLookupFromReader(podSandboxes.store),
+    images,
+    snapshotter,
+    snapshotRoot,
+    hostFacts: await probeHostFacts(),
+    sandboxStatus: async (podId) => {
+      const record = podSandboxes.store.get(podId);
+      return record ? sandboxStatusOf(record) : null;
+    },
+  });
+  services.push({
+    name: 'containers',
+    handlers: containerService.handlers,
+    recover: () => containerService!.recover(),
+    close: () => containerService!.close(),
+  });
+  const streaming = createDaemonStreaming({
+    address: config.streaming.address,
+    logger,
+    containers: containerService.lookup,
+    sandboxes: podSandboxes.store,
+    runtime: ociRuntime,
+    crun: { path: layout.crunPath, root: layout.crunRoot },
+  });
+  services.push({ name: 'streaming', handlers: streaming.handlers, close: () => streaming.close() });
   const server = createCriServer({
     logger,
     readiness,
@@ -282,6 +340,16 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     );
     logger.info({ port: metricsServer.port }, 'metrics published on 127.0.0.1 (node and host)');
   }
+
+  // Listens on 127.0.0.1 in the node and is published on the host's 127.0.0.1 at the same port,
+  // so the URLs Exec/Attach/PortForward return work from both sides.
+  const streamingServer = await startPublished(
+    (port) => streaming.listen(port),
+    config.streaming.port,
+    daemonPorts,
+    logger,
+  );
+  logger.info({ port: streamingServer.port }, 'streaming published on 127.0.0.1 (node and host)');
 
   await server.listen(config.socket);
   for (const service of services) {
