@@ -20,6 +20,8 @@ die() { echo "run-all: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 step "install: host setup, test user $TEST_USER, crictl/critest, build, app copy in $APP"
 bash deploy/install.sh --user "$TEST_USER" --app-dir "$APP" || die "deploy/install.sh failed"
 export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER
+ROOTLESS_CRI_TEST_BUSYBOX=$(bash test/setup/fetch-test-busybox.sh) || die "cannot fetch Debian's busybox for the test images"
+export ROOTLESS_CRI_TEST_BUSYBOX
 
 lint_failed=0
 step "lint (biome) and type check"

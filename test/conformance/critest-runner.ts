@@ -54,12 +54,12 @@ export interface CritestResult {
 
 function unescapeXml(s: string): string {
   return s
+    .replace(/&#x([0-9a-fA-F]+);/g, (_, hex: string) => String.fromCodePoint(Number.parseInt(hex, 16)))
+    .replace(/&#([0-9]+);/g, (_, dec: string) => String.fromCodePoint(Number(dec)))
     .replace(/&lt;/g, '<')
     .replace(/&gt;/g, '>')
     .replace(/&quot;/g, '"')
     .replace(/&apos;/g, "'")
-    .replace(/&#xA;/g, '\n')
-    .replace(/&#x9;/g, '\t')
     .replace(/&amp;/g, '&');
 }
 

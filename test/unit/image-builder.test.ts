@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   blobPath,
   busyboxBaseLayer,
+  HOST_BUSYBOX,
   ImageBuilder,
   layerTarEntries,
   readBlob,
@@ -168,7 +169,7 @@ describe('layers', () => {
   });
 
   it('builds the busybox base with every applet hardlinked to /bin/busybox', async () => {
-    const { stdout } = await execFileAsync('/bin/busybox', ['--list']);
+    const { stdout } = await execFileAsync(HOST_BUSYBOX, ['--list']);
     const applets = stdout.split('\n').filter((a) => a !== '' && a !== 'busybox');
     const file = path.join(workDir, 'base.tar');
     await writeFile(file, writeTar(await layerTarEntries(await busyboxBaseLayer())));
@@ -176,6 +177,10 @@ describe('layers', () => {
     expect(listed.get('bin/busybox')).toMatchObject({ mode: '-rwxr-xr-x', owner: '0/0' });
     expect(listed.get('bin/busybox')?.hardlink).toBeUndefined();
     for (const applet of applets) expect(listed.get(`bin/${applet}`)?.hardlink).toBe('bin/busybox');
+    // A dynamically linked busybox brings the libraries it loads.
+    const { stdout: ldd } = await execFileAsync('ldd', [HOST_BUSYBOX]).catch(() => ({ stdout: '' }));
+    for (const lib of ldd.matchAll(/(\/\S+)\s+\(0x/g))
+      expect(listed.has(lib[1]!.slice(1)), lib[1]).toBe(true);
     // Stand-ins for applets Debian's build leaves out are scripts, not links.
     for (const name of ['pgrep', 'ipcs']) {
       if (!applets.includes(name)) expect(listed.get(`bin/${name}`)).toMatchObject({ mode: '-rwxr-xr-x' });
