@@ -126,11 +126,13 @@ export function createRuntimeInfoHandlers(deps: RuntimeInfoDependencies): Runtim
             condition('NetworkReady', health.network, 'NetworkNotReady'),
           ],
         },
-        // One handler, the default (""); later issues turn these features on when they are real.
+        // One handler, the default (""). Recursive read-only mounts need crun >= 1.9 (rro);
+        // pod user namespaces need idmapped mounts, which a rootless node cannot make.
         runtime_handlers: [
           { name: '', features: { recursive_read_only_mounts: false, user_namespaces: false } },
         ],
-        features: { supplemental_groups_policy: false, user_namespaces_host_network: false },
+        // SupplementalGroupsPolicy Merge and Strict are applied by the container spec builder.
+        features: { supplemental_groups_policy: true, user_namespaces_host_network: false },
         info,
       };
     },

@@ -61,7 +61,7 @@ describe('runtime info handlers', () => {
     expect(response.runtime_handlers).toEqual([
       { name: '', features: { recursive_read_only_mounts: false, user_namespaces: false } },
     ]);
-    expect(response.features?.supplemental_groups_policy).toBe(false);
+    expect(response.features?.supplemental_groups_policy).toBe(true);
     expect(health.calls).toBe(1);
   });
 
