@@ -42,7 +42,11 @@ static int connect_attach_socket(const char *path) {
   _cleanup_free_ char *base_copy = strdup(path);
   if (dir_copy == NULL || base_copy == NULL) FAIL_SYS("strdup");
   _cleanup_fd_ int dir = open(dirname(dir_copy), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (dir < 0) FAIL_SYS("open the directory of %s", path);
+  /* A missing directory is the same answer as a refused connect: no monitor there (any more). */
+  if (dir < 0) {
+    set_error("connect", errno, "open the directory of %s", path);
+    return -1;
+  }
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   int n = snprintf(addr.sun_path, sizeof(addr.sun_path), "/proc/self/fd/%d/%s", dir, basename(base_copy));
   if (n < 0 || (size_t)n >= sizeof(addr.sun_path)) FAIL_KIND("usage", "socket name too long: %s", path);

@@ -18,7 +18,7 @@ import { existsSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Writable } from 'node:stream';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { FailedPreconditionError, InternalError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -154,14 +154,19 @@ export class CrunExecLauncher implements ExecLauncher {
   ): StreamSession {
     const { logger } = this.options;
     const log = logger.child({ container: run.id, exec: run.cmd[0] });
-    // With a tty the relay's stderr carries crun's own messages; without one, crun's and the
-    // process's stderr are the same pipe (the client sees crun's errors, as with runc).
+    // With a tty the relay's stderr carries crun's own messages ("executable file not found"):
+    // they go to the terminal, as a runtime's do. Without one, crun's stderr is the process's.
     let diagnostics = '';
-    if (run.options.tty) {
-      child.stderr?.setEncoding('utf8');
-      child.stderr?.on('data', (text: string) => {
-        if (diagnostics.length < 4096) diagnostics += text;
+    let stdout: Readable | undefined = child.stdout ?? undefined;
+    if (run.options.tty && child.stdout && child.stderr) {
+      child.stderr.on('data', (chunk: Buffer) => {
+        if (diagnostics.length < 4096) diagnostics += chunk.toString('utf8');
       });
+      stdout = mergeOutputs(child.stdout, child.stderr);
+    }
+    if (stdout && !run.options.stdout) {
+      stdout.resume(); // nobody reads it, but the terminal must not block
+      stdout = undefined;
     }
     let exitCode: number | null = null;
     const exited = new Promise<number>((resolve, reject) => {
@@ -187,7 +192,7 @@ export class CrunExecLauncher implements ExecLauncher {
     child.stdin?.on('error', () => {});
     return {
       stdin: child.stdin ?? undefined,
-      stdout: child.stdout ?? undefined,
+      stdout,
       stderr: run.options.tty ? undefined : (child.stderr ?? undefined),
       resize(width, height) {
         if (resizeFd && !resizeFd.destroyed && width > 0 && height > 0)
@@ -211,6 +216,24 @@ export function execProcess(base: OciProcess, cmd: string[], tty: boolean): OciP
   // A terminal program needs TERM; the container's own env may not set one (containerd does the same).
   if (tty && !env.some((e) => e.startsWith('TERM='))) env.push('TERM=xterm');
   return { ...base, args: [...cmd], terminal: tty, env };
+}
+
+/** One Readable with the data of both; ends when both have ended; destroying it destroys both. */
+export function mergeOutputs(first: Readable, second: Readable): Readable {
+  const merged = new PassThrough();
+  let open = 2;
+  for (const source of [first, second]) {
+    source.pipe(merged, { end: false });
+    source.once('close', () => {
+      open -= 1;
+      if (open === 0) merged.end();
+    });
+  }
+  merged.once('close', () => {
+    first.destroy();
+    second.destroy();
+  });
+  return merged;
 }
 
 /**

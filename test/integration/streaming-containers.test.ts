@@ -217,6 +217,16 @@ describe.each(['spdy', 'websocket'])('crictl exec over %s', (transport) => {
     expect(r.stdout).toMatch(/command terminated with exit code 7/);
   });
 
+  it('shows the runtime’s error on the terminal for a command that does not exist (exec -it)', async () => {
+    const r = await daemon.asUser([
+      'script',
+      '-qec',
+      crictlLine(['exec', '-it', '-r', transport, idle, '/does-not-exist']),
+      '/dev/null',
+    ]);
+    expect(r.stdout).toMatch(/does-not-exist.*(not found|No such file)/);
+  });
+
   it('refuses an exec in a stopped container', async () => {
     const { id, file } = await runPod(`stopped-${transport}`);
     const ctr = await createContainer(id, file, {

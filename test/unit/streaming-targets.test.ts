@@ -12,8 +12,13 @@ import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { unblocked } from '../../src/container/attach-target.js';
-import { ContainerExecTarget, CrunExecLauncher, execProcess } from '../../src/container/exec-target.js';
+import { ConmonAttachTarget, unblocked } from '../../src/container/attach-target.js';
+import {
+  ContainerExecTarget,
+  CrunExecLauncher,
+  execProcess,
+  mergeOutputs,
+} from '../../src/container/exec-target.js';
 import type { OciProcess } from '../../src/container/oci-spec.js';
 import { CriError } from '../../src/errors.js';
 import { dialNodeLoopback, SandboxPortForwardTarget } from '../../src/podsandbox/port-forward-target.js';
@@ -162,6 +167,43 @@ describe('exec target', () => {
     const withTerm = { ...base, env: ['TERM=vt100'] } as OciProcess;
     expect(execProcess(withTerm, ['sh'], true).env).toEqual(['TERM=vt100']);
     expect(base.env).toEqual(['A=1']);
+  });
+});
+
+describe('tty exec output', () => {
+  it('merges the terminal and the runtime’s messages and ends when both have', async () => {
+    const terminal = new PassThrough();
+    const runtime = new PassThrough();
+    const merged = mergeOutputs(terminal, runtime);
+    const data = collect(merged);
+    terminal.write('a');
+    runtime.write('crun: executable file not found');
+    terminal.end();
+    await new Promise((r) => setImmediate(r));
+    expect(merged.readableEnded).toBe(false);
+    runtime.end();
+    expect((await data).toString()).toBe('acrun: executable file not found');
+  });
+});
+
+describe('attach target', () => {
+  it('refuses missing, stopped and monitor-less containers, and a socket nobody listens on', async () => {
+    const containers = new FakeContainers();
+    containers.add('stopped', { state: 'CONTAINER_EXITED' });
+    containers.add('no-monitor', {});
+    containers.add('gone-socket', { attachSocketPath: '/nonexistent/dir/attach', stdin: true });
+    const target = new ConmonAttachTarget({
+      containers,
+      logger,
+      relayPath: path.resolve(import.meta.dirname, '../../native/build/attach-relay'),
+    });
+    const io = { tty: false, stdin: true, stdout: true, stderr: true };
+    expect(await kindOf(target.validate('missing'))).toBe('NotFound');
+    expect(await kindOf(target.attach('stopped', io))).toBe('FailedPrecondition');
+    expect(await kindOf(target.attach('no-monitor', io))).toBe('FailedPrecondition');
+    const error = await target.attach('gone-socket', io).catch((e: unknown) => e);
+    expect((error as CriError).kind).toBe('FailedPrecondition');
+    expect((error as Error).message).toMatch(/cannot reach the monitor.*may have exited/);
   });
 });
 
