@@ -47,8 +47,56 @@ as_user "${crictl[@]}" info -o go-template --template '{{range .status.condition
 say "crictl version, from inside the node (rootless-cri enter)"
 as_user "${cli[@]}" enter -- "${crictl[@]}" version
 
+say "a local registry on 127.0.0.1:5000 with the project's HTTP test image (built from busybox)"
+registry_dir=/tmp/rootless-cri-demo-registry
+if ! curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1; then
+  mkdir -p "$registry_dir/data"
+  cat >"$registry_dir/config.yml" <<YAML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $registry_dir/data
+http:
+  addr: 127.0.0.1:5000
+YAML
+  nohup docker-registry serve "$registry_dir/config.yml" >"$registry_dir/registry.log" 2>&1 &
+  for _ in $(seq 50); do curl -fsS http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+app_dir=$( [ "$(id -u)" -eq 0 ] && echo "$APP" || pwd )
+node "$app_dir/dist/test/fixtures/push-test-images.js" --registry 127.0.0.1:5000 --images http-server \
+  --cache-dir "$registry_dir/cache"
+image=127.0.0.1:5000/rootless-cri/http-server:1
+
+say "crictl pull $image"
+as_user "${crictl[@]}" pull "$image"
+
+say "a pod with a container serving HTTP on host port 18080"
+work=$(as_user mktemp -d)
+as_user sh -c "cat > $work/pod.json" <<JSON
+{"metadata": {"name": "demo", "namespace": "default", "uid": "demo-$(date +%s)", "attempt": 0},
+ "hostname": "demo", "log_directory": "$work/logs",
+ "port_mappings": [{"protocol": 0, "container_port": 8080, "host_port": 18080, "host_ip": "127.0.0.1"}],
+ "linux": {}}
+JSON
+as_user sh -c "cat > $work/ctr.json" <<JSON
+{"metadata": {"name": "web"}, "image": {"image": "$image"}, "log_path": "web.log"}
+JSON
+# A pod left by an earlier demo run holds host port 18080: remove it first.
+for old in $(as_user "${crictl[@]}" pods --name demo -q); do as_user "${crictl[@]}" rmp -f "$old" >/dev/null; done
+pod=$(as_user "${crictl[@]}" runp "$work/pod.json")
+ctr=$(as_user "${crictl[@]}" create "$pod" "$work/ctr.json" "$work/pod.json")
+as_user "${crictl[@]}" start "$ctr" >/dev/null
+as_user "${crictl[@]}" pods
+as_user "${crictl[@]}" ps
+
+say "curl http://127.0.0.1:18080/ from the host"
+for _ in $(seq 50); do curl -fsS http://127.0.0.1:18080/ && break; sleep 0.2; done
+
 say "done"
-echo "The daemon keeps running (log: $log). Stop it and the node with:"
+echo "The daemon, the pod and the registry keep running (daemon log: $log)."
+echo "Remove the pod:  crictl --config $crictl_config rmp -f $pod   (as $(as_user id -un))"
+echo "Stop the registry: pkill -f 'docker-registry serve $registry_dir'"
+echo "Stop the daemon and the node with:"
 if [ "$(id -u)" -eq 0 ]; then
   echo "  $APP/deploy/run-as-user.sh $DEMO_USER -- rootless-cri stop --all"
 else

@@ -47,6 +47,8 @@ if [ "$(id -u)" -eq 0 ]; then
   rm -rf "$app" && mkdir -p "$app/native"
   cp -a package.json proto dist deploy node_modules "$app"/
   [ -d native/build ] && cp -a native/build "$app/native/"
+  # The test-image builder (used by make demo and the tests) compiles this source.
+  mkdir -p "$app/test/fixtures" && cp test/fixtures/nonewprivs.c "$app/test/fixtures/"
   chmod -R a+rX "$app"
   ln -sf "$app/dist/src/cli.js" /usr/local/bin/rootless-cri
   chmod a+rx "$app/dist/src/cli.js"
