@@ -20,7 +20,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
-import { mkdir, readFile, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
@@ -120,11 +120,13 @@ export class NodeSandboxOs implements SandboxOs {
   async unpinNamespaces(paths: string[]): Promise<void> {
     if (paths.length === 0) return;
     const mounted = await mountedTargets();
-    const toUnmount = paths.filter((p) => mounted.has(p));
+    const toUnmount: string[] = [];
+    for (const p of paths) if (mounted.has(await canonicalPath(p))) toUnmount.push(p);
     if (toUnmount.length > 0) {
       const r = await execa('umount', toUnmount, this.execOptions());
       const still = await mountedTargets();
-      const left = toUnmount.filter((p) => still.has(p));
+      const left: string[] = [];
+      for (const p of toUnmount) if (still.has(await canonicalPath(p))) left.push(p);
       if (left.length > 0) {
         throw new InternalError(
           `cannot unmount namespace pins ${left.join(', ')}: ${String(r.stderr).trim()}`,
@@ -139,7 +141,7 @@ export class NodeSandboxOs implements SandboxOs {
   }
 
   async isPinned(file: string): Promise<boolean> {
-    return (await mountedTargets()).has(file);
+    return (await mountedTargets()).has(await canonicalPath(file));
   }
 
   async startInfra(ns: NamespacePaths, cgroupLeaf: string | null): Promise<InfraProcess> {
@@ -384,4 +386,17 @@ async function isLiveProcess(pid: number, expectedName: string): Promise<boolean
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * The path mountinfo shows for `file`: its directory with symlinks resolved. The run dir is
+ * often under /run/user/<uid>, which rootlesskit's --copy-up=/run turns into a symlink into
+ * /run/.ro<N>/ inside the node, so a pin mounted at /run/user/... appears at /run/.ro<N>/user/...
+ */
+async function canonicalPath(file: string): Promise<string> {
+  try {
+    return path.join(await realpath(path.dirname(file)), path.basename(file));
+  } catch {
+    return file;
+  }
 }

@@ -65,7 +65,8 @@ export class RootlesskitPortManager implements PortManager {
 
   async remove(id: number): Promise<void> {
     const { status, text } = await this.request('DELETE', `/v1/ports/${id}`);
-    if (status === 404 || /not found|no such/i.test(text)) return;
+    // Already gone (a retried stop): rootlesskit answers "unknown id".
+    if (status === 404 || /not found|no such|unknown id/i.test(text)) return;
     if (status >= 300) {
       throw new UnavailableError(`rootlesskit could not remove published port ${id}: ${parseApiError(text)}`);
     }
