@@ -45,6 +45,11 @@ export interface RunResult {
 export interface TestDaemonOptions {
   /** Extra TOML appended to the generated config. */
   extraConfig?: string;
+  /**
+   * Put the run dir under /run/user/<uid> (where the default run dir lives, and which the
+   * node's --copy-up=/run turns into a symlink) instead of the temp root.
+   */
+  runDirInXdgRuntimeDir?: boolean;
 }
 
 export class TestDaemon {
@@ -71,7 +76,9 @@ export class TestDaemon {
     const user = await testUser();
     const filesBefore = await userFilesOutside(user, null);
     const tmp = await mkdtemp('/tmp/rcri-it-');
-    const runDir = path.join(tmp, 'run');
+    const runDir = options.runDirInXdgRuntimeDir
+      ? path.join(`/run/user/${user.uid}`, path.basename(tmp))
+      : path.join(tmp, 'run');
     const rootDir = path.join(tmp, 'root');
     for (const dir of [runDir, rootDir]) await mkdir(dir, { mode: 0o700 });
     const cgroupSubtree = `rootless-cri-${path.basename(tmp).slice('rcri-it-'.length)}`;
@@ -105,6 +112,7 @@ export class TestDaemon {
       daemon.client.close();
       await daemon.cli(['stop', '--all']);
       await rm(tmp, { recursive: true, force: true });
+      await rm(runDir, { recursive: true, force: true });
       throw err;
     }
     return daemon;
@@ -216,6 +224,7 @@ export class TestDaemon {
     const leaks = await this.leaks();
     const log = await this.logTail(60);
     await rm(this.tmp, { recursive: true, force: true });
+    if (!this.runDir.startsWith(this.tmp)) await rm(this.runDir, { recursive: true, force: true });
     if (r.exitCode !== 0) throw new Error(`rootless-cri stop --all failed: ${r.stderr}\n${log}`);
     if (leaks.length > 0)
       throw new Error(`left behind after stop:\n  ${leaks.join('\n  ')}\ndaemon log:\n${log}`);
@@ -244,7 +253,8 @@ export class TestDaemon {
     }
     for (const file of await userFilesOutside(this.user, this.tmp)) {
       // Temp roots of other test daemons running at the same time are theirs to check.
-      if (!this.filesBefore.has(file) && !/^\/tmp\/rcri-it-/.test(file)) leaks.push(`file: ${file}`);
+      const ours = file === this.runDir || file.startsWith(`${this.runDir}/`);
+      if (!this.filesBefore.has(file) && !ours && !/^\/tmp\/rcri-it-/.test(file)) leaks.push(`file: ${file}`);
     }
     return leaks;
   }
