@@ -13,9 +13,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CriClient } from '../test/harness/cri-client.js';
+import { benchContainers } from './containers.js';
 import { benchPods } from './pods.js';
 import { benchPull } from './pull.js';
 import { percentile } from './stats.js';
+import { benchStreaming } from './streaming.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CALLS = Number(process.env.BENCH_RPC_CALLS ?? 10_000);
@@ -91,3 +93,5 @@ const want = (name: string) => only.length === 0 || only.includes(name);
 if (want('rpc')) await benchRpc();
 if (want('pods')) await benchPods();
 if (want('pull')) await benchPull();
+if (want('containers')) await benchContainers();
+if (want('streaming')) await benchStreaming();
