@@ -12,7 +12,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeContainerOs } from '../../src/container/container-deps.js';
 import { resolveProgram } from '../../src/container/container-service.js';
-import { updateResources } from '../../src/container/container-update.js';
+import { criToOciResources as updateResources } from '../../src/container/resources.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { hostFacts, resources } from '../fakes/container-fixtures.js';
 
