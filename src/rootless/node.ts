@@ -46,8 +46,8 @@ export interface NodeHandle {
 
 const START_TIMEOUT_MS = 30_000;
 
-/** True when `pid` is alive. */
-function isAlive(pid: number): boolean {
+/** True when `pid` is alive (EPERM: alive, but another user's). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

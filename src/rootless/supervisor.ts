@@ -16,6 +16,7 @@ import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from './cgroup-delegati
 import { startHostDialer } from './host-dialer.js';
 import {
   findNode,
+  isAlive,
   type NodeHandle,
   type NodeOptions,
   nsenterArgs,
@@ -54,15 +55,6 @@ export async function writePidFile(runDir: string, pid: number): Promise<void> {
   await rename(tmp, file);
 }
 
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Finds or starts the node and returns it. */
 export async function ensureNode(options: NodeOptions, logger: Logger): Promise<NodeHandle> {
   const existing = await findNode(options.stateDir, options.cgroupSubtree);
@@ -85,7 +77,7 @@ async function childOf(pid: number): Promise<number | null> {
 export async function superviseDaemon(options: SupervisorOptions, logger: Logger): Promise<number> {
   await mkdir(options.runDir, { recursive: true, mode: 0o700 });
   const running = await readPidFile(options.runDir);
-  if (running && processAlive(running)) {
+  if (running && isAlive(running)) {
     throw new FailedPreconditionError(
       `rootless-cri is already running (pid ${running}); stop it first with \`rootless-cri stop\``,
     );
@@ -163,15 +155,15 @@ function signalNumber(sig: NodeJS.Signals): number | undefined {
 /** Stops the daemon whose pid file is in runDir; true if one was running. */
 export async function stopDaemon(runDir: string, timeoutMs = 15_000): Promise<boolean> {
   const pid = await readPidFile(runDir);
-  if (!pid || !processAlive(pid)) {
+  if (!pid || !isAlive(pid)) {
     await rm(pidFilePath(runDir), { force: true });
     return false;
   }
   process.kill(pid, 'SIGTERM');
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline && processAlive(pid)) await sleep(50);
-  if (processAlive(pid)) process.kill(pid, 'SIGKILL');
-  while (processAlive(pid)) await sleep(20);
+  while (Date.now() < deadline && isAlive(pid)) await sleep(50);
+  if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+  while (isAlive(pid)) await sleep(20);
   await rm(pidFilePath(runDir), { force: true });
   return true;
 }
