@@ -15,11 +15,21 @@
  *   CNI_PATH (the bin dirs), CNI_ARGS with the K8S_POD_* keys kubelet-era plugins read, and a
  *   PATH with /usr/sbin for iptables. Nothing else of the daemon's environment leaks in.
  * - `loopback` is not needed in the conflist: the sandbox brings `lo` up itself.
+ * - The parsed conflist is kept while its file is the directory's first and its inode, size,
+ *   mtime and ctime are unchanged; any change is read and validated again. The plugin
+ *   executables are looked up on every load, so a removed plugin is noticed at once.
  */
-import { execa } from 'execa';
+import { stat } from 'node:fs/promises';
 import { FailedPreconditionError, InternalError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { type CniConflist, findCniPlugin, loadCniConflist, parseCniConfig } from './cni-config.js';
+import {
+  type CniConflist,
+  findCniPlugin,
+  listCniConfigFiles,
+  loadCniConflist,
+  parseCniConfig,
+} from './cni-config.js';
+import { runCommand } from './run-command.js';
 import type { SandboxNetwork } from './sandbox-record.js';
 
 export interface CniPortMapping {
@@ -70,6 +80,9 @@ const IFNAME = 'eth0';
 
 export class CniNetwork implements NetworkDriver {
   private readonly timeoutMs: number;
+  private cached: { file: string; stamp: string; conflist: CniConflist } | undefined;
+  /** setUp gets back the object loadConfig returned: no need to parse it again. */
+  private readonly parsedByRaw = new WeakMap<Record<string, unknown>, CniConflist>();
 
   constructor(private readonly options: CniNetworkOptions) {
     this.timeoutMs = options.timeoutMs ?? 60_000;
@@ -78,11 +91,14 @@ export class CniNetwork implements NetworkDriver {
   async loadConfig(): Promise<Record<string, unknown>> {
     const conflist = await this.loadConflist();
     await this.resolvePlugins(conflist);
+    this.parsedByRaw.set(conflist.raw, conflist);
     return conflist.raw;
   }
 
   async setUp(request: NetworkSetUp): Promise<SandboxNetwork> {
-    const conflist = parseCniConfig(JSON.stringify(request.conflist), 'the recorded CNI config');
+    const conflist =
+      this.parsedByRaw.get(request.conflist) ??
+      parseCniConfig(JSON.stringify(request.conflist), 'the recorded CNI config');
     const plugins = await this.resolvePlugins(conflist);
     let prevResult: Record<string, unknown> | undefined;
     for (const { config, binary } of plugins) {
@@ -95,7 +111,9 @@ export class CniNetwork implements NetworkDriver {
   }
 
   async tearDown(request: NetworkTearDown): Promise<void> {
-    const conflist = parseCniConfig(JSON.stringify(request.conflist), 'the recorded CNI config');
+    const conflist =
+      this.parsedByRaw.get(request.conflist) ??
+      parseCniConfig(JSON.stringify(request.conflist), 'the recorded CNI config');
     const plugins = await this.resolvePlugins(conflist);
     let firstError: unknown;
     for (const { config, binary } of [...plugins].reverse()) {
@@ -114,9 +132,26 @@ export class CniNetwork implements NetworkDriver {
   }
 
   private async loadConflist(): Promise<CniConflist> {
+    const confDir = this.options.confDir;
+    // The first file by name, as loadCniConflist picks it; errors are left to loadCniConflist.
+    const first = (await listCniConfigFiles(confDir).catch(() => []))[0];
+    const stamp = first === undefined ? undefined : await fileStamp(first);
+    if (
+      first !== undefined &&
+      stamp !== undefined &&
+      this.cached?.file === first &&
+      this.cached.stamp === stamp
+    ) {
+      return this.cached.conflist;
+    }
     try {
-      return await loadCniConflist(this.options.confDir);
+      const conflist = await loadCniConflist(confDir);
+      // Stamped before reading: a change during the read shows as a new stamp next time.
+      if (stamp !== undefined && conflist.file === first) this.cached = { file: first, stamp, conflist };
+      else this.cached = undefined;
+      return conflist;
     } catch (err) {
+      this.cached = undefined;
       throw new FailedPreconditionError(`the pod network is not ready: ${(err as Error).message}`, {
         cause: err,
       });
@@ -186,11 +221,9 @@ export class CniNetwork implements NetworkDriver {
         .filter(([, value]) => value !== undefined && value !== '' && !/[;=\s]/.test(value))
         .map(([key, value]) => `${key}=${value}`),
     ].join(';');
-    const r = await execa(binary, [], {
+    const r = await runCommand(binary, [], {
       input: stdin,
-      reject: false,
-      timeout: this.timeoutMs,
-      extendEnv: false,
+      timeoutMs: this.timeoutMs,
       env: {
         CNI_COMMAND: command,
         CNI_CONTAINERID: request.sandboxId,
@@ -201,11 +234,11 @@ export class CniNetwork implements NetworkDriver {
         PATH: CNI_PATH_ENV,
       },
     });
-    const stdout = String(r.stdout);
+    const stdout = r.stdout;
     if (r.exitCode !== 0 || r.timedOut) {
       const why = r.timedOut
         ? `timed out after ${this.timeoutMs / 1000}s`
-        : cniErrorText(stdout, String(r.stderr), r.exitCode);
+        : cniErrorText(stdout, r.stderr, r.exitCode);
       throw new InternalError(
         `CNI plugin ${binary} ${command} failed for sandbox ${request.sandboxId}: ${why}`,
       );
@@ -224,7 +257,17 @@ export class CniNetwork implements NetworkDriver {
   }
 }
 
-function cniErrorText(stdout: string, stderr: string, exitCode: number | undefined): string {
+/** Identifies one version of a file: any rewrite, rename over it or touch changes it. */
+async function fileStamp(file: string): Promise<string | undefined> {
+  try {
+    const s = await stat(file, { bigint: true });
+    return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+function cniErrorText(stdout: string, stderr: string, exitCode: number): string {
   try {
     const parsed = JSON.parse(stdout) as { code?: number; msg?: string; details?: string };
     if (parsed.msg)

@@ -5,16 +5,25 @@
  *
  * Choices, and why:
  * - Namespaces are pinned as bind mounts of their nsfs files (`unshare --net=FILE --ipc=FILE
- *   --uts=FILE true`, util-linux): they outlive every process, are found again by path after a
- *   daemon restart, and are released with umount + unlink. One unshare creates all of them.
- * - A pod pid namespace needs a PID 1: `unshare --pid --fork catatonit -P`, entered into the
- *   pod's pinned namespaces with nsenter, spawned detached so it survives the daemon (it is
- *   reparented to the node's catatonit). We record its pid, start time and pid-ns inode, and
- *   never signal a pid whose start time has changed.
- * - Hostname, `lo` up and sysctls are set by one `nsenter ... sh -c SCRIPT sh ARGS...`: every
- *   key path and value is its own argv element, never joined into a string the shell parses.
- *   The hostname goes through sethostname (`hostname`), which checks CAP_SYS_ADMIN in the
+ *   --uts=FILE`, util-linux): they outlive every process, are found again by path after a
+ *   daemon restart, and are released with umount + unlink.
+ * - One process chain makes a pod's namespaces (createPodNamespaces): unshare creates and pins
+ *   all of them (without --fork it binds the files before it execs), then runs
+ *   `sh -c SCRIPT sh ARGS...` inside them, which moves itself into the sandbox's cgroup leaf,
+ *   brings `lo` up, sets the hostname, writes the sysctls it was given and, when the pod has a
+ *   pid namespace, execs `unshare --pid --fork catatonit -P`. Each step is a separate process
+ *   otherwise (unshare, then nsenter for the infra, then nsenter for the settings), and every
+ *   spawn costs milliseconds per pod. Every key path and value is its own argv element, never
+ *   joined into a string the shell parses.
+ * - The hostname goes through sethostname (`hostname`), which checks CAP_SYS_ADMIN in the
  *   pod's user namespace; writing /proc/sys/kernel/hostname is refused in a user namespace.
+ * - A pod pid namespace needs a PID 1: catatonit, spawned detached so it survives the daemon
+ *   (it is reparented to the node's catatonit). It starts inside the sandbox's cgroup leaf, so
+ *   a daemon killed before it recorded the pid still leaves it where removing the cgroup kills
+ *   it. We record its pid, start time and pid-ns inode, and never signal a pid whose start time
+ *   has changed.
+ * - configureNamespaces (nsenter + the same script) is for what must wait until the network
+ *   exists: net.* sysctls may name eth0, which CNI ADD creates.
  * - cgroups: directories in the node's cgroup v2 view (`/sys/fs/cgroup` inside the node). A
  *   leaf is emptied with cgroup.kill before rmdir.
  */
@@ -22,8 +31,8 @@ import { spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { mkdir, readFile, realpath, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
+import { type CommandResult, runCommand } from './run-command.js';
 import type { InfraProcess } from './sandbox-record.js';
 
 export type PinnableNamespace = 'net' | 'ipc' | 'uts';
@@ -48,15 +57,26 @@ export interface NamespaceSettings {
   sysctls: SysctlWrite[];
 }
 
+export interface PodNamespacesRequest {
+  /** Fresh namespaces of these kinds, pinned on these (new) files. */
+  pins: { kind: PinnableNamespace; path: string }[];
+  /** Applied inside the new namespaces; only with pins (never to the node's own namespaces). */
+  settings: NamespaceSettings;
+  /** Start the pod's PID 1 in a new pid namespace inside them (pid mode POD), or not (null). */
+  infra: { cgroupLeaf: string | null } | null;
+}
+
 export interface SandboxOs {
-  /** Creates the files and pins fresh namespaces of these kinds on them. */
-  pinNamespaces(pins: { kind: PinnableNamespace; path: string }[]): Promise<void>;
+  /**
+   * Creates and pins the pod's namespaces, applies the settings in them and starts the infra
+   * process when asked; returns it (null without one). On failure, what exists is found by
+   * the pin paths and the cgroup leaf.
+   */
+  createPodNamespaces(request: PodNamespacesRequest): Promise<InfraProcess | null>;
   /** umount + unlink; a path that is not there (or not mounted) is fine. */
   unpinNamespaces(paths: string[]): Promise<void>;
   /** Whether a pin is still mounted. */
   isPinned(path: string): Promise<boolean>;
-  /** Starts catatonit as PID 1 of a new pid namespace inside the given namespaces. */
-  startInfra(ns: NamespacePaths, cgroupLeaf: string | null): Promise<InfraProcess>;
   infraAlive(infra: InfraProcess): Promise<boolean>;
   /** SIGKILL to the pod's PID 1 (which ends its pid namespace) and waits for it to go. */
   stopInfra(infra: InfraProcess): Promise<void>;
@@ -78,12 +98,17 @@ export interface NodeSandboxOsOptions {
 
 const SAFE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-// $1 = 1 to bring lo up, $2 = hostname or "", then pairs of (path, value).
+// $1 = cgroup.procs to join or "", $2 = 1 to bring lo up, $3 = hostname or "", $4 = unshare
+// and $5 = catatonit for the infra process (both "" for none), then pairs of (path, value).
 const CONFIGURE_SCRIPT = [
-  'if [ "$1" = 1 ]; then ip link set lo up || { echo "rcri-step loopback" >&2; exit 1; }; fi',
-  'if [ -n "$2" ]; then hostname "$2" || { echo "rcri-step hostname" >&2; exit 1; }; fi',
-  'shift 2',
+  'if [ -n "$1" ]; then echo $$ > "$1" || { echo "rcri-step cgroup" >&2; exit 1; }; fi',
+  'if [ "$2" = 1 ]; then ip link set lo up || { echo "rcri-step loopback" >&2; exit 1; }; fi',
+  'if [ -n "$3" ]; then hostname "$3" || { echo "rcri-step hostname" >&2; exit 1; }; fi',
+  'unshare=$4 infra=$5',
+  'shift 5',
   'while [ $# -ge 2 ]; do printf %s "$2" > "$1" || { echo "rcri-step sysctl $1" >&2; exit 1; }; shift 2; done',
+  // The infra process must not hold the daemon's stderr pipe: it lives on after this call.
+  'if [ -n "$infra" ]; then exec "$unshare" --pid --fork "$infra" -P </dev/null >/dev/null 2>&1; fi',
 ].join('\n');
 
 export class NodeSandboxOs implements SandboxOs {
@@ -101,20 +126,54 @@ export class NodeSandboxOs implements SandboxOs {
     this.timeoutMs = options.timeoutMs ?? 30_000;
   }
 
-  async pinNamespaces(pins: { kind: PinnableNamespace; path: string }[]): Promise<void> {
-    if (pins.length === 0) return;
+  async createPodNamespaces(request: PodNamespacesRequest): Promise<InfraProcess | null> {
+    const { pins, settings, infra } = request;
+    const hasSettings = settings.loopbackUp || settings.hostname !== null || settings.sysctls.length > 0;
+    if (pins.length === 0 && hasSettings) {
+      throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
+    }
+    if (pins.length === 0 && infra === null) return null;
     for (const pin of pins) {
       await mkdir(path.dirname(pin.path), { recursive: true, mode: 0o700 });
       // O_EXCL: a sandbox id is new, so an existing file means something else owns it.
       closeSync(openSync(pin.path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_RDONLY, 0o400));
     }
-    const args = pins.map((p) => `--${p.kind}=${p.path}`);
-    const r = await execa(this.unshare, [...args, 'true'], this.execOptions());
-    if (r.exitCode !== 0) {
-      throw new FailedPreconditionError(
-        `cannot create pod namespaces (${this.unshare} ${args.join(' ')}): ${String(r.stderr).trim() || `exit ${r.exitCode}`}; is the daemon inside the rootless node?`,
-      );
+    const pinArgs = pins.map((p) => `--${p.kind}=${p.path}`);
+    if (infra === null) {
+      const args = hasSettings
+        ? [...pinArgs, ...this.scriptArgs(settings, null, null)]
+        : [...pinArgs, 'true'];
+      const r = await runCommand(this.unshare, args, this.execOptions());
+      if (r.exitCode !== 0) {
+        throw (
+          settingsFailure(r, settings) ??
+          new FailedPreconditionError(
+            `cannot create pod namespaces (${this.unshare} ${pinArgs.join(' ')}): ${r.stderr.trim() || `exit ${r.exitCode}`}; is the daemon inside the rootless node?`,
+          )
+        );
+      }
+      return null;
     }
+    return this.startInfra(pinArgs, settings, infra.cgroupLeaf);
+  }
+
+  private scriptArgs(
+    settings: NamespaceSettings,
+    cgroupLeaf: string | null,
+    infra: boolean | null,
+  ): string[] {
+    return [
+      'sh',
+      '-c',
+      CONFIGURE_SCRIPT,
+      'sh',
+      cgroupLeaf === null ? '' : path.join(this.cgroupRoot, cgroupLeaf, 'cgroup.procs'),
+      settings.loopbackUp ? '1' : '0',
+      settings.hostname ?? '',
+      infra ? this.unshare : '',
+      infra ? this.catatonit : '',
+      ...settings.sysctls.flatMap((s) => [s.path, s.value]),
+    ];
   }
 
   async unpinNamespaces(paths: string[]): Promise<void> {
@@ -123,14 +182,12 @@ export class NodeSandboxOs implements SandboxOs {
     const toUnmount: string[] = [];
     for (const p of paths) if (mounted.has(await canonicalPath(p))) toUnmount.push(p);
     if (toUnmount.length > 0) {
-      const r = await execa('umount', toUnmount, this.execOptions());
+      const r = await runCommand('umount', toUnmount, this.execOptions());
       const still = await mountedTargets();
       const left: string[] = [];
       for (const p of toUnmount) if (still.has(await canonicalPath(p))) left.push(p);
       if (left.length > 0) {
-        throw new InternalError(
-          `cannot unmount namespace pins ${left.join(', ')}: ${String(r.stderr).trim()}`,
-        );
+        throw new InternalError(`cannot unmount namespace pins ${left.join(', ')}: ${r.stderr.trim()}`);
       }
     }
     for (const p of paths) {
@@ -144,21 +201,29 @@ export class NodeSandboxOs implements SandboxOs {
     return (await mountedTargets()).has(await canonicalPath(file));
   }
 
-  async startInfra(ns: NamespacePaths, cgroupLeaf: string | null): Promise<InfraProcess> {
-    const enter = nsenterArgs(ns);
-    const [command, args] =
-      enter.length > 0
-        ? [this.nsenter, [...enter, '--', this.unshare, '--pid', '--fork', this.catatonit, '-P']]
-        : [this.unshare, ['--pid', '--fork', this.catatonit, '-P']];
-    const child = spawn(command, args, {
+  /** unshare (pins) → sh (settings, cgroup) → unshare --pid --fork → catatonit, detached. */
+  private async startInfra(
+    pinArgs: string[],
+    settings: NamespaceSettings,
+    cgroupLeaf: string | null,
+  ): Promise<InfraProcess> {
+    const args = [...pinArgs, ...this.scriptArgs(settings, cgroupLeaf, true)];
+    const child = spawn(this.unshare, args, {
       detached: true,
-      stdio: 'ignore',
+      stdio: ['ignore', 'ignore', 'pipe'],
       env: { PATH: SAFE_PATH },
     });
     const spawned = new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
       child.once('error', reject);
     });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      if (stderr.length < 64 * 1024) stderr += chunk;
+    });
+    // The script's stderr closes when it execs the infra process (or exits).
+    const stderrClosed = new Promise<void>((resolve) => child.stderr!.once('close', resolve));
     let exitCode: number | null = null;
     child.once('exit', (code, signal) => {
       exitCode = code ?? (signal ? 128 : -1);
@@ -168,7 +233,7 @@ export class NodeSandboxOs implements SandboxOs {
       await spawned;
     } catch (err) {
       throw new FailedPreconditionError(
-        `cannot start the pod infra process (${command}): ${(err as Error).message}`,
+        `cannot start the pod infra process (${this.unshare}): ${(err as Error).message}`,
         {
           cause: err,
         },
@@ -179,8 +244,18 @@ export class NodeSandboxOs implements SandboxOs {
     let pid = 0;
     while (Date.now() < deadline) {
       if (exitCode !== null) {
-        throw new FailedPreconditionError(
-          `the pod infra process (${this.catatonit} -P in a new pid namespace) exited at once with ${exitCode}; check that catatonit is installed`,
+        await Promise.race([stderrClosed, sleep(1_000)]);
+        const result: CommandResult = { exitCode, stdout: '', stderr, timedOut: false };
+        const cgroupFailed = /rcri-step cgroup/.test(stderr);
+        throw (
+          settingsFailure(result, settings) ??
+          (cgroupFailed
+            ? new FailedPreconditionError(
+                `cannot move the pod infra process into ${path.join(this.cgroupRoot, cgroupLeaf ?? '', 'cgroup.procs')}: ${stepDetail(stderr) || `exit ${exitCode}`}`,
+              )
+            : new FailedPreconditionError(
+                `the pod infra process (${this.catatonit} -P in a new pid namespace) exited at once with ${exitCode}${stepDetail(stderr) ? ` (${stepDetail(stderr)})` : ''}; check that catatonit is installed and the daemon is inside the rootless node`,
+              ))
         );
       }
       const children = await readFile(`/proc/${wrapperPid}/task/${wrapperPid}/children`, 'utf8').catch(
@@ -189,40 +264,26 @@ export class NodeSandboxOs implements SandboxOs {
       const first = Number(children.trim().split(/\s+/)[0]);
       if (first > 0) {
         const comm = (await readFile(`/proc/${first}/comm`, 'utf8').catch(() => '')).trim();
-        // Until exec the child still shows unshare's name.
+        // Until exec the child still shows unshare's name (and the script's own helpers, ip
+        // and hostname, are children of the wrapper too).
         if (comm === path.basename(this.catatonit)) {
           pid = first;
           break;
         }
       }
-      await sleep(2);
+      await sleep(1);
     }
+    child.stderr!.destroy();
     if (pid === 0) {
       process.kill(wrapperPid, 'SIGKILL');
       throw new InternalError('the pod infra process did not start within 5s');
     }
-    const infra: InfraProcess = {
+    return {
       pid,
       wrapperPid,
       startTime: await processStartTime(pid),
       pidNamespaceInode: (await stat(`/proc/${pid}/ns/pid`)).ino,
     };
-    if (cgroupLeaf !== null) {
-      const procs = path.join(this.cgroupRoot, cgroupLeaf, 'cgroup.procs');
-      try {
-        await writeFile(procs, String(wrapperPid));
-        await writeFile(procs, String(pid));
-      } catch (err) {
-        await this.stopInfra(infra);
-        throw new FailedPreconditionError(
-          `cannot move the pod infra process into ${procs}: ${(err as Error).message}`,
-          {
-            cause: err,
-          },
-        );
-      }
-    }
-    return infra;
   }
 
   async infraAlive(infra: InfraProcess): Promise<boolean> {
@@ -250,30 +311,18 @@ export class NodeSandboxOs implements SandboxOs {
 
   async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {
     if (!settings.loopbackUp && settings.hostname === null && settings.sysctls.length === 0) return;
-    const args = [
-      ...nsenterArgs(ns),
-      '--',
-      'sh',
-      '-c',
-      CONFIGURE_SCRIPT,
-      'sh',
-      settings.loopbackUp ? '1' : '0',
-      settings.hostname ?? '',
-      ...settings.sysctls.flatMap((s) => [s.path, s.value]),
-    ];
-    const r = await execa(this.nsenter, args, this.execOptions());
-    if (r.exitCode === 0) return;
-    const stderr = String(r.stderr);
-    const step = /rcri-step (\S+)(?: (\S+))?/.exec(stderr);
-    const detail = stderr.replace(/rcri-step .*\n?/g, '').trim();
-    if (step?.[1] === 'sysctl') {
-      const failed = settings.sysctls.find((s) => s.path === step[2]);
-      throw new InvalidArgumentError(
-        `sysctl ${failed?.key ?? step[2]}=${JSON.stringify(failed?.value ?? '')} was refused by the kernel inside the pod (${detail}); check the value`,
-      );
+    const enter = nsenterArgs(ns);
+    if (enter.length === 0) {
+      throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
     }
-    throw new InternalError(
-      `cannot configure the pod namespaces (${step?.[1] ?? 'nsenter'}): ${detail || `exit ${r.exitCode}`}`,
+    const args = [...enter, '--', ...this.scriptArgs(settings, null, null)];
+    const r = await runCommand(this.nsenter, args, this.execOptions());
+    if (r.exitCode === 0) return;
+    throw (
+      settingsFailure(r, settings) ??
+      new InternalError(
+        `cannot configure the pod namespaces (nsenter): ${stepDetail(r.stderr) || `exit ${r.exitCode}`}`,
+      )
     );
   }
 
@@ -323,14 +372,29 @@ export class NodeSandboxOs implements SandboxOs {
   }
 
   private execOptions() {
-    return {
-      reject: false,
-      timeout: this.timeoutMs,
-      env: { PATH: SAFE_PATH },
-      extendEnv: false,
-      stdin: 'ignore' as const,
-    };
+    return { timeoutMs: this.timeoutMs, env: { PATH: SAFE_PATH } };
   }
+}
+
+/** The error for a failed settings step of CONFIGURE_SCRIPT, or null when none failed. */
+function settingsFailure(r: CommandResult, settings: NamespaceSettings): Error | null {
+  const step = /rcri-step (\S+)(?: (\S+))?/.exec(r.stderr);
+  if (!step || step[1] === 'cgroup') return null;
+  const detail = stepDetail(r.stderr);
+  if (step[1] === 'sysctl') {
+    const failed = settings.sysctls.find((s) => s.path === step[2]);
+    return new InvalidArgumentError(
+      `sysctl ${failed?.key ?? step[2]}=${JSON.stringify(failed?.value ?? '')} was refused by the kernel inside the pod (${detail}); check the value`,
+    );
+  }
+  return new InternalError(
+    `cannot configure the pod namespaces (${step[1]}): ${detail || `exit ${r.exitCode}`}`,
+  );
+}
+
+/** What the failing command said, without the script's own step markers. */
+function stepDetail(stderr: string): string {
+  return stderr.replace(/rcri-step .*\n?/g, '').trim();
 }
 
 function nsenterArgs(ns: NamespacePaths): string[] {

@@ -23,9 +23,13 @@ export function createRemovePodSandbox(deps: SandboxDeps) {
       await deps.containers.removeAll(id);
       await stopSandbox(deps, id);
       const record = deps.store.get(id)!;
-      await unpinOthers(deps, record);
-      await removeCgroups(deps, record);
-      await removeFiles(deps, record);
+      // Independent of each other; all are tried, and the first failure keeps the record.
+      const settled = await Promise.allSettled([
+        unpinOthers(deps, record),
+        removeCgroups(deps, record),
+        removeFiles(deps, record),
+      ]);
+      for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
       await deps.store.delete(id);
       deps.names.releaseByOwner(id);
       ctx.logger.info({ sandbox: id }, 'pod sandbox removed');

@@ -2,11 +2,20 @@
  * RunPodSandbox: a pod's namespaces, infra process, cgroup, network, host ports and files.
  *
  * Order of steps, each pushing its undo on a RollbackStack:
- *   check the request (no side effects) → reserve the name → record "creating" (names every
- *   path the sandbox will use, so a daemon killed from here on leaves a record that Stop and
- *   Remove can clean) → files dir → cgroup → pin net/ipc/uts namespaces → infra process
- *   (pid POD) → CNI ADD → host ports → lo, hostname, sysctls → resolv.conf/hosts/hostname
- *   files → log directory → record "ready".
+ *   check the request (no side effects) → reserve the name → load the CNI config (read only)
+ *   → record "creating" (names every path the sandbox will use, so a daemon killed from here
+ *   on leaves a record that Stop and Remove can clean) → files dir → cgroup → one process
+ *   chain that pins the net/ipc/uts namespaces, brings lo up, sets the hostname, writes the
+ *   IPC sysctls and starts the infra process (pid POD) inside the cgroup leaf → record the
+ *   infra pid and the CNI config → CNI ADD, while resolv.conf, hostname and the log directory
+ *   are written → host ports → net.* sysctls (they may name eth0, which ADD creates) → hosts
+ *   (it needs the IP) → log directory → record "ready".
+ *
+ * A record is saved before every external side effect that recovery must undo, naming it. A
+ * save is skipped only when it would tell recovery nothing new: the cgroups created when they
+ * are the ones recovery removes anyway, and the ADD result when no host port follows (DEL
+ * runs without a prevResult then, as after a daemon killed during ADD); the next save carries
+ * them.
  *
  * Name reservation follows containerd: the key is name_namespace_uid_attempt; a second
  * request for a reserved key fails at once with AlreadyExists naming the sandbox that holds
@@ -40,7 +49,7 @@ import {
   resolvConfFrom,
 } from './sandbox-config.js';
 import type { SandboxDeps } from './sandbox-deps.js';
-import type { NamespacePaths, PinnableNamespace } from './sandbox-os.js';
+import type { NamespacePaths, PinnableNamespace, SysctlWrite } from './sandbox-os.js';
 import { SANDBOX_RECORD_VERSION, type SandboxRecord, sandboxName } from './sandbox-record.js';
 import {
   detachNetwork,
@@ -51,7 +60,7 @@ import {
   unpinOthers,
   unpublishPorts,
 } from './sandbox-teardown.js';
-import { validateSysctls } from './sysctls.js';
+import { sysctlNamespace, validateSysctls } from './sysctls.js';
 
 export function newSandboxId(): string {
   return randomBytes(32).toString('hex');
@@ -118,7 +127,14 @@ export function createRunPodSandbox(deps: SandboxDeps) {
           );
         }
       };
+      // Kept in memory for the undos; persisted by the next save.
+      const remember = (next: SandboxRecord) => {
+        record = next;
+      };
       try {
+        // Read only, and first: an unusable network fails the request before anything exists.
+        const conflist = podNetwork ? await deps.network.loadConfig() : null;
+
         // The cgroup path is decided (and checked) before anything exists.
         const cgroupPath = podCgroupPath(podConfig.linux?.cgroup_parent ?? '', id);
         await save({
@@ -134,35 +150,45 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         rollback.push('remove the pod cgroup', () => removeCgroups(deps, record));
         // Only the pod cgroup itself is ours to remove later; parents it needed (/pods,
         // kubelet's /kubepods/burstable) are shared with other pods.
-        const createdPod = await deps.os.createCgroup(record.cgroup!.path);
-        const ownPod = createdPod.includes(record.cgroup!.path) ? [record.cgroup!.path] : [];
-        await deps.os.createCgroup(record.cgroup!.leaf);
-        await save({ ...record, cgroup: { ...record.cgroup!, created: [...ownPod, record.cgroup!.leaf] } });
+        const { path: podCgroup, leaf } = record.cgroup!;
+        const created = await deps.os.createCgroup(leaf);
+        const ownPod = created.includes(podCgroup) ? [podCgroup] : [];
+        const withCgroups = { ...record, cgroup: { ...record.cgroup!, created: [...ownPod, leaf] } };
+        // Recovery always removes the leaf and the default /pods/<id>: only a pod cgroup made
+        // under a cgroup_parent needs recording before the next side effect.
+        if (ownPod.length > 0 && podCgroup !== `/pods/${id}`) await save(withCgroups);
+        else remember(withCgroups);
 
         step('creating the pod namespaces');
         const pins: { kind: PinnableNamespace; path: string }[] = [];
         if (record.namespaces.network.path) pins.push({ kind: 'net', path: record.namespaces.network.path });
         if (record.namespaces.ipc.path) pins.push({ kind: 'ipc', path: record.namespaces.ipc.path });
         if (record.namespaces.uts.path) pins.push({ kind: 'uts', path: record.namespaces.uts.path });
-        rollback.push('unpin the pod namespaces', async () => {
-          await unpinNetwork(deps, record);
-          await unpinOthers(deps, record);
-        });
-        await deps.os.pinNamespaces(pins);
         const nsPaths: NamespacePaths = {};
         if (record.namespaces.network.path) nsPaths.net = record.namespaces.network.path;
         if (record.namespaces.ipc.path) nsPaths.ipc = record.namespaces.ipc.path;
         if (record.namespaces.uts.path) nsPaths.uts = record.namespaces.uts.path;
-
-        if (modes.pid === 'POD') {
-          step('starting the pod infra process');
-          rollback.push('stop the pod infra process', () => stopInfra(deps, record));
-          const infra = await deps.os.startInfra(nsPaths, record.cgroup!.leaf);
-          await save({
-            ...record,
-            namespaces: { ...record.namespaces, pid: { ...record.namespaces.pid, infra } },
-          });
-        }
+        const netSysctls: SysctlWrite[] = sysctls.filter((s) => sysctlNamespace(s.key) === 'net');
+        rollback.push('unpin the pod namespaces', async () => {
+          await unpinNetwork(deps, record);
+          await unpinOthers(deps, record);
+        });
+        if (modes.pid === 'POD') rollback.push('stop the pod infra process', () => stopInfra(deps, record));
+        const infra = await deps.os.createPodNamespaces({
+          pins,
+          settings: {
+            loopbackUp: podNetwork,
+            hostname: podNetwork ? hostname : null,
+            sysctls: sysctls.filter((s) => sysctlNamespace(s.key) !== 'net'),
+          },
+          infra: modes.pid === 'POD' ? { cgroupLeaf: record.cgroup!.leaf } : null,
+        });
+        const started = infra
+          ? { ...record, namespaces: { ...record.namespaces, pid: { ...record.namespaces.pid, infra } } }
+          : record;
+        // Recorded before ADD: from here on cleanup must run DEL with this configuration.
+        if (conflist !== null) await save({ ...started, networkConfig: conflist });
+        else if (infra) await save(started);
 
         const cniPorts: CniPortMapping[] = hostPorts.map((p) => ({
           hostPort: p.hostPort,
@@ -170,11 +196,16 @@ export function createRunPodSandbox(deps: SandboxDeps) {
           protocol: p.protocol,
           hostIP: p.hostIp === '0.0.0.0' ? '' : p.hostIp,
         }));
-        if (podNetwork) {
-          step('setting up the pod network');
-          const conflist = await deps.network.loadConfig();
-          // Recorded before ADD: from here on cleanup must run DEL with this configuration.
-          await save({ ...record, networkConfig: conflist });
+        // The files that do not need the pod IP are written while CNI runs.
+        const writeFiles = async () => {
+          const nodeResolv = async () => readFile(deps.paths.nodeResolvConf, 'utf8').catch(() => '');
+          await writeFile(path.join(record.filesDir, 'resolv.conf'), resolvConf ?? (await nodeResolv()), {
+            mode: 0o644,
+          });
+          await writeFileAtomic(path.join(record.filesDir, 'hostname'), `${hostname}\n`, 0o644);
+        };
+        const addNetwork = async () => {
+          if (conflist === null) return;
           rollback.push('tear down the pod network (CNI DEL)', () => detachNetwork(deps, record));
           const network = await deps.network.setUp({
             conflist,
@@ -185,8 +216,12 @@ export function createRunPodSandbox(deps: SandboxDeps) {
             podUid: meta.uid,
             portMappings: cniPorts,
           });
-          await save({ ...record, network });
-        }
+          remember({ ...record, network });
+        };
+        step(podNetwork ? 'setting up the pod network' : 'writing resolv.conf and hostname');
+        // Both settle before anything else happens, so an undo never races a write.
+        const settled = await Promise.allSettled([addNetwork(), writeFiles()]);
+        for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
 
         if (hostPorts.length > 0) {
           if (!deps.ports) {
@@ -195,6 +230,8 @@ export function createRunPodSandbox(deps: SandboxDeps) {
               'no rootlesskit API: host ports are reachable inside the node only',
             );
           } else {
+            // Saved before the first port: a port published but not recorded is found by it.
+            if (record.network) await save(record);
             rollback.push('unpublish the host ports', () => unpublishPorts(deps, record));
             // A host-network pod listens in the node netns itself: rootlesskit forwards to the
             // node's loopback, as a host port on a normal node reaches a hostNetwork process.
@@ -213,23 +250,21 @@ export function createRunPodSandbox(deps: SandboxDeps) {
           }
         }
 
-        step('configuring the pod namespaces');
-        await deps.os.configureNamespaces(nsPaths, {
-          loopbackUp: podNetwork,
-          hostname: podNetwork ? hostname : null,
-          sysctls,
-        });
+        if (netSysctls.length > 0) {
+          step('writing the net.* sysctls');
+          await deps.os.configureNamespaces(nsPaths, {
+            loopbackUp: false,
+            hostname: null,
+            sysctls: netSysctls,
+          });
+        }
 
-        step('writing resolv.conf, hosts and hostname');
-        const nodeResolv = async () => readFile(deps.paths.nodeResolvConf, 'utf8').catch(() => '');
-        await writeFile(path.join(record.filesDir, 'resolv.conf'), resolvConf ?? (await nodeResolv()), {
-          mode: 0o644,
-        });
+        step('writing hosts and the log directory');
         const hosts = podNetwork
           ? hostsFileFor(record.network?.ip ?? '', hostname)
           : await readFile(deps.paths.nodeHosts, 'utf8').catch(() => hostsFileFor('', hostname));
         await writeFile(path.join(record.filesDir, 'hosts'), hosts, { mode: 0o644 });
-        await writeFileAtomic(path.join(record.filesDir, 'hostname'), `${hostname}\n`, 0o644);
+        // Last: nothing removes it, so a failed request must not have made it.
         if (podConfig.log_directory !== '')
           await mkdir(podConfig.log_directory, { recursive: true, mode: 0o755 });
 

@@ -11,6 +11,7 @@
 import type { CallContext } from '../cri/edge.js';
 import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
 import type { SandboxDeps } from './sandbox-deps.js';
+import type { SandboxRecord } from './sandbox-record.js';
 import { releaseRunningResources } from './sandbox-teardown.js';
 
 export async function stopSandbox(deps: SandboxDeps, id: string): Promise<void> {
@@ -19,11 +20,14 @@ export async function stopSandbox(deps: SandboxDeps, id: string): Promise<void> 
   await deps.containers.stopAll(id, 0);
   const released = await releaseRunningResources(deps, record);
   const alreadyStopped = record.state === 'notready' && record.stoppedAt !== null;
-  await deps.store.put({
+  const next: SandboxRecord = {
     ...released,
     state: 'notready',
     stoppedAt: alreadyStopped ? record.stoppedAt : deps.now().toString(),
-  });
+  };
+  // A second stop (RemovePodSandbox stops first) changes nothing: no write.
+  if (JSON.stringify(next) === JSON.stringify(record)) return;
+  await deps.store.put(next);
 }
 
 export function createStopPodSandbox(deps: SandboxDeps) {

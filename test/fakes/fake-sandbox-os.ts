@@ -1,7 +1,7 @@
 import type {
   NamespacePaths,
   NamespaceSettings,
-  PinnableNamespace,
+  PodNamespacesRequest,
   SandboxOs,
 } from '../../src/podsandbox/sandbox-os.js';
 import type { InfraProcess } from '../../src/podsandbox/sandbox-record.js';
@@ -65,25 +65,22 @@ export class FakeSandboxOs implements SandboxOs {
     }
   }
 
-  async pinNamespaces(pins: { kind: PinnableNamespace; path: string }[]): Promise<void> {
-    await this.enter('pinNamespaces', [pins]);
+  /** Pins, then applies the settings (recorded in `configured`), then starts the infra. */
+  async createPodNamespaces(request: PodNamespacesRequest): Promise<InfraProcess | null> {
+    await this.enter('createPodNamespaces', [request]);
+    const { pins, settings } = request;
+    const hasSettings = settings.loopbackUp || settings.hostname !== null || settings.sysctls.length > 0;
+    if (pins.length === 0 && hasSettings) throw new Error('settings without pod namespaces');
     for (const p of pins) {
       if (this.pinned.has(p.path)) throw new Error(`${p.path} exists`);
       this.pinned.add(p.path);
     }
-  }
-
-  async unpinNamespaces(paths: string[]): Promise<void> {
-    await this.enter('unpinNamespaces', [paths]);
-    for (const p of paths) this.pinned.delete(p);
-  }
-
-  async isPinned(path: string): Promise<boolean> {
-    return this.pinned.has(path);
-  }
-
-  async startInfra(ns: NamespacePaths, cgroupLeaf: string | null): Promise<InfraProcess> {
-    await this.enter('startInfra', [ns, cgroupLeaf]);
+    if (hasSettings) {
+      const ns: NamespacePaths = {};
+      for (const p of pins) ns[p.kind] = p.path;
+      this.configured.push({ ns, settings });
+    }
+    if (request.infra === null) return null;
     const pid = this.#nextPid++;
     const infra = {
       pid,
@@ -93,6 +90,15 @@ export class FakeSandboxOs implements SandboxOs {
     };
     this.infras.set(pid, infra);
     return infra;
+  }
+
+  async unpinNamespaces(paths: string[]): Promise<void> {
+    await this.enter('unpinNamespaces', [paths]);
+    for (const p of paths) this.pinned.delete(p);
+  }
+
+  async isPinned(path: string): Promise<boolean> {
+    return this.pinned.has(path);
   }
 
   async infraAlive(infra: InfraProcess): Promise<boolean> {

@@ -124,6 +124,13 @@ async function leftovers(): Promise<string[]> {
   ];
 }
 
+/** A pod whose last step is the net.* sysctls (configureNamespaces), after its host ports. */
+function withPortsAndNetSysctl(...ports: number[]): PodSandboxConfig__Output {
+  const config = withPorts(...ports);
+  config.linux!.sysctls = { 'net.ipv4.ip_unprivileged_port_start': '0' };
+  return config;
+}
+
 function withPorts(...ports: number[]): PodSandboxConfig__Output {
   return podConfig({
     port_mappings: ports.map((p) => ({
@@ -172,6 +179,20 @@ describe('RunPodSandbox', () => {
     expect(await readFile(path.join(files, 'resolv.conf'), 'utf8')).toContain('options ndots:8');
     expect(await readFile(path.join(files, 'hosts'), 'utf8')).toMatch(/^10\.88\.0\.2\tweb$/m);
     expect(await readFile(path.join(files, 'hostname'), 'utf8')).toBe('web\n');
+  });
+
+  it('writes IPC sysctls with the namespaces and net.* sysctls after CNI ADD, each on its own', async () => {
+    const config = podConfig();
+    config.linux!.sysctls = { 'kernel.shm_rmid_forced': '1', 'net.ipv4.ip_unprivileged_port_start': '0' };
+    await run(config);
+    expect(world.os.configured.map((c) => c.settings.sysctls.map((s) => [s.key, s.value]))).toEqual([
+      [['kernel.shm_rmid_forced', '1']],
+      [['net.ipv4.ip_unprivileged_port_start', '0']],
+    ]);
+    expect(world.os.configured[1]?.settings).toMatchObject({ loopbackUp: false, hostname: null });
+    expect(world.journal.indexOf('os.configureNamespaces')).toBeGreaterThan(
+      world.journal.indexOf('network.setUp'),
+    );
   });
 
   it('uses the node network, IPC and hostname for a host-network pod and pins nothing for them', async () => {
@@ -223,8 +244,7 @@ describe('RunPodSandbox', () => {
 
   const steps = [
     ['createCgroup', 'os'],
-    ['pinNamespaces', 'os'],
-    ['startInfra', 'os'],
+    ['createPodNamespaces', 'os'],
     ['loadConfig', 'network'],
     ['setUp', 'network'],
     ['configureNamespaces', 'os'],
@@ -233,10 +253,10 @@ describe('RunPodSandbox', () => {
     const failure = new Error(`injected ${method} failure`);
     if (where === 'os') world.os.failNext(method as Parameters<FakeSandboxOs['failNext']>[0], failure);
     else world.network.failNext(method as Parameters<FakeNetworkDriver['failNext']>[0], failure);
-    await expect(run(withPorts(12000))).rejects.toThrow(`injected ${method} failure`);
+    await expect(run(withPortsAndNetSysctl(12000))).rejects.toThrow(`injected ${method} failure`);
     expect(await leftovers()).toEqual([]);
     expect(await list()).toEqual([]);
-    const id = await run(withPorts(12000));
+    const id = await run(withPortsAndNetSysctl(12000));
     expect((await status(id)).state).toBe('SANDBOX_READY');
   });
 
@@ -250,14 +270,12 @@ describe('RunPodSandbox', () => {
 
   it('undoes in reverse order of the steps', async () => {
     world.os.failNext('configureNamespaces', new Error('late failure'));
-    await expect(run(withPorts(12000))).rejects.toThrow('late failure');
+    await expect(run(withPortsAndNetSysctl(12000))).rejects.toThrow('late failure');
     const failedAt = world.journal.indexOf('os.configureNamespaces');
     expect(world.journal.slice(0, failedAt)).toEqual([
-      'os.createCgroup',
-      'os.createCgroup',
-      'os.pinNamespaces',
-      'os.startInfra',
       'network.loadConfig',
+      'os.createCgroup',
+      'os.createPodNamespaces',
       'network.setUp',
       'ports.add',
     ]);
@@ -274,7 +292,9 @@ describe('RunPodSandbox', () => {
   it('keeps a visible NOTREADY sandbox when the rollback itself fails, and Remove then cleans it', async () => {
     world.os.failNext('configureNamespaces', new Error('network setup failed once'));
     world.network.failNext('tearDown', new Error('CNI DEL failed'));
-    await expect(run()).rejects.toThrow('network setup failed once');
+    const config = podConfig();
+    config.linux!.sysctls = { 'net.ipv4.ip_unprivileged_port_start': '0' };
+    await expect(run(config)).rejects.toThrow('network setup failed once');
     const ids = await list();
     expect(ids).toHaveLength(1);
     const s = await world.service.handlers.PodSandboxStatus(
@@ -312,7 +332,7 @@ describe('RunPodSandbox', () => {
 
   it('rolls back when the request is cancelled midway, and a retry gets a clean new sandbox', async () => {
     const controller = new AbortController();
-    const release = world.os.blockNext('startInfra');
+    const release = world.os.blockNext('createPodNamespaces');
     const pending = run(podConfig(), '', controller.signal);
     await new Promise((r) => setTimeout(r, 20));
     controller.abort(new Error('client went away'));
@@ -415,9 +435,11 @@ describe('recovery', () => {
     deadConfig.metadata!.name = 'dead';
     const dead = await run(deadConfig);
     const deadInfra = [...world.os.infras.values()].at(-1)!;
-    // A "daemon kill" in the middle of the next RunPodSandbox: block it at ADD and never release.
+    // A "daemon kill" in the middle of the next RunPodSandbox: block it after ADD (at its
+    // net.* sysctls) and never release.
     const halfConfig = podConfig();
     halfConfig.metadata!.name = 'half';
+    halfConfig.linux!.sysctls = { 'net.ipv4.ip_unprivileged_port_start': '0' };
     world.os.blockNext('configureNamespaces');
     void run(halfConfig).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 30));
