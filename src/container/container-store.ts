@@ -41,8 +41,8 @@ import type {
   ContainerState__Output,
   LinuxContainerResources__Output,
 } from '../cri/proto.js';
-import { InternalError, InvalidArgumentError } from '../errors.js';
-import { RecordStore } from '../store/record-store.js';
+import { InternalError } from '../errors.js';
+import { CachedRecordStore } from '../store/cached-record-store.js';
 import type { ResolvedUser } from './user.js';
 
 export const CONTAINER_RECORD_VERSION = 1;
@@ -143,58 +143,9 @@ export function parseContainerRecord(value: unknown): ContainerRecord {
 }
 
 /** Containers in memory, each backed by one crash-safe record file; disk first, then memory. */
-export class ContainerStore {
-  readonly #records = new Map<string, ContainerRecord>();
-  readonly #disk: RecordStore<ContainerRecord>;
-
+export class ContainerStore extends CachedRecordStore<ContainerRecord> {
   constructor(dir: string) {
-    this.#disk = new RecordStore(dir, CONTAINER_RECORD_VERSION, parseContainerRecord);
-  }
-
-  get dir(): string {
-    return this.#disk.dir;
-  }
-
-  async load() {
-    await this.#disk.init();
-    const loaded = await this.#disk.load();
-    for (const record of loaded.records) this.#records.set(record.id, record);
-    return loaded;
-  }
-
-  get(id: string): ContainerRecord | undefined {
-    const record = this.#records.get(id);
-    return record ? structuredClone(record) : undefined;
-  }
-
-  list(): ContainerRecord[] {
-    return [...this.#records.values()].map((r) => structuredClone(r));
-  }
-
-  async put(record: ContainerRecord): Promise<void> {
-    await this.#disk.write(record);
-    this.#records.set(record.id, structuredClone(record));
-  }
-
-  async delete(id: string): Promise<void> {
-    await this.#disk.remove(id);
-    this.#records.delete(id);
-  }
-
-  /**
-   * The full id for a full id or a unique prefix; undefined when nothing matches. An empty
-   * id or an ambiguous prefix is InvalidArgument (catalog row 32).
-   */
-  resolve(idOrPrefix: string): string | undefined {
-    if (idOrPrefix === '') throw new InvalidArgumentError('the container id must not be empty');
-    if (this.#records.has(idOrPrefix)) return idOrPrefix;
-    const matches = [...this.#records.keys()].filter((id) => id.startsWith(idOrPrefix));
-    if (matches.length > 1) {
-      throw new InvalidArgumentError(
-        `container id prefix ${JSON.stringify(idOrPrefix)} matches ${matches.length} containers; give more of the id`,
-      );
-    }
-    return matches[0];
+    super(dir, CONTAINER_RECORD_VERSION, parseContainerRecord, 'container', 'containers');
   }
 }
 
