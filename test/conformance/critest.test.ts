@@ -30,6 +30,9 @@ describe('critest v1.36.0 inside the node', () => {
   let daemon: TestDaemon;
   let registry: RunningRegistry;
   let result: CritestResult;
+  let second: CritestResult;
+  let websocket: CritestResult;
+  const leftovers: string[] = [];
 
   beforeAll(async () => {
     expect(specs.length, 'critest -ginkgo.dry-run listed no specs').toBeGreaterThan(100);
@@ -40,10 +43,40 @@ describe('critest v1.36.0 inside the node', () => {
     const catalogue = await buildCatalogue({ cacheDir: path.join(REPORT_DIR, '..', 'test-images') });
     await pushCatalogue(registry.host, catalogue.images);
     daemon = await TestDaemon.start({ extraConfig: mirrorConfig(registry.url) });
-    const reportDir = path.join(daemon.tmp, 'critest');
-    await mkdir(reportDir);
-    await chown(reportDir, daemon.user.uid, daemon.user.gid);
+    const reportDirFor = async (name: string) => {
+      const dir = path.join(daemon.tmp, name);
+      await mkdir(dir);
+      await chown(dir, daemon.user.uid, daemon.user.gid);
+      return dir;
+    };
+    const noPodsOrContainers = async (after: string) => {
+      const pods = await daemon.client.runtime('ListPodSandbox', {});
+      const containers = await daemon.client.runtime('ListContainers', {});
+      if (pods.items.length > 0 || containers.containers.length > 0) {
+        leftovers.push(`${after}: ${pods.items.length} pods, ${containers.containers.length} containers`);
+      }
+    };
+    const reportDir = await reportDirFor('critest');
     result = await runCritest(daemon, { skip: [...skips, ...pending], reportDir });
+    await noPodsOrContainers('first critest run');
+    // The same suite again against the same daemon: state left by one run must not break the next.
+    second = await runCritest(daemon, {
+      skip: [...skips, ...pending],
+      reportDir: await reportDirFor('critest-2'),
+    });
+    await noPodsOrContainers('second critest run');
+    // Streaming over WebSocket (crictl --transport websocket, critest -websocket-*).
+    websocket = await runCritest(daemon, {
+      skip: [...skips, ...pending],
+      reportDir: await reportDirFor('critest-ws'),
+      extraArgs: [
+        '-websocket-exec',
+        '-websocket-attach',
+        '-websocket-portforward',
+        '-ginkgo.focus=Streaming',
+      ],
+    });
+    await noPodsOrContainers('websocket critest run');
     const counts = { passed: 0, failed: 0, skipped: 0 };
     for (const spec of specs) {
       const outcome = result.outcomes.get(spec)?.outcome;
@@ -69,6 +102,26 @@ describe('critest v1.36.0 inside the node', () => {
     await daemon?.stop();
     await registry?.stop();
   }, 120_000);
+
+  it('leaves no pod or container behind after each run', () => {
+    expect(leftovers).toEqual([]);
+  });
+
+  it('passes every spec again in a second run against the same daemon', () => {
+    const failed = [...second.outcomes].filter(([, o]) => o.outcome === 'failed').map(([name]) => name);
+    expect(failed).toEqual([]);
+    expect([...second.outcomes.values()].filter((o) => o.outcome === 'passed').length).toBe(
+      [...result.outcomes.values()].filter((o) => o.outcome === 'passed').length,
+    );
+  });
+
+  it('passes the Streaming specs over WebSocket (-websocket-exec -websocket-attach -websocket-portforward)', () => {
+    const streaming = [...websocket.outcomes].filter(([name]) => name.includes('Streaming'));
+    expect(streaming.length, websocket.output.slice(-2000)).toBeGreaterThanOrEqual(5);
+    expect(
+      streaming.filter(([, o]) => o.outcome !== 'passed').map(([name, o]) => `${name}: ${o.message}`),
+    ).toEqual([]);
+  });
 
   for (const spec of specs) {
     const skip = matchingFilter(spec, skips);
