@@ -16,6 +16,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { DeadlineExceededError, FailedPreconditionError, InternalError, NotFoundError } from '../errors.js';
@@ -62,6 +63,12 @@ export interface OciRuntime {
   state(id: string): Promise<RuntimeState | null>;
   /** Signals the init process (`all`: every process of the container). Absent: NotFound. */
   kill(id: string, signal: string, all?: boolean): Promise<void>;
+  /**
+   * True when the container's init is PID 1 of its own pid namespace and does not catch
+   * `signal`: the kernel then discards it, so waiting for an exit is pointless.
+   * Optional: a runtime that cannot tell answers nothing and the caller waits.
+   */
+  initDropsSignal?(id: string, signal: string): Promise<boolean>;
   /** Removes the runtime's state (`force`: kills a running container first). Absent: OK. */
   delete(id: string, force: boolean): Promise<void>;
   /** Runs a process in the container and waits (ExecSync); kills it at the timeout. */
@@ -303,6 +310,13 @@ export class CrunConmonRuntime implements OciRuntime {
     return { status, pid: parsed.pid ?? 0 };
   }
 
+  async initDropsSignal(id: string, signal: string): Promise<boolean> {
+    const number = signalNumber(signal);
+    const state = await this.state(id);
+    if (number === undefined || !state || state.pid <= 0) return false;
+    return pidOneDropsSignal(await readFile(`/proc/${state.pid}/status`, 'utf8').catch(() => ''), number);
+  }
+
   async kill(id: string, signal: string, all = false): Promise<void> {
     const r = await this.crun(['kill', ...(all ? ['--all'] : []), id, signal]);
     if (r.code !== 0) {
@@ -444,8 +458,13 @@ export async function stopContainer(
       if (!(err instanceof NotFoundError)) throw err;
       return runtime.exitInfo(id);
     }
-    const info = await runtime.waitExit(id, timeoutMs);
-    if (info) return info;
+    // PID 1 of a pid namespace never dies of a signal it does not catch (e.g. `sleep` or
+    // `top` as init): go straight to SIGKILL instead of sitting out the whole timeout.
+    const dropped = (await runtime.initDropsSignal?.(id, signal).catch(() => false)) ?? false;
+    if (!dropped) {
+      const info = await runtime.waitExit(id, timeoutMs);
+      if (info) return info;
+    }
   }
   try {
     await runtime.kill(id, 'SIGKILL', true);
@@ -468,4 +487,26 @@ function sleepValue<T>(ms: number, value: T): Promise<T> {
 
 function sleepReject(ms: number, message: string): Promise<never> {
   return new Promise((_, reject) => setTimeout(() => reject(new DeadlineExceededError(message)), ms).unref());
+}
+
+/** Signal number for a name like "SIGTERM", "TERM" or "15"; undefined when unknown. */
+export function signalNumber(signal: string): number | undefined {
+  if (/^\d+$/.test(signal)) return Number(signal);
+  const name = (signal.startsWith('SIG') ? signal : `SIG${signal}`) as keyof typeof osConstants.signals;
+  return osConstants.signals[name];
+}
+
+/**
+ * From /proc/<pid>/status: is the process PID 1 of its pid namespace (last NSpid field 1)
+ * without a handler for `signal` (SigCgt)? The kernel discards, at send time, a signal whose
+ * disposition is the default for a namespace init. SIGKILL and SIGSTOP are never dropped.
+ */
+export function pidOneDropsSignal(status: string, signal: number): boolean {
+  if (signal === osConstants.signals.SIGKILL || signal === osConstants.signals.SIGSTOP) return false;
+  const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1]?.trim();
+  const nspid = field('NSpid')?.split(/\s+/);
+  if (!nspid || nspid.length < 2 || nspid[nspid.length - 1] !== '1') return false;
+  const bit = 1n << BigInt(signal - 1);
+  const mask = (name: string) => BigInt(`0x${field(name) ?? '0'}`);
+  return (mask('SigCgt') & bit) === 0n;
 }

@@ -200,14 +200,24 @@ describe('CrunConmonRuntime in a rootless node', () => {
     });
   });
 
-  it('stops a container that ignores SIGTERM with SIGKILL after the timeout; delete leaves no process', async () => {
+  it('stops a PID 1 that cannot receive SIGTERM (no handler) with SIGKILL at once; delete leaves no process', async () => {
     const r = await runScenario('stop-ignored');
     expect(r.error, r.error).toBeUndefined();
     expect(r.runningState?.status).toBe('running');
     expect(r.exit?.exitCode).toBe(137);
+    // The kernel drops SIGTERM for a namespace init without a handler: no 2 s wait.
+    expect(r.stopMs).toBeLessThan(1500);
+    expect(r.deletedState).toBeNull();
+    expect(r.pidAlive).toBe(false);
+    expect(r.conmonsLeft).toEqual([]);
+  });
+
+  it('stops a container that catches SIGTERM but does not exit with SIGKILL after the timeout', async () => {
+    const r = await runScenario('stop-unanswered');
+    expect(r.error, r.error).toBeUndefined();
+    expect(r.exit?.exitCode).toBe(137);
     expect(r.stopMs).toBeGreaterThanOrEqual(2000);
     expect(r.stopMs).toBeLessThan(8000);
-    expect(r.deletedState).toBeNull();
     expect(r.pidAlive).toBe(false);
     expect(r.conmonsLeft).toEqual([]);
   });
