@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { type FileHandle, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import {
   CriError,
   FailedPreconditionError,
@@ -71,6 +71,13 @@ export interface BlobInfo {
   size: number;
 }
 
+export interface OpenedIngest {
+  /** Settles when the blob is stored (or the download failed, or this caller left it). */
+  result: Promise<IngestResult>;
+  /** The blob's bytes while they are downloaded; only for the caller that started it. */
+  tee?: Readable;
+}
+
 interface Flight {
   promise: Promise<IngestResult>;
   controller: AbortController;
@@ -79,6 +86,10 @@ interface Flight {
 }
 
 const HEX64 = /^[a-f0-9]{64}$/;
+/** Downloaded bytes collected before one write to the temp file (and the tee). */
+const WRITE_BATCH = 1024 * 1024;
+/** Bytes a tee buffers ahead of its reader before the download waits for it. */
+const TEE_HIGH_WATER_MARK = 1024 * 1024;
 
 export class ContentStore {
   readonly blobsDir: string;
@@ -139,6 +150,25 @@ export class ContentStore {
     source: BlobSource,
     options: IngestOptions = {},
   ): Promise<IngestResult> {
+    return (await this.openIngest(digest, size, source, options)).result;
+  }
+
+  /**
+   * `ingest`, answering as soon as it is known whether this call starts the download. When
+   * it does and `options.tee` is set, `tee` carries the blob's bytes as they arrive, so a
+   * reader (the layer unpack) works while the download runs. The tee ends only after the
+   * size and digest matched; on any failure it is destroyed with the download's error, so
+   * its reader never sees a clean end of unverified data. A reader that stops early (its
+   * own failure) is left behind: the download goes on for everyone else waiting for it.
+   * `result` settles as `ingest` would; when the blob is present or already being
+   * downloaded there is no tee.
+   */
+  async openIngest(
+    digest: string,
+    size: number,
+    source: BlobSource,
+    options: IngestOptions & { tee?: boolean } = {},
+  ): Promise<OpenedIngest> {
     const checked = parseDigest(digest, 'blob digest');
     if (!Number.isSafeInteger(size) || size < 0) {
       discard(source);
@@ -157,18 +187,27 @@ export class ContentStore {
           `blob ${checked} from ${origin}: size mismatch (the descriptor says ${size} bytes; the blob with this digest has ${existing})`,
         );
       }
-      return { digest: checked, size, path: this.path(checked), downloaded: false };
+      return {
+        result: Promise.resolve({ digest: checked, size, path: this.path(checked), downloaded: false }),
+      };
     }
 
     let flight = this.flights.get(checked);
+    let tee: PassThrough | undefined;
     // A flight everyone abandoned is being torn down; a new caller starts afresh.
     if (flight === undefined || flight.controller.signal.aborted) {
       const controller = new AbortController();
+      if (options.tee === true) {
+        tee = new PassThrough({ highWaterMark: TEE_HIGH_WATER_MARK });
+        // The reader has its own listener; this one keeps a failure after the reader left
+        // from becoming an uncaught exception.
+        tee.on('error', () => {});
+      }
       const started: Flight = {
         controller,
         waiters: 0,
         settled: false,
-        promise: this.download(checked, size, source, options.origin, controller.signal),
+        promise: this.download(checked, size, source, options.origin, controller.signal, tee),
       };
       started.promise = started.promise.finally(() => {
         started.settled = true;
@@ -181,13 +220,15 @@ export class ContentStore {
     } else {
       discard(source);
     }
-    const result = await this.wait(flight, options.signal, `download of blob ${checked}`);
-    if (result.size !== size) {
-      throw new InvalidArgumentError(
-        `blob ${checked} from ${origin}: size mismatch (the descriptor says ${size} bytes; the blob with this digest has ${result.size})`,
-      );
-    }
-    return result;
+    const result = this.wait(flight, options.signal, `download of blob ${checked}`).then((stored) => {
+      if (stored.size !== size) {
+        throw new InvalidArgumentError(
+          `blob ${checked} from ${origin}: size mismatch (the descriptor says ${size} bytes; the blob with this digest has ${stored.size})`,
+        );
+      }
+      return stored;
+    });
+    return tee === undefined ? { result } : { result, tee };
   }
 
   /** How many callers are waiting for an ongoing download of `digest` (0: none running). */
@@ -352,6 +393,7 @@ export class ContentStore {
     source: BlobSource,
     givenOrigin: string | undefined,
     signal: AbortSignal,
+    tee?: PassThrough,
   ): Promise<IngestResult> {
     const temp = join(this.ingestDir, randomBytes(16).toString('hex'));
     const target = this.path(digest);
@@ -384,6 +426,23 @@ export class ContentStore {
       handle = await open(temp, 'wx', 0o644);
       writing = false;
       const hash = createHash('sha256');
+      // Network reads are small (often 16-64 KiB); collecting them into larger writes costs
+      // one thread-pool trip per MiB instead of one per read, and hands the tee's reader
+      // (the gunzip) fewer, larger chunks.
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = async () => {
+        if (pendingBytes === 0) return;
+        const batch = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+        pending = [];
+        pendingBytes = 0;
+        // Handed to the tee first, so its reader works while the batch goes to disk.
+        const full = tee !== undefined && !tee.destroyed && !tee.write(batch);
+        writing = true;
+        await writeAll(handle!, batch);
+        writing = false;
+        if (full) await drained(tee!, signal, what);
+      };
       for await (const chunk of stream) {
         const buffer = chunk as Buffer;
         done += buffer.length;
@@ -391,10 +450,11 @@ export class ContentStore {
           throw new InvalidArgumentError(`${what}: size mismatch (more than the expected ${size} bytes)`);
         }
         hash.update(buffer);
-        writing = true;
-        await writeAll(handle, buffer);
-        writing = false;
+        pending.push(buffer);
+        pendingBytes += buffer.length;
+        if (pendingBytes >= WRITE_BATCH) await flush();
       }
+      await flush();
       if (done !== size) {
         throw new InvalidArgumentError(`${what}: size mismatch (truncated: got ${done} of ${size} bytes)`);
       }
@@ -402,6 +462,8 @@ export class ContentStore {
       if (actual !== digest) {
         throw new InvalidArgumentError(`${what}: digest mismatch (got ${actual})`);
       }
+      // Verified: the tee's reader may now take the end of the stream as the end of the blob.
+      if (tee !== undefined && !tee.destroyed) tee.end();
       writing = true;
       await handle.sync();
       await handle.close();
@@ -412,11 +474,13 @@ export class ContentStore {
       this.logger.debug({ digest, size, origin, seconds }, 'stored blob');
       return { digest, size, path: target, downloaded: true };
     } catch (err) {
+      const error = signal.aborted ? abortError(signal, what) : storeError(err, what, writing);
       stream?.destroy();
+      // A tee that ended was verified and read; only an unfinished one carries the failure.
+      if (tee !== undefined && !tee.writableEnded) tee.destroy(error);
       await handle?.close().catch(() => {});
       await rm(temp, { force: true });
-      if (signal.aborted) throw abortError(signal, what);
-      throw storeError(err, what, writing);
+      throw error;
     } finally {
       clearInterval(timer);
       signal.removeEventListener('abort', onAbort);
@@ -430,6 +494,37 @@ async function writeAll(handle: FileHandle, buffer: Buffer): Promise<void> {
     const { bytesWritten } = await handle.write(buffer, offset, buffer.length - offset);
     offset += bytesWritten;
   }
+}
+
+/** Waits until the tee's reader caught up (or left: a destroyed tee is skipped from then on). */
+function drained(tee: PassThrough, signal: AbortSignal, what: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const stop = () => {
+      tee.off('drain', done);
+      tee.off('close', done);
+      signal.removeEventListener('abort', onAbort);
+    };
+    const done = () => {
+      stop();
+      resolve();
+    };
+    const onAbort = () => {
+      stop();
+      reject(abortError(signal, what));
+    };
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    // The reader may have caught up while the batch was being written to disk.
+    if (!tee.writableNeedDrain || tee.destroyed) {
+      resolve();
+      return;
+    }
+    tee.once('drain', done);
+    tee.once('close', done);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 async function syncDir(dir: string): Promise<void> {
@@ -492,16 +587,27 @@ export class DownloadLimiter {
   }
 
   async run<T>(task: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    await this.acquire(signal);
+    const release = await this.acquire(signal);
     try {
       return await task();
     } finally {
-      this.active -= 1;
-      this.queue.shift()?.start();
+      release();
     }
   }
 
-  private acquire(signal: AbortSignal | undefined): Promise<void> {
+  /** Waits for a slot; the answer gives it back (once, however often it is called). */
+  async acquire(signal?: AbortSignal): Promise<() => void> {
+    await this.enter(signal);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.active -= 1;
+      this.queue.shift()?.start();
+    };
+  }
+
+  private enter(signal: AbortSignal | undefined): Promise<void> {
     if (signal?.aborted) return Promise.reject(abortError(signal, 'queued download'));
     if (this.active < this.concurrency) {
       this.active += 1;

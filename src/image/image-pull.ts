@@ -4,12 +4,12 @@ import type { PullImageRequest__Output } from '../cri/generated/runtime/v1/PullI
 import type { PullImageResponse } from '../cri/generated/runtime/v1/PullImageResponse.js';
 import { CancelledError, CriError, DeadlineExceededError, InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { ContentStore } from './content-store.js';
+import type { ContentStore, OpenedIngest } from './content-store.js';
 import { type Digest, parseDigest } from './digest.js';
 import type { ActivePulls } from './image-gc.js';
 import { dropImage } from './image-remove.js';
 import { IMAGE_RECORD_VERSION, type ImageRecord, type ImageStore, type LayerRecord } from './image-store.js';
-import { chainIds, type LayerStore } from './layer-store.js';
+import { chainIds, type FetchedBlob, type LayerStore } from './layer-store.js';
 import { LAYER_MEDIA_TYPES } from './media-types.js';
 import { type ImageReference, parseImageReference } from './reference.js';
 import type { AuthConfig } from './registry-auth.js';
@@ -256,7 +256,8 @@ async function fetchLayers(
   let firstError: unknown;
   const branch = async (layer: LayerRecord) => {
     try {
-      if (!(await deps.layers.has(layer.chainId)) || !(await deps.content.has(layer.digest))) {
+      const blobPath = deps.content.path(layer.digest);
+      if ((await deps.layers.has(layer.chainId)) && !(await deps.content.has(layer.digest))) {
         await deps.content.downloads.run(
           () =>
             deps.content.ingest(layer.digest, layer.size, (s) => openBlobGuarded(session, layer, s), {
@@ -265,7 +266,11 @@ async function fetchLayers(
           inner,
         );
       }
-      await deps.layers.ensure({ ...layer, blobPath: deps.content.path(layer.digest) }, inner);
+      // A layer still to unpack reads its blob while it downloads (see LayerStore.unpack).
+      await deps.layers.ensure(
+        { ...layer, blobPath, fetch: (s, tee) => fetchForUnpack(deps, session, layer, s, tee) },
+        inner,
+      );
     } catch (err) {
       // The first real failure wins; the cancellations it causes in other branches do not.
       if (firstError === undefined && !(isAbort(err) && !signal?.aborted && inner.aborted)) firstError = err;
@@ -278,6 +283,38 @@ async function fetchLayers(
   if (signal?.aborted) throw abortError(signal, what);
   const failed = results.find((r) => r.status === 'rejected');
   if (failed !== undefined) throw firstError ?? (failed as PromiseRejectedResult).reason;
+}
+
+/**
+ * Starts (or joins, or finds) the download of a layer's blob for its unpack. A download this
+ * call starts takes a slot of the download limit until it settles and comes with a tee of
+ * its bytes; the unpack reading that tee is what paces it.
+ */
+async function fetchForUnpack(
+  deps: PullDeps,
+  session: RegistrySession,
+  layer: LayerRecord,
+  signal: AbortSignal,
+  tee: boolean,
+): Promise<FetchedBlob> {
+  if (await deps.content.has(layer.digest)) {
+    return { result: Promise.resolve() };
+  }
+  const release = await deps.content.downloads.acquire(signal);
+  let opened: OpenedIngest;
+  try {
+    opened = await deps.content.openIngest(
+      layer.digest,
+      layer.size,
+      (s) => openBlobGuarded(session, layer, s),
+      { signal, tee },
+    );
+  } catch (err) {
+    release();
+    throw err;
+  }
+  opened.result.then(release, release);
+  return opened;
 }
 
 /**

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { InvalidArgumentError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import { type Digest, digestHex, isDigest, parseDigest } from './digest.js';
@@ -40,6 +41,12 @@ export interface LayerStoreOptions {
   unpacker?: LayerUnpacker;
   /** Caps per layer (default: layer-unpack.ts's DEFAULT_LAYER_UNPACK_LIMITS). */
   limits?: LayerUnpackLimits;
+  /**
+   * Whether `unpacker` takes `source` (a stream) instead of `blobPath`, so a layer can be
+   * unpacked while its blob downloads. Default: true for the real unpacker only, since an
+   * injected one may read `blobPath` alone.
+   */
+  streaming?: boolean;
 }
 
 export interface LayerToUnpack {
@@ -50,6 +57,18 @@ export interface LayerToUnpack {
   blobPath: string;
   diffId: Digest;
   chainId: Digest;
+  /**
+   * Gets the blob when it may not be stored yet (called only when this layer is unpacked).
+   * With a `tee`, the unpack reads the download as it arrives; otherwise it waits for
+   * `result` and reads `blobPath`. Either way the layer is committed only after `result`
+   * (the blob verified and stored) resolved. The signal fires when the unpack gives up.
+   */
+  fetch?: (signal: AbortSignal, tee: boolean) => Promise<FetchedBlob>;
+}
+
+export interface FetchedBlob {
+  result: Promise<unknown>;
+  tee?: Readable;
 }
 
 interface Flight {
@@ -80,12 +99,14 @@ export class LayerStore {
   readonly layersDir: string;
   private readonly logger: Logger;
   private readonly unpacker: LayerUnpacker;
+  private readonly streaming: boolean;
   private readonly flights = new Map<Digest, Flight>();
 
   constructor(private readonly options: LayerStoreOptions) {
     this.layersDir = join(options.imageDir, 'layers');
     this.logger = options.logger ?? silentLogger();
     this.unpacker = options.unpacker ?? unpackLayer;
+    this.streaming = options.streaming ?? options.unpacker === undefined;
   }
 
   /** Creates the directory and removes unpacks a crashed run left half done. */
@@ -184,9 +205,21 @@ export class LayerStore {
     await mkdir(this.layersDir, { recursive: true, mode: 0o700 });
     const temp = join(this.layersDir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
     const started = Date.now();
+    // Leaves the blob download when this unpack fails or is cancelled (the download is then
+    // cancelled too unless another caller still waits for it).
+    const fetching = new AbortController();
+    const onAbort = () => fetching.abort(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    let fetched: FetchedBlob | undefined;
     try {
+      if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
+      if (layer.fetch !== undefined) {
+        fetched = await layer.fetch(fetching.signal, this.streaming);
+        fetched.result.catch(() => {});
+        if (fetched.tee === undefined) await fetched.result;
+      }
       const result = await this.unpacker({
-        blobPath: layer.blobPath,
+        ...(fetched?.tee === undefined ? { blobPath: layer.blobPath } : { source: fetched.tee }),
         layerDigest: layer.digest,
         mediaType: layer.mediaType,
         destDir: temp,
@@ -195,17 +228,30 @@ export class LayerStore {
         signal,
         ...(this.options.limits === undefined ? {} : { limits: this.options.limits }),
       });
+      // A streamed layer read the download's bytes before the blob was committed.
+      if (fetched !== undefined) await fetched.result;
       if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
       await rename(temp, target);
       for (const warning of result.warnings) {
         this.logger.warn({ layer: layer.digest }, `layer unpack: ${warning}`);
       }
       this.logger.debug(
-        { layer: layer.digest, chainId: layer.chainId, entries: result.entries, ms: Date.now() - started },
+        {
+          layer: layer.digest,
+          chainId: layer.chainId,
+          entries: result.entries,
+          streamed: fetched?.tee !== undefined,
+          ms: Date.now() - started,
+        },
         'unpacked layer',
       );
       return target;
     } catch (err) {
+      // A tee nobody reads would stall the download; the download itself is left, and this
+      // returns only once it has settled for us (its temp file gone if we were the last).
+      fetched?.tee?.destroy();
+      fetching.abort(err);
+      await fetched?.result.catch(() => {});
       await rm(temp, { recursive: true, force: true, maxRetries: 3 });
       if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
       if (
@@ -216,6 +262,8 @@ export class LayerStore {
         return target;
       }
       throw err;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
     }
   }
 

@@ -68,7 +68,13 @@ export function prefixRunner(prefix: readonly string[]): HelperRunner {
 }
 
 export interface UnpackLayerOptions {
-  blobPath: string;
+  /** The stored blob; or `source`. */
+  blobPath?: string;
+  /**
+   * The blob's bytes as they are downloaded (the content store's tee), instead of
+   * `blobPath`. Its failure (a digest mismatch, a cancel) fails the unpack with that error.
+   */
+  source?: Readable;
   /** Blob digest, used in messages. */
   layerDigest: string;
   mediaType: string;
@@ -213,6 +219,9 @@ function reportError(report: HelperReport, options: UnpackLayerOptions): CriErro
  * (its parent is created). On any error `destDir` is removed again.
  */
 export async function unpackLayer(options: UnpackLayerOptions): Promise<UnpackLayerResult> {
+  if ((options.blobPath === undefined) === (options.source === undefined)) {
+    throw new InternalError(`layer ${options.layerDigest}: unpack needs either a blob path or a stream`);
+  }
   const compression = COMPRESSION_BY_MEDIA_TYPE.get(options.mediaType);
   if (compression === undefined) {
     throw new InvalidArgumentError(
@@ -280,7 +289,7 @@ async function runHelper(
   const recordFailure = (stage: 'source' | 'decompress' | 'helper') => (error: NodeJS.ErrnoException) => {
     if (error.code !== 'ERR_STREAM_PREMATURE_CLOSE') firstFailure ??= { stage, error };
   };
-  const source = createReadStream(options.blobPath, { highWaterMark: READ_CHUNK }).once(
+  const source = (options.source ?? createReadStream(options.blobPath!, { highWaterMark: READ_CHUNK })).once(
     'error',
     recordFailure('source'),
   );
@@ -313,6 +322,8 @@ async function runHelper(
   // TypeScript cannot see the assignments made in the listeners above.
   const failure = firstFailure as { stage: string; error: Error } | undefined;
   if (failure?.stage === 'source') {
+    // The download feeding a streamed unpack failed; its error says what went wrong.
+    if (options.source !== undefined && failure.error instanceof CriError) throw failure.error;
     throw new InternalError(`cannot read ${layer} from the content store`, { cause: failure.error });
   }
   if (failure?.stage === 'decompress') {
