@@ -31,7 +31,8 @@ const noDns = ((hostname: string, _o: unknown, callback: (err: Error) => void) =
 /** Writes the uncompressed layer as one file and checks the diff_id, as the real unpacker does. */
 const fakeUnpacker: LayerUnpacker = async (options) => {
   unpackCalls.push(options.layerDigest);
-  const tar = gunzipSync(await readFile(options.blobPath));
+  // Injected unpackers are given the stored blob (streaming is for the real unpacker only).
+  const tar = gunzipSync(await readFile(options.blobPath!));
   await mkdir(options.destDir);
   const wait = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(resolve, unpackDelayMs);
