@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: figures as ratios against a floor measured in the same run.
- * Suites: rpc (below), pods (bench/pods.ts), pull (bench/pull.ts).
+ * Suites: rpc (below), pods, pull, streaming, containers, critest (bench/<suite>.ts; all but
+ * rpc need root: they run a real daemon as the test user).
  *
  * rpc: Version round trip over a unix socket, sequential, through the real rootless-cri server
  * (edge adapter, request ids, logging, metrics) vs a bare grpc-js server answering the same
