@@ -7,14 +7,14 @@
  * node with nsenter, after root put it in a cgroup inside the node's delegated subtree (the
  * daemon's own situation), so crun can place containers under the node cgroup.
  */
-import { chown, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chown, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nsenterArgs } from '../../src/rootless/node.js';
 import { TestDaemon } from '../harness/daemon.js';
+import { busyboxRootfs, compileDriver, driverCgroup as makeDriverCgroup } from '../harness/node-driver.js';
 
-const REPO = path.resolve(import.meta.dirname, '../..');
 const BUSYBOX_APPLETS = ['sh', 'echo', 'sleep', 'printf', 'tr', 'cat', 'id', 'ls', 'true'];
 
 let daemon: TestDaemon;
@@ -103,52 +103,9 @@ const CRI_LINE = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(?:Z|[+-]\d\d:\d\d)) (std
 beforeAll(async () => {
   daemon = await TestDaemon.start();
   work = await mkdtemp(path.join(daemon.tmp, 'ctr-it-'));
-  // The driver, compiled where node_modules resolves, readable by the test user.
-  const outDir = path.join(REPO, 'dist', 'container-it');
-  await rm(outDir, { recursive: true, force: true });
-  const tsc = await execa(
-    path.join(REPO, 'node_modules/.bin/tsc'),
-    [
-      '--outDir',
-      outDir,
-      '--rootDir',
-      REPO,
-      '--module',
-      'NodeNext',
-      '--moduleResolution',
-      'NodeNext',
-      '--target',
-      'ES2022',
-      '--strict',
-      '--skipLibCheck',
-      '--types',
-      'node',
-      path.join(REPO, 'test/fixtures/container-runtime-driver.ts'),
-    ],
-    { reject: false },
-  );
-  expect(tsc.exitCode, `${tsc.stdout}\n${tsc.stderr}`).toBe(0);
-  driverJs = path.join(outDir, 'test/fixtures/container-runtime-driver.js');
-
-  // busybox-static rootfs.
-  const rootfs = path.join(work, 'rootfs');
-  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp'])
-    await mkdir(path.join(rootfs, d), { recursive: true });
-  await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-  for (const applet of BUSYBOX_APPLETS) await symlink('busybox', path.join(rootfs, 'bin', applet));
-  await writeFile(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  await writeFile(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
-  await execa('chown', ['-R', `${daemon.user.uid}:${daemon.user.gid}`, work]);
-
-  // A leaf cgroup inside the node's subtree for the driver (and the conmons it starts).
-  const delegated = (await readFile(`/run/user/${daemon.user.uid}/.rootless-cri-cgroup`, 'utf8')).trim();
-  driverCgroup = path.join(delegated, daemon.cgroupSubtree, 'itest-driver');
-  await mkdir(driverCgroup, { recursive: true });
-  await execa('chown', [
-    `${daemon.user.uid}:${daemon.user.gid}`,
-    driverCgroup,
-    path.join(driverCgroup, 'cgroup.procs'),
-  ]);
+  driverJs = await compileDriver('container-runtime-driver', 'container-it');
+  await busyboxRootfs(daemon, work, BUSYBOX_APPLETS);
+  driverCgroup = await makeDriverCgroup(daemon, 'itest-driver');
 }, 180_000);
 
 afterAll(async () => {

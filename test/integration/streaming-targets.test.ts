@@ -5,12 +5,13 @@
  * several attachers, tty resize) and ExecSync, as the daemon would. The crictl end-to-end
  * test is streaming-containers.test.ts.
  */
-import { chown, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chown, mkdtemp, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nsenterArgs } from '../../src/rootless/node.js';
 import { TestDaemon } from '../harness/daemon.js';
+import { busyboxRootfs, compileDriver, driverCgroup as makeDriverCgroup } from '../harness/node-driver.js';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'tail', 'stty', 'tty', 'pgrep', 'true'];
@@ -24,49 +25,9 @@ let result: Record<string, unknown>;
 beforeAll(async () => {
   daemon = await TestDaemon.start();
   work = await mkdtemp(path.join(daemon.tmp, 'stream-it-'));
-  const outDir = path.join(REPO, 'dist', 'streaming-it');
-  await rm(outDir, { recursive: true, force: true });
-  const tsc = await execa(
-    path.join(REPO, 'node_modules/.bin/tsc'),
-    [
-      '--outDir',
-      outDir,
-      '--rootDir',
-      REPO,
-      '--module',
-      'NodeNext',
-      '--moduleResolution',
-      'NodeNext',
-      '--target',
-      'ES2022',
-      '--strict',
-      '--skipLibCheck',
-      '--types',
-      'node',
-      path.join(REPO, 'test/fixtures/streaming-driver.ts'),
-    ],
-    { reject: false },
-  );
-  expect(tsc.exitCode, `${tsc.stdout}\n${tsc.stderr}`).toBe(0);
-  driverJs = path.join(outDir, 'test/fixtures/streaming-driver.js');
-
-  const rootfs = path.join(work, 'rootfs');
-  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp'])
-    await mkdir(path.join(rootfs, d), { recursive: true });
-  await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-  for (const applet of APPLETS) await symlink('busybox', path.join(rootfs, 'bin', applet));
-  await writeFile(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  await writeFile(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
-  await execa('chown', ['-R', `${daemon.user.uid}:${daemon.user.gid}`, work]);
-
-  const delegated = (await readFile(`/run/user/${daemon.user.uid}/.rootless-cri-cgroup`, 'utf8')).trim();
-  driverCgroup = path.join(delegated, daemon.cgroupSubtree, 'stream-driver');
-  await mkdir(driverCgroup, { recursive: true });
-  await execa('chown', [
-    `${daemon.user.uid}:${daemon.user.gid}`,
-    driverCgroup,
-    path.join(driverCgroup, 'cgroup.procs'),
-  ]);
+  driverJs = await compileDriver('streaming-driver', 'streaming-it');
+  const rootfs = await busyboxRootfs(daemon, work, APPLETS);
+  driverCgroup = await makeDriverCgroup(daemon, 'stream-driver');
 
   const jobFile = path.join(work, 'job.json');
   await writeFile(
