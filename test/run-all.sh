@@ -6,6 +6,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 TEST_USER=${ROOTLESS_CRI_TEST_USER:-rcri-test}
+# Go builds crictl/critest and the tests' Go client; on these machines it lives here.
+case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) export PATH="$PATH:/usr/local/go/bin" ;; esac
 APP=/opt/rootless-cri-test/app
 REPORT_DIR=${ROOTLESS_CRI_REPORT_DIR:-$repo/.work/reports}
 mkdir -p "$REPORT_DIR"
