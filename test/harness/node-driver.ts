@@ -5,6 +5,7 @@
 import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
+import { nsenterArgs } from '../../src/rootless/node.js';
 import type { TestDaemon } from './daemon.js';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
@@ -47,4 +48,39 @@ export async function driverCgroup(daemon: TestDaemon, name: string): Promise<st
   await mkdir(dir, { recursive: true });
   await execa('chown', [`${daemon.user.uid}:${daemon.user.gid}`, dir, path.join(dir, 'cgroup.procs')]);
   return dir;
+}
+
+/**
+ * Runs a compiled driver with its job file the way the daemon runs: as the test user, in
+ * `cgroup`, inside the node's namespaces (like `rootless-cri enter`). Returns the driver's last
+ * stdout line parsed as JSON, and its stderr.
+ */
+export async function runDriver(
+  daemon: TestDaemon,
+  options: { cgroup: string; workdir: string; driverJs: string; jobFile: string; timeoutMs: number },
+): Promise<{ value: unknown; stderr: string }> {
+  // As root: join the driver cgroup, drop to the test user, enter the node.
+  const r = await execa(
+    'sh',
+    [
+      ...['-c', 'echo $$ > "$0/cgroup.procs" && shift && exec "$@"', options.cgroup, 'x'],
+      ...[
+        'setpriv',
+        `--reuid=${daemon.user.uid}`,
+        `--regid=${daemon.user.gid}`,
+        '--init-groups',
+        '--reset-env',
+      ],
+      ...['env', 'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin', `HOME=${daemon.user.home}`],
+      ...['nsenter', ...nsenterArgs(await daemon.nodePid(), { workdir: options.workdir })],
+      ...[process.execPath, options.driverJs, options.jobFile],
+    ],
+    { reject: false, timeout: options.timeoutMs },
+  );
+  const line = String(r.stdout).trim().split('\n').pop() ?? '';
+  try {
+    return { value: JSON.parse(line) as unknown, stderr: String(r.stderr) };
+  } catch {
+    throw new Error(`driver printed no JSON (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
+  }
 }

@@ -9,11 +9,14 @@
  */
 import { chown, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nsenterArgs } from '../../src/rootless/node.js';
 import { TestDaemon } from '../harness/daemon.js';
-import { busyboxRootfs, compileDriver, driverCgroup as makeDriverCgroup } from '../harness/node-driver.js';
+import {
+  busyboxRootfs,
+  compileDriver,
+  driverCgroup as makeDriverCgroup,
+  runDriver,
+} from '../harness/node-driver.js';
 
 const BUSYBOX_APPLETS = ['sh', 'echo', 'sleep', 'printf', 'tr', 'cat', 'id', 'ls', 'true'];
 
@@ -61,39 +64,15 @@ async function runScenario(scenario: string): Promise<DriverResult> {
     }),
   );
   await chown(jobFile, daemon.user.uid, daemon.user.gid);
-  const nodePid = await daemon.nodePid();
-  // As root: join the driver cgroup, drop to the test user, enter the node (as `enter` does).
-  const r = await execa(
-    'sh',
-    [
-      '-c',
-      'echo $$ > "$0/cgroup.procs" && shift && exec "$@"',
-      driverCgroup,
-      'x',
-      'setpriv',
-      `--reuid=${daemon.user.uid}`,
-      `--regid=${daemon.user.gid}`,
-      '--init-groups',
-      '--reset-env',
-      'env',
-      'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
-      `HOME=${daemon.user.home}`,
-      'nsenter',
-      ...nsenterArgs(nodePid, { workdir: work }),
-      process.execPath,
-      driverJs,
-      jobFile,
-    ],
-    { reject: false, timeout: 90_000 },
-  );
-  const line = String(r.stdout).trim().split('\n').pop() ?? '';
-  let parsed: DriverResult;
-  try {
-    parsed = JSON.parse(line) as DriverResult;
-  } catch {
-    throw new Error(`driver printed no JSON (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
-  }
-  if (parsed.fatal) throw new Error(`driver failed: ${parsed.fatal}\n${r.stderr}`);
+  const run = await runDriver(daemon, {
+    cgroup: driverCgroup,
+    workdir: work,
+    driverJs,
+    jobFile,
+    timeoutMs: 90_000,
+  });
+  const parsed = run.value as DriverResult;
+  if (parsed.fatal) throw new Error(`driver failed: ${parsed.fatal}\n${run.stderr}`);
   return parsed;
 }
 

@@ -7,11 +7,14 @@
  */
 import { chown, mkdtemp, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nsenterArgs } from '../../src/rootless/node.js';
 import { TestDaemon } from '../harness/daemon.js';
-import { busyboxRootfs, compileDriver, driverCgroup as makeDriverCgroup } from '../harness/node-driver.js';
+import {
+  busyboxRootfs,
+  compileDriver,
+  driverCgroup as makeDriverCgroup,
+  runDriver,
+} from '../harness/node-driver.js';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'tail', 'stty', 'tty', 'pgrep', 'true'];
@@ -41,35 +44,15 @@ beforeAll(async () => {
     }),
   );
   await chown(jobFile, daemon.user.uid, daemon.user.gid);
-  const r = await execa(
-    'sh',
-    [
-      '-c',
-      'echo $$ > "$0/cgroup.procs" && shift && exec "$@"',
-      driverCgroup,
-      'x',
-      'setpriv',
-      `--reuid=${daemon.user.uid}`,
-      `--regid=${daemon.user.gid}`,
-      '--init-groups',
-      '--reset-env',
-      'env',
-      'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
-      `HOME=${daemon.user.home}`,
-      'nsenter',
-      ...nsenterArgs(await daemon.nodePid(), { workdir: work }),
-      process.execPath,
+  result = (
+    await runDriver(daemon, {
+      cgroup: driverCgroup,
+      workdir: work,
       driverJs,
       jobFile,
-    ],
-    { reject: false, timeout: 150_000 },
-  );
-  const line = String(r.stdout).trim().split('\n').pop() ?? '';
-  try {
-    result = JSON.parse(line) as Record<string, unknown>;
-  } catch {
-    throw new Error(`driver printed no JSON (exit ${r.exitCode}):\n${r.stdout}\n${r.stderr}`);
-  }
+      timeoutMs: 150_000,
+    })
+  ).value as Record<string, unknown>;
   if (result.fatal || result.error)
     throw new Error(`driver failed: ${result.fatal ?? result.error}\n${result.stack}`);
 }, 240_000);
