@@ -5,8 +5,8 @@
  * Prints "ready" once listening; exits on SIGTERM.
  */
 import * as grpc from '@grpc/grpc-js';
+import { loadCriDefinitions } from '../src/api/proto.js';
 import { ReadinessGate } from '../src/cri/edge.js';
-import { loadCriDefinitions } from '../src/cri/proto.js';
 import { createRuntimeInfoHandlers } from '../src/cri/runtime-info.js';
 import { createCriServer } from '../src/cri/server.js';
 import { createLogger } from '../src/log.js';

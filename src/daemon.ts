@@ -4,6 +4,7 @@
  */
 import { access, constants, mkdir, readFile, rename, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { CriHandlers } from './api/handlers.js';
 import type { Config } from './config.js';
 import {
   createContainerService,
@@ -14,7 +15,7 @@ import { probeHostFacts } from './container/host-facts.js';
 import { CrunConmonRuntime } from './container/oci-runtime.js';
 import { ReadinessGate } from './cri/edge.js';
 import { createRuntimeInfoHandlers, type HealthCondition, type RuntimeHealth } from './cri/runtime-info.js';
-import { type CriHandlers, createCriServer } from './cri/server.js';
+import { createCriServer } from './cri/server.js';
 import { describeError } from './errors.js';
 import { FuseOverlayfsSnapshotter } from './image/fuse-overlayfs-snapshotter.js';
 import { createImageFsInfoHandler } from './image/image-fs-info.js';

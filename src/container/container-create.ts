@@ -13,8 +13,8 @@
  * gets AlreadyExists naming the container that holds the name.
  */
 import { randomBytes } from 'node:crypto';
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import { describeUndoFailures, RollbackStack } from '../podsandbox/rollback.js';
 import type { ContainerDeps } from './container-deps.js';

@@ -5,14 +5,14 @@
  * (bounded: one that falls too far behind is dropped, so it cannot grow the daemon's memory);
  * the stream ends when the client goes away or the daemon shuts down.
  */
-import type { CallContext, SendMessage } from '../cri/edge.js';
+import type { CallContext, SendMessage } from '../api/handlers.js';
 import type {
   ContainerEventResponse,
   ContainerEventType,
   ContainerStatus,
   PodSandboxStatus,
   RuntimeRequest,
-} from '../cri/proto.js';
+} from '../api/proto.js';
 
 /** Events kept per subscriber before it is considered gone. */
 export const MAX_QUEUED_EVENTS = 1000;

@@ -4,8 +4,8 @@
  * Exits conmon recorded since the last look are taken in first, so a listed state is current.
  * Containers still being created are not listed. Sorted by creation time, oldest first.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { Container, ContainerFilter__Output, RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { Container, ContainerFilter__Output, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import type { ContainerDeps } from './container-deps.js';
 import { observeExit } from './container-status.js';
 import { type ContainerRecord, criContainerState } from './container-store.js';

@@ -5,8 +5,8 @@
  * read asynchronously by conmon, so the RPC waits until the new file exists before answering
  * (critest checks the path right after the call).
  */
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { DeadlineExceededError, FailedPreconditionError, NotFoundError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
 import { observeExit } from './container-status.js';

@@ -7,8 +7,8 @@
  * Each step tolerates what an earlier, interrupted removal already did, so a RemoveContainer
  * cut short by a crash is simply repeated.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
 import { stopContainerLocked } from './container-stop.js';
 import type { ContainerRecord } from './container-store.js';

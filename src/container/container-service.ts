@@ -14,9 +14,9 @@
  */
 import { accessSync, constants as fsConstants } from 'node:fs';
 import path from 'node:path';
+import type { RuntimeHandlers } from '../api/handlers.js';
+import type { PodSandboxStatus } from '../api/proto.js';
 import type { Config } from '../config.js';
-import type { PodSandboxStatus } from '../cri/proto.js';
-import type { RuntimeHandlers } from '../cri/server.js';
 import type { Logger } from '../log.js';
 import type { PodContainers, SandboxReader } from '../podsandbox/index.js';
 import { KeyedMutex } from '../store/keyed-mutex.js';

@@ -4,8 +4,8 @@
  * what conmon recorded. A start that fails leaves the container EXITED with reason StartError
  * and crun's message, so kubelet sees why and RemoveContainer cleans it.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { describeError, FailedPreconditionError, NotFoundError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
 import { observeExitLocked, recordExit, statusOf } from './container-status.js';

@@ -11,10 +11,11 @@
  * reported yet. ListMetricDescriptors and ListPodSandboxMetrics are not implemented (the
  * edge answers UNIMPLEMENTED).
  */
-import type { CallContext } from '../cri/edge.js';
-import type { ContainerStatsFilter__Output } from '../cri/generated/runtime/v1/ContainerStatsFilter.js';
-import type { PodSandboxStats } from '../cri/generated/runtime/v1/PodSandboxStats.js';
-import type { ContainerStats, RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+
+import type { ContainerStatsFilter__Output } from '../api/generated/runtime/v1/ContainerStatsFilter.js';
+import type { PodSandboxStats } from '../api/generated/runtime/v1/PodSandboxStats.js';
+import type { CallContext } from '../api/handlers.js';
+import type { ContainerStats, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { NotFoundError } from '../errors.js';
 import type { ContainerDeps } from './container-deps.js';
 import { currentRecords, matchesLabels } from './container-list.js';

@@ -8,8 +8,8 @@
  * warnings of CreateContainer/UpdateContainerResources (limits dropped on this node, LSMs not
  * enforced), so an operator sees why a limit is not in force.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { ContainerStatus, RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { ContainerStatus, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { NotFoundError } from '../errors.js';
 import { type ContainerDeps, dateToNanoseconds, describeContainer } from './container-deps.js';
 import { type ContainerRecord, criContainerState } from './container-store.js';

@@ -9,8 +9,8 @@
  * stopContainerLocked is also what StopPodSandbox (through PodContainers) and
  * RemoveContainer use.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { InternalError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
 import { observeExitLocked, recordExit } from './container-status.js';

@@ -40,7 +40,7 @@ import type {
   ContainerConfig__Output,
   ContainerState__Output,
   LinuxContainerResources__Output,
-} from '../cri/proto.js';
+} from '../api/proto.js';
 import { InternalError } from '../errors.js';
 import { CachedRecordStore } from '../store/cached-record-store.js';
 import type { ResolvedUser } from './user.js';

@@ -5,8 +5,8 @@
  * status), never a failure; hugetlb limits are always dropped. The record keeps the request's
  * resources, which ContainerStatus reports.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
 import { observeExitLocked } from './container-status.js';

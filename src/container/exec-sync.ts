@@ -9,8 +9,8 @@
  * container store they read (ContainerLookup in container-store.ts satisfies it) and the
  * "must be running" check.
  */
-import type { ExecSyncRequest__Output } from '../cri/generated/runtime/v1/ExecSyncRequest.js';
-import type { ExecSyncResponse } from '../cri/generated/runtime/v1/ExecSyncResponse.js';
+import type { ExecSyncRequest__Output } from '../api/generated/runtime/v1/ExecSyncRequest.js';
+import type { ExecSyncResponse } from '../api/generated/runtime/v1/ExecSyncResponse.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { OciRuntime } from './oci-runtime.js';
 

@@ -3,7 +3,7 @@
  * Limits of controllers that are not delegated to the node are dropped with a warning, never a
  * failure; hugetlb limits are always dropped. Malformed values are InvalidArgument.
  */
-import type { LinuxContainerResources__Output } from '../cri/proto.js';
+import type { LinuxContainerResources__Output } from '../api/proto.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { OciResources } from './oci-spec.js';
 import type { HostFacts } from './spec-builder.js';

@@ -3,7 +3,7 @@
  * (src/podsandbox/) owns the records; it hands containers this narrow view, so container code
  * and its tests do not depend on how sandboxes are stored.
  */
-import type { PodSandboxConfig__Output } from '../cri/proto.js';
+import type { PodSandboxConfig__Output } from '../api/proto.js';
 
 export interface SandboxInfo {
   id: string;

@@ -11,7 +11,7 @@
  */
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
-import type { ContainerConfig__Output, KeyValue__Output, Mount__Output } from '../cri/proto.js';
+import type { ContainerConfig__Output, KeyValue__Output, Mount__Output } from '../api/proto.js';
 import { FailedPreconditionError, InvalidArgumentError, UnimplementedError } from '../errors.js';
 import { containerCapabilities } from './capabilities.js';
 import type { InRootPath } from './in-root.js';

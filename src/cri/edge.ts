@@ -20,6 +20,7 @@ import type {
   ServerWritableStream,
 } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
+import type { CallContext, SendMessage, ServerStreamHandler, UnaryHandler } from '../api/handlers.js';
 import { CancelledError, CriError, DeadlineExceededError, describeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RpcMetrics } from '../metrics.js';
@@ -27,30 +28,6 @@ import { grpcStatusFor, grpcStatusName } from './status-codes.js';
 
 /** What the adapter needs of any grpc-js server call (grpc-js does not export its common type). */
 type SurfaceCall = Pick<ServerUnaryCall<unknown, unknown>, 'cancelled' | 'getDeadline' | 'once' | 'off'>;
-
-export interface CallContext {
-  /** The RPC name, e.g. "RunPodSandbox". */
-  readonly method: string;
-  /** Short random hex id, also on every line of `logger`. */
-  readonly requestId: string;
-  /** Child logger bound to method and request id. */
-  readonly logger: Logger;
-  /** Aborts when the client cancels or the deadline passes; the reason is a CancelledError or DeadlineExceededError. */
-  readonly signal: AbortSignal;
-  /** The client's deadline, if it sent one. */
-  readonly deadline: Date | undefined;
-}
-
-export type UnaryHandler<Request, Response> = (request: Request, ctx: CallContext) => Promise<Response>;
-
-/** Sends one message; resolves when the stream can take more (back-pressure), rejects once the client is gone. */
-export type SendMessage<Response> = (message: Response) => Promise<void>;
-
-export type ServerStreamHandler<Request, Response> = (
-  request: Request,
-  send: SendMessage<Response>,
-  ctx: CallContext,
-) => Promise<void>;
 
 export interface Readiness {
   isReady(): boolean;

@@ -4,9 +4,9 @@
  * builds, so these handlers are tested with fakes.
  */
 import { isIP } from 'node:net';
+import type { RuntimeHandlers } from '../api/handlers.js';
 import { describeError, InvalidArgumentError } from '../errors.js';
 import { packageVersion } from '../version.js';
-import type { RuntimeHandlers } from './server.js';
 
 export const RUNTIME_NAME = 'rootless-cri';
 /** The version of the kubelet↔runtime API handshake; every CRI runtime answers "0.1.0". */

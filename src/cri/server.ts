@@ -10,49 +10,16 @@
 
 import { chmod, lstat } from 'node:fs/promises';
 import * as grpc from '@grpc/grpc-js';
+import type { CriHandlers, ServerStreamHandler, UnaryHandler } from '../api/handlers.js';
+import { type CriDefinitions, loadCriDefinitions } from '../api/proto.js';
 import { FailedPreconditionError, InternalError, UnimplementedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RpcMetrics } from '../metrics.js';
 import { preflightSocket, removeOwnSocket } from '../socket-file.js';
-import {
-  type EdgeOptions,
-  type Readiness,
-  type ServerStreamHandler,
-  type UnaryHandler,
-  wrapServerStream,
-  wrapUnary,
-} from './edge.js';
-import {
-  type CriDefinitions,
-  type ImageServiceHandlers,
-  loadCriDefinitions,
-  type RuntimeServiceHandlers,
-} from './proto.js';
+import { type EdgeOptions, type Readiness, wrapServerStream, wrapUnary } from './edge.js';
 
 /** kubelet's CRI client accepts at most 16 MiB per message; we accept the same from it. */
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
-
-type KnownKeys<T> = keyof {
-  [K in keyof T as string extends K ? never : number extends K ? never : K]: T[K];
-};
-
-/** The plain async handler type for one generated grpc-js handler type. */
-type PlainHandler<H> =
-  H extends grpc.handleServerStreamingCall<infer Request, infer Response>
-    ? ServerStreamHandler<Request, Response>
-    : H extends grpc.handleUnaryCall<infer Request, infer Response>
-      ? UnaryHandler<Request, Response>
-      : never;
-
-export type RuntimeHandlers = {
-  [K in KnownKeys<RuntimeServiceHandlers>]: PlainHandler<RuntimeServiceHandlers[K]>;
-};
-export type ImageHandlers = {
-  [K in KnownKeys<ImageServiceHandlers>]: PlainHandler<ImageServiceHandlers[K]>;
-};
-
-/** Handlers by RPC name (the two services share no names); missing ones answer UNIMPLEMENTED. */
-export type CriHandlers = Partial<RuntimeHandlers & ImageHandlers>;
 
 export interface CriServerOptions {
   handlers: CriHandlers;

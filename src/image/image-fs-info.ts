@@ -15,7 +15,7 @@
  */
 import { lstat, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ImageHandlers } from '../cri/server.js';
+import type { ImageHandlers } from '../api/handlers.js';
 
 export interface DirectoryUsage {
   /** Allocated bytes, a decimal string (uint64 on the wire). */

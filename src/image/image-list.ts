@@ -1,5 +1,5 @@
-import type { ListImagesRequest__Output } from '../cri/generated/runtime/v1/ListImagesRequest.js';
-import type { ListImagesResponse } from '../cri/generated/runtime/v1/ListImagesResponse.js';
+import type { ListImagesRequest__Output } from '../api/generated/runtime/v1/ListImagesRequest.js';
+import type { ListImagesResponse } from '../api/generated/runtime/v1/ListImagesResponse.js';
 import { findImage, toCriImage } from './image-status.js';
 import type { ImageStore } from './image-store.js';
 

@@ -1,7 +1,7 @@
-import type { CallContext } from '../cri/edge.js';
-import type { AuthConfig__Output } from '../cri/generated/runtime/v1/AuthConfig.js';
-import type { PullImageRequest__Output } from '../cri/generated/runtime/v1/PullImageRequest.js';
-import type { PullImageResponse } from '../cri/generated/runtime/v1/PullImageResponse.js';
+import type { AuthConfig__Output } from '../api/generated/runtime/v1/AuthConfig.js';
+import type { PullImageRequest__Output } from '../api/generated/runtime/v1/PullImageRequest.js';
+import type { PullImageResponse } from '../api/generated/runtime/v1/PullImageResponse.js';
+import type { CallContext } from '../api/handlers.js';
 import { CancelledError, CriError, DeadlineExceededError, InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ContentStore, OpenedIngest } from './content-store.js';

@@ -1,5 +1,5 @@
-import type { RemoveImageRequest__Output } from '../cri/generated/runtime/v1/RemoveImageRequest.js';
-import type { RemoveImageResponse } from '../cri/generated/runtime/v1/RemoveImageResponse.js';
+import type { RemoveImageRequest__Output } from '../api/generated/runtime/v1/RemoveImageRequest.js';
+import type { RemoveImageResponse } from '../api/generated/runtime/v1/RemoveImageResponse.js';
 import type { Logger } from '../log.js';
 import { findImage } from './image-status.js';
 import type { ImageRecord, ImageStore } from './image-store.js';

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { ImageHandlers } from '../api/handlers.js';
 import type { Config } from '../config.js';
-import type { ImageHandlers } from '../cri/server.js';
 import { NotFoundError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Dialer } from '../rootless/host-dialer.js';

@@ -1,6 +1,6 @@
-import type { Image } from '../cri/generated/runtime/v1/Image.js';
-import type { ImageStatusRequest__Output } from '../cri/generated/runtime/v1/ImageStatusRequest.js';
-import type { ImageStatusResponse } from '../cri/generated/runtime/v1/ImageStatusResponse.js';
+import type { Image } from '../api/generated/runtime/v1/Image.js';
+import type { ImageStatusRequest__Output } from '../api/generated/runtime/v1/ImageStatusRequest.js';
+import type { ImageStatusResponse } from '../api/generated/runtime/v1/ImageStatusResponse.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Digest } from './digest.js';
 import type { ImageRecord, ImageStore } from './image-store.js';

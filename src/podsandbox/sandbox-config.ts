@@ -15,13 +15,13 @@
  */
 import { isIP } from 'node:net';
 // proto.ts does not re-export DNSConfig; the generated type is the same module it uses.
-import type { DNSConfig__Output } from '../cri/generated/runtime/v1/DNSConfig.js';
+import type { DNSConfig__Output } from '../api/generated/runtime/v1/DNSConfig.js';
 import type {
   NamespaceMode__Output,
   PodSandboxConfig__Output,
   PodSandboxMetadata__Output,
   PortMapping__Output,
-} from '../cri/proto.js';
+} from '../api/proto.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../errors.js';
 import type { NamespaceModeName } from './sandbox-record.js';
 

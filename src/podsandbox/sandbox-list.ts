@@ -3,8 +3,8 @@
  * selector that every listed sandbox's labels must contain exactly. Sorted by creation time,
  * oldest first, so the output is stable.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { PodSandbox, PodSandboxFilter__Output, RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { PodSandbox, PodSandboxFilter__Output, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 import { criState, type SandboxRecord } from './sandbox-record.js';
 

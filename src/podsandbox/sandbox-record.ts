@@ -28,7 +28,7 @@
  * (criState() below is the one place that decides).
  */
 
-import type { PodSandboxConfig__Output, PodSandboxState__Output } from '../cri/proto.js';
+import type { PodSandboxConfig__Output, PodSandboxState__Output } from '../api/proto.js';
 import { InternalError } from '../errors.js';
 
 export const SANDBOX_RECORD_VERSION = 1;

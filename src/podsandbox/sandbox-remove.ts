@@ -5,8 +5,8 @@
  * reservation. The record goes last: if anything before fails, the sandbox is still listed
  * and a retry finishes the job. A sandbox that does not exist is OK.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 import { stopSandbox } from './sandbox-stop.js';
 import { removeCgroups, removeFiles, unpinOthers } from './sandbox-teardown.js';

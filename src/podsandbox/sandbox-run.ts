@@ -31,8 +31,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { CancelledError, CriError, describeError, InternalError } from '../errors.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { CniPortMapping } from './cni-network.js';

@@ -4,8 +4,8 @@
  * operator debugging the pod needs (pins, infra pid, cgroup, ports, why it is not ready).
  * A sandbox that does not exist is NotFound.
  */
-import type { CallContext } from '../cri/edge.js';
-import type { PodSandboxStatus, RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { PodSandboxStatus, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { NotFoundError } from '../errors.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 import { criState, type SandboxRecord } from './sandbox-record.js';

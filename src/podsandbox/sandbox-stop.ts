@@ -8,8 +8,8 @@
  * Containers get a grace period of 0: kubelet has already stopped them gracefully before it
  * stops the sandbox (containerd does the same).
  */
-import type { CallContext } from '../cri/edge.js';
-import type { RuntimeRequest, RuntimeResponse } from '../cri/proto.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 import type { SandboxRecord } from './sandbox-record.js';
 import { releaseRunningResources } from './sandbox-teardown.js';

@@ -13,9 +13,9 @@ import { createServer, type IncomingMessage, type Server, STATUS_CODES } from 'n
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import type { AttachRequest } from '../cri/generated/runtime/v1/AttachRequest.js';
-import type { ExecRequest } from '../cri/generated/runtime/v1/ExecRequest.js';
-import type { PortForwardRequest } from '../cri/generated/runtime/v1/PortForwardRequest.js';
+import type { AttachRequest } from '../api/generated/runtime/v1/AttachRequest.js';
+import type { ExecRequest } from '../api/generated/runtime/v1/ExecRequest.js';
+import type { PortForwardRequest } from '../api/generated/runtime/v1/PortForwardRequest.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { PORT_FORWARD_PROTOCOL, servePortForward } from './port-forward.js';

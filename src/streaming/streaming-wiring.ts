@@ -9,15 +9,15 @@
  * `close` of that listener (when the port is taken on the host, another is tried).
  */
 
+import type { AttachRequest } from '../api/generated/runtime/v1/AttachRequest.js';
+import type { ExecRequest } from '../api/generated/runtime/v1/ExecRequest.js';
+import type { ExecSyncRequest__Output } from '../api/generated/runtime/v1/ExecSyncRequest.js';
+import type { ExecSyncResponse } from '../api/generated/runtime/v1/ExecSyncResponse.js';
+import type { PortForwardRequest } from '../api/generated/runtime/v1/PortForwardRequest.js';
 import { ConmonAttachTarget } from '../container/attach-target.js';
 import { createExecSync, type StreamableContainers } from '../container/exec-sync.js';
 import { ContainerExecTarget, CrunExecLauncher, type ExecLauncher } from '../container/exec-target.js';
 import type { OciRuntime } from '../container/oci-runtime.js';
-import type { AttachRequest } from '../cri/generated/runtime/v1/AttachRequest.js';
-import type { ExecRequest } from '../cri/generated/runtime/v1/ExecRequest.js';
-import type { ExecSyncRequest__Output } from '../cri/generated/runtime/v1/ExecSyncRequest.js';
-import type { ExecSyncResponse } from '../cri/generated/runtime/v1/ExecSyncResponse.js';
-import type { PortForwardRequest } from '../cri/generated/runtime/v1/PortForwardRequest.js';
 import { UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { SandboxPortForwardTarget } from '../podsandbox/port-forward-target.js';

@@ -3,12 +3,12 @@
  * defaults) and node facts for container tests.
  */
 
+import type { LinuxContainerResources__Output } from '../../src/api/generated/runtime/v1/LinuxContainerResources.js';
+import type { LinuxContainerSecurityContext__Output } from '../../src/api/generated/runtime/v1/LinuxContainerSecurityContext.js';
+import type { Mount__Output } from '../../src/api/generated/runtime/v1/Mount.js';
+import type { ContainerConfig__Output, PodSandboxConfig__Output } from '../../src/api/proto.js';
 import type { SandboxInfo } from '../../src/container/sandbox-info.js';
 import type { HostFacts } from '../../src/container/spec-builder.js';
-import type { LinuxContainerResources__Output } from '../../src/cri/generated/runtime/v1/LinuxContainerResources.js';
-import type { LinuxContainerSecurityContext__Output } from '../../src/cri/generated/runtime/v1/LinuxContainerSecurityContext.js';
-import type { Mount__Output } from '../../src/cri/generated/runtime/v1/Mount.js';
-import type { ContainerConfig__Output, PodSandboxConfig__Output } from '../../src/cri/proto.js';
 
 export function securityContext(
   overrides: Partial<LinuxContainerSecurityContext__Output> = {},

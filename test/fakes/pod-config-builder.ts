@@ -1,5 +1,5 @@
 /** A complete decoded PodSandboxConfig (every field present, as grpc-js delivers it) for unit tests. */
-import type { PodSandboxConfig__Output } from '../../src/cri/proto.js';
+import type { PodSandboxConfig__Output } from '../../src/api/proto.js';
 
 export function podConfig(overrides: Partial<PodSandboxConfig__Output> = {}): PodSandboxConfig__Output {
   return {

@@ -11,7 +11,7 @@ import {
   type RuntimeRpcName,
   type RuntimeServiceClient,
   type RuntimeServiceDefinition,
-} from '../../src/cri/proto.js';
+} from '../../src/api/proto.js';
 
 type Parts<D> =
   D extends protoLoader.MethodDefinition<infer Req, infer _Res, infer _ReqOut, infer ResOut>

@@ -7,6 +7,7 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { ContainerConfig__Output } from '../../src/api/proto.js';
 import { DEFAULT_CAPABILITIES } from '../../src/container/capabilities.js';
 import type { OciSpec } from '../../src/container/oci-spec.js';
 import {
@@ -18,7 +19,6 @@ import {
   type SpecInput,
 } from '../../src/container/spec-builder.js';
 import { NodeSpecFiles } from '../../src/container/spec-files.js';
-import type { ContainerConfig__Output } from '../../src/cri/proto.js';
 import { CriError } from '../../src/errors.js';
 import {
   containerConfig,

@@ -3,7 +3,7 @@ import { link, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallContext } from '../../src/cri/edge.js';
+import type { CallContext } from '../../src/api/handlers.js';
 import {
   createImageFsInfoHandler,
   type DirectoryUsage,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { PodSandboxConfig__Output } from '../../src/cri/proto.js';
+import type { PodSandboxConfig__Output } from '../../src/api/proto.js';
 import {
   checkLogDirectory,
   checkMetadata,

@@ -8,7 +8,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { PodSandboxConfig__Output } from '../../src/cri/proto.js';
+import type { PodSandboxConfig__Output } from '../../src/api/proto.js';
 import { silentLogger } from '../../src/log.js';
 import { createPodSandboxService, type PodSandboxService } from '../../src/podsandbox/index.js';
 import { FakeNetworkDriver } from '../fakes/fake-network-driver.js';

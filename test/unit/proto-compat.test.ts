@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import type protobuf from 'protobufjs';
 import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { findProtoPath, loadCriDefinitions } from '../../src/cri/proto.js';
+import { findProtoPath, loadCriDefinitions } from '../../src/api/proto.js';
 import { InternalError } from '../../src/errors.js';
 import { compareSchemas, loadSchemaFile, parseSchemaText, summarizeSchema } from './proto-compare.js';
 

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { type CallContext, ReadinessGate } from '../../src/cri/edge.js';
+import type { CallContext } from '../../src/api/handlers.js';
+import { ReadinessGate } from '../../src/cri/edge.js';
 import {
   createRuntimeInfoHandlers,
   parsePodCidrs,

@@ -5,11 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { CriHandlers } from '../../src/api/handlers.js';
+import { loadCriDefinitions } from '../../src/api/proto.js';
 import { ReadinessGate } from '../../src/cri/edge.js';
-import { loadCriDefinitions } from '../../src/cri/proto.js';
 import { createRuntimeInfoHandlers } from '../../src/cri/runtime-info.js';
 import {
-  type CriHandlers,
   type CriServer,
   createCriServer,
   MAX_MESSAGE_BYTES,

@@ -1,7 +1,7 @@
 /**
  * Loads the CRI v1 API (proto/api.proto) for grpc-js, once per process.
  *
- * The TypeScript types come from src/cri/generated/, produced by `npm run gen:types`. The
+ * The TypeScript types come from src/api/generated/, produced by `npm run gen:types`. The
  * generator and this loader must agree on how messages look in JavaScript, so the options
  * below mirror the gen:types flags in package.json (--keepCase --longs=String --enums=String
  * --defaults --oneofs): field names stay snake_case, int64/uint64 are decimal strings, enums
