@@ -7,10 +7,10 @@
 import * as grpc from '@grpc/grpc-js';
 import { loadCriDefinitions } from '../src/api/proto.js';
 import { ReadinessGate } from '../src/cri/edge.js';
-import { createRuntimeInfoHandlers } from '../src/cri/runtime-info.js';
 import { createCriServer } from '../src/cri/server.js';
 import { createLogger } from '../src/log.js';
 import { createMetrics } from '../src/metrics.js';
+import { createRuntimeInfoHandlers } from '../src/runtime-info/runtime-info.js';
 
 const [mode, socket] = process.argv.slice(2);
 if ((mode !== 'cri' && mode !== 'bare') || !socket) {

@@ -8,14 +8,15 @@
  *   version                  print the version
  * Global flags: --config FILE, --root-dir DIR, --run-dir DIR, --socket PATH, --log-level LEVEL
  */
-import { spawn } from 'node:child_process';
 import { realpathSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type Config, type ConfigOverrides, loadConfig } from './config.js';
 import { runDaemon } from './daemon.js';
 import { CriError, describeError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
+import { start } from './os/process-runner.js';
 import { formatDoctorReport, runDoctor } from './rootless/doctor.js';
 import { RealHostProbe } from './rootless/host-probe.js';
 import { findNode, inUserNamespace, nsenterArgs, stopNode, withSbin } from './rootless/node.js';
@@ -111,6 +112,8 @@ function nodeOptions(config: Config) {
   return {
     stateDir: config.node.stateDir,
     rootlesskit: config.node.rootlesskit,
+    catatonit: config.node.catatonit,
+    slirp4netns: config.node.slirp4netns,
     mtu: config.node.slirp4netnsMtu,
     portDriver: config.node.portDriver,
     copyUp: config.node.copyUp,
@@ -132,22 +135,25 @@ async function enter(config: Config, command: string[]): Promise<number> {
     );
     return 1;
   }
-  const child = spawn(
+  const child = start(
     config.node.nsenter,
     [...nsenterArgs(node.childPid, { workdir: process.cwd() }), ...command],
     {
-      stdio: 'inherit',
+      stdio: ['inherit', 'inherit', 'inherit'],
       env: { ...process.env, PATH: withSbin(process.env.PATH) },
+      ownGroup: false,
     },
   );
-  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => child.kill(s));
-  return new Promise((resolve) => {
-    child.once('error', (err) => {
-      process.stderr.write(`rootless-cri enter: ${err.message}\n`);
-      resolve(127);
-    });
-    child.once('exit', (code, signal) => resolve(signal ? 128 + 9 : (code ?? 1)));
-  });
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => child.kill(s, 'process'));
+  try {
+    await child.spawned;
+  } catch (err) {
+    process.stderr.write(`rootless-cri enter: ${describeError(err)}\n`);
+    return 127;
+  }
+  const { exitCode, signal } = await child.exited;
+  // As a shell reports it: 128 + the number of the signal that ended the command.
+  return signal ? 128 + (osConstants.signals[signal] ?? 0) : (exitCode ?? 1);
 }
 
 async function stop(config: Config, logger: Logger, all: boolean): Promise<number> {

@@ -63,7 +63,6 @@ export interface Config {
     crun: string;
     conmon: string;
     crunRoot: string;
-    defaultStopTimeoutSeconds: number;
   };
   cgroup: {
     subtree: string;
@@ -115,7 +114,6 @@ export interface ConfigOverrides {
   'runtime.crun'?: string;
   'runtime.conmon'?: string;
   'runtime.crun_root'?: string;
-  'runtime.default_stop_timeout_seconds'?: number;
   'cgroup.subtree'?: string;
   'network.cni_conf_dir'?: string;
   'network.cni_bin_dirs'?: string[];
@@ -421,7 +419,6 @@ const SCHEMA = table({
     crun: program(),
     conmon: program(),
     crun_root: absolutePath(),
-    default_stop_timeout_seconds: integer(0, 3600),
   }),
   cgroup: table({
     subtree: cgroupName(),
@@ -687,7 +684,6 @@ export function resolveConfig(
       crun: runtime.crun ?? 'crun',
       conmon: runtime.conmon ?? 'conmon',
       crunRoot: runtime.crun_root ?? join(runDir, 'crun'),
-      defaultStopTimeoutSeconds: runtime.default_stop_timeout_seconds ?? 10,
     },
     cgroup: {
       subtree: raw.cgroup?.subtree ?? 'rootless-cri',

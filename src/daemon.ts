@@ -1,20 +1,17 @@
 /**
- * The composition root: runs inside the node (uid 0 in its user namespace), builds the real
- * implementations of every interface, recovers state, and serves CRI on the unix socket.
+ * The composition root: runs inside the node (uid 0 in its user namespace), finds the programs
+ * it drives once, builds the real OS adapters (src/os/), the runtime core (src/core/) and the
+ * RPC modules over it, recovers state in order (node → sandboxes → containers → images) and
+ * serves CRI on the unix socket. The only place where the layers meet.
  */
-import { access, constants, mkdir, readFile, rename, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { CriHandlers } from './api/handlers.js';
 import type { Config } from './config.js';
-import {
-  createContainerService,
-  runtimeLayout,
-  sandboxLookupFromReader,
-} from './container/container-service.js';
+import { createContainerService } from './container/container-service.js';
 import { probeHostFacts } from './container/host-facts.js';
-import { CrunConmonRuntime } from './container/oci-runtime.js';
+import { RuntimeCore } from './core/runtime-core.js';
 import { ReadinessGate } from './cri/edge.js';
-import { createRuntimeInfoHandlers, type HealthCondition, type RuntimeHealth } from './cri/runtime-info.js';
 import { createCriServer } from './cri/server.js';
 import { describeError } from './errors.js';
 import { FuseOverlayfsSnapshotter } from './image/fuse-overlayfs-snapshotter.js';
@@ -23,125 +20,21 @@ import { createImageService } from './image/image-service.js';
 import { OverlaySnapshotter } from './image/overlay-snapshotter.js';
 import type { Logger } from './log.js';
 import { createMetrics, type MetricsServer, startMetricsServer } from './metrics.js';
-import { checkCniReady } from './podsandbox/cni-config.js';
+import { NodeCgroupManager } from './os/cgroup-manager.js';
+import { hostDialer } from './os/host-dialer.js';
+import { CrunConmonRuntime } from './os/oci-runtime.js';
+import { type PortManager, RootlesskitPortManager } from './os/port-manager.js';
+import { Programs } from './os/programs.js';
+import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
-import { sandboxStatusOf } from './podsandbox/sandbox-status.js';
-import { enableSubtreeControllers, readControllers } from './rootless/cgroup-delegation.js';
-import { hostDialer } from './rootless/host-dialer.js';
 import { inUserNamespace } from './rootless/node.js';
-import { type PortManager, RootlesskitPortManager } from './rootless/port-manager.js';
 import { writePidFile } from './rootless/supervisor.js';
+import { delegateControllersToPods, NodeHealth, probeNodeFacts } from './runtime-info/node-health.js';
+import { createRuntimeInfoHandlers } from './runtime-info/runtime-info.js';
 import { createDaemonStreaming } from './streaming/streaming-wiring.js';
 import { packageVersion } from './version.js';
 
-const CGROUP2_SUPER_MAGIC = 0x63677270;
-const CGROUP_ROOT = '/sys/fs/cgroup';
-
-/** One capability of the daemon, as the composition root sees it. */
-interface DaemonService {
-  name: string;
-  handlers: CriHandlers;
-  /** Reconciles records with the system; runs before the daemon answers anything but UNAVAILABLE. */
-  recover?(): Promise<void>;
-  close?(): Promise<void>;
-}
-
-/** What the daemon learned about its host at start; shown by Status(verbose) and logged. */
-export interface NodeFacts {
-  inUserNamespace: boolean;
-  rootlesskitStateDir: string | null;
-  cgroupV2: boolean;
-  cgroupControllers: string[];
-  missingControllers: string[];
-  warnings: string[];
-}
-
-async function probeNodeFacts(logger: Logger): Promise<NodeFacts> {
-  const warnings: string[] = [];
-  const userns = await inUserNamespace();
-  if (!userns)
-    warnings.push('the daemon is not in a user namespace; run it with `rootless-cri serve` from the host');
-  let cgroupV2 = false;
-  try {
-    cgroupV2 = Number((await statfs(CGROUP_ROOT)).type) === CGROUP2_SUPER_MAGIC;
-  } catch {
-    cgroupV2 = false;
-  }
-  let controllers: string[] = [];
-  if (cgroupV2) {
-    controllers = await readControllers(CGROUP_ROOT);
-    // Our own processes live in leaves (daemon/, rootlesskit/), so the root may delegate.
-    const { failed } = await enableSubtreeControllers(CGROUP_ROOT);
-    if (failed.length > 0) warnings.push(`could not enable cgroup controllers ${failed.join(', ')} for pods`);
-  } else {
-    warnings.push(`${CGROUP_ROOT} is not a cgroup v2 hierarchy inside the node: pods run without cgroups`);
-  }
-  const missing = ['cpu', 'memory', 'pids', 'io'].filter((c) => !controllers.includes(c));
-  if (cgroupV2 && missing.length > 0) {
-    warnings.push(
-      `cgroup v2 controllers not delegated: ${missing.join(', ')}; their limits are dropped (rootless-cri doctor explains how to delegate them)`,
-    );
-  }
-  for (const w of warnings) logger.warn(w);
-  return {
-    inUserNamespace: userns,
-    rootlesskitStateDir: process.env.ROOTLESSKIT_STATE_DIR ?? null,
-    cgroupV2,
-    cgroupControllers: controllers,
-    missingControllers: missing,
-    warnings,
-  };
-}
-
-async function executable(file: string): Promise<boolean> {
-  return access(file, constants.X_OK).then(
-    () => true,
-    () => false,
-  );
-}
-
-async function findInPath(binary: string): Promise<string | null> {
-  if (binary.includes('/')) return (await executable(binary)) ? binary : null;
-  for (const dir of (process.env.PATH ?? '').split(':').filter(Boolean)) {
-    const candidate = path.join(dir, binary);
-    if (await executable(candidate)) return candidate;
-  }
-  return null;
-}
-
-/** RuntimeReady and NetworkReady from real checks, re-evaluated on every Status call. */
-class NodeHealth implements RuntimeHealth {
-  constructor(
-    private readonly config: Config,
-    private readonly facts: NodeFacts,
-  ) {}
-
-  async check(): Promise<{ runtime: HealthCondition; network: HealthCondition }> {
-    const missing: string[] = [];
-    for (const binary of [this.config.runtime.crun, this.config.runtime.conmon]) {
-      if (!(await findInPath(binary))) missing.push(binary);
-    }
-    let runtime: HealthCondition = { ready: true };
-    if (missing.length > 0) {
-      runtime = {
-        ready: false,
-        reason: 'RuntimeBinaryMissing',
-        message: `${missing.join(', ')} not found; install them (sudo apt-get install crun conmon) or set runtime.crun / runtime.conmon`,
-      };
-    } else if (!this.facts.inUserNamespace) {
-      runtime = {
-        ready: false,
-        reason: 'NotInUserNamespace',
-        message: 'the daemon is not inside the rootless node; start it with `rootless-cri serve`',
-      };
-    }
-    const cni = await checkCniReady(this.config.network.cniConfDir, this.config.network.cniBinDirs);
-    const network: HealthCondition = cni.ready
-      ? { ready: true }
-      : { ready: false, reason: cni.reason, message: cni.message };
-    return { runtime, network };
-  }
-}
+export type { NodeFacts } from './runtime-info/node-health.js';
 
 /**
  * HTTP listeners of the daemon listen on 127.0.0.1 inside the node and are published on the
@@ -228,18 +121,90 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   await mkdir(config.runDir, { recursive: true, mode: 0o700 });
   if (!process.env.ROOTLESS_CRI_IN_NODE) await writePidFile(config.runDir, process.pid);
 
-  const facts = await probeNodeFacts(logger);
+  // ---- the node and its programs, probed once -------------------------------------------
+  const programs = Programs.find({
+    crun: config.runtime.crun,
+    conmon: config.runtime.conmon,
+    catatonit: config.node.catatonit,
+    nsenter: config.node.nsenter,
+    'fuse-overlayfs': config.image.fuseOverlayfs,
+    rootlesskit: config.node.rootlesskit,
+    slirp4netns: config.node.slirp4netns,
+  });
+  for (const p of programs.report()) {
+    if (!p.path) logger.warn({ program: p.role, configured: p.configured }, 'program not found');
+  }
+  const failedControllers = await delegateControllersToPods();
+  const cgroups = await NodeCgroupManager.open();
+  const facts = await probeNodeFacts(cgroups, await inUserNamespace(), logger);
+  if (failedControllers.length > 0) {
+    facts.warnings.push(`could not enable cgroup controllers ${failedControllers.join(', ')} for pods`);
+  }
   const stateDir = facts.rootlesskitStateDir;
   const portManager = stateDir ? new RootlesskitPortManager(path.join(stateDir, 'api.sock')) : null;
   if (!portManager) logger.warn('no rootlesskit API: listeners are not published on the host');
   const daemonPorts = new DaemonPorts(config.runDir, portManager, logger);
   await daemonPorts.removeStale();
 
+  // ---- OS adapters -------------------------------------------------------------------------
+  const ociRuntime = new CrunConmonRuntime({
+    conmonPath: programs.path('conmon'),
+    crunPath: programs.path('crun'),
+    crunRoot: config.runtime.crunRoot,
+    stateDir: path.join(config.runDir, 'containers'),
+    exitDir: path.join(config.runDir, 'exits'),
+    socketDir: path.join(config.runDir, 's'),
+    logger: logger.child({ component: 'oci-runtime' }),
+    conmonLogLevel: 'error',
+  });
+  const sandboxOs = new NodeSandboxOs({
+    catatonit: programs.path('catatonit'),
+    nsenter: programs.path('nsenter'),
+    unshare: programs.path('unshare'),
+    umount: programs.path('umount'),
+  });
+  const snapshotRoot = path.join(config.rootDir, 'snapshots', config.image.snapshotter);
+  const snapshotter =
+    config.image.snapshotter === 'overlay'
+      ? new OverlaySnapshotter({ root: snapshotRoot })
+      : new FuseOverlayfsSnapshotter({ root: snapshotRoot, binary: programs.path('fuse-overlayfs') });
+
+  // ---- images, the core, and the RPC modules over it ------------------------------------
+  // Registries are reached from the host's network namespace when the supervisor offers it.
+  const hostDialerSocket = process.env.ROOTLESS_CRI_HOST_DIALER;
+  const images = createImageService({
+    config,
+    logger,
+    ...(hostDialerSocket ? { dial: hostDialer(hostDialerSocket) } : {}),
+  });
+  const core = new RuntimeCore({
+    rootDir: config.rootDir,
+    runtime: ociRuntime,
+    cgroups,
+    sandboxOs,
+    images,
+    snapshotter,
+    logger,
+  });
+  const pods = createPodSandboxService({ core, config, logger, portManager, os: sandboxOs });
+  const containers = createContainerService({
+    core,
+    logger,
+    hostFacts: await probeHostFacts({ controllers: cgroups.controllers, cgroupV2: cgroups.available }),
+    writableLayerRoot: snapshotRoot,
+  });
+  const streaming = createDaemonStreaming({
+    address: config.streaming.address,
+    logger,
+    targets: { exec: containers.exec, attach: containers.attach, portForward: pods.portForward },
+  });
+
   const metrics = createMetrics();
   const readiness = new ReadinessGate();
   let podCidr = config.network.podCidr;
+  let metricsServer: MetricsServer | null = null;
   const runtimeInfo = createRuntimeInfoHandlers({
-    health: new NodeHealth(config, facts),
+    health: new NodeHealth(config, facts, programs),
     podCidr: {
       get: () => podCidr,
       set: (cidr) => {
@@ -249,88 +214,21 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     statusInfo: async () => ({
       config: { ...config, podCidr },
       node: facts,
+      programs: programs.report(),
+      recovery: core.recovery,
       listeners: { metrics: metricsServer ? `http://127.0.0.1:${metricsServer.port}/metrics` : null },
     }),
   });
-  // Each capability is a service: its handlers, a recovery step run before the readiness gate
-  // opens (RPCs answer UNAVAILABLE until then, never an empty list), and a close step.
-  const services: DaemonService[] = [
-    { name: 'runtime-info', handlers: runtimeInfo },
-    {
-      name: 'image-fs-info',
-      handlers: { ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }) },
-    },
-  ];
-  // Registries are reached from the host's network namespace when the supervisor offers it.
-  const hostDialerSocket = process.env.ROOTLESS_CRI_HOST_DIALER;
-  const images = createImageService({
-    config,
-    logger,
-    ...(hostDialerSocket ? { dial: hostDialer(hostDialerSocket) } : {}),
-  });
-  services.push({
-    name: 'images',
-    handlers: images.handlers,
-    recover: async () => void (await images.recover()),
-    close: () => images.close(),
-  });
-  // The pod layer calls the container layer (Stop/RemovePodSandbox) and the container layer
-  // reads the pods: the pod service gets a forwarder, bound once the container service exists.
-  let containerService: ReturnType<typeof createContainerService> | null = null;
-  const podSandboxes = createPodSandboxService({
-    config,
-    logger,
-    portManager,
-    containers: {
-      stopAll: async (podId, timeout) => containerService?.podContainers.stopAll(podId, timeout),
-      removeAll: async (podId) => containerService?.podContainers.removeAll(podId),
-    },
-  });
-  services.push({ name: 'pod-sandboxes', ...podSandboxes });
-  const layout = runtimeLayout(config);
-  const ociRuntime = new CrunConmonRuntime({ ...layout, conmonLogLevel: 'error' });
-  const snapshotRoot = path.join(config.rootDir, 'snapshots', config.image.snapshotter);
-  const snapshotter =
-    config.image.snapshotter === 'overlay'
-      ? new OverlaySnapshotter({ root: snapshotRoot })
-      : new FuseOverlayfsSnapshotter({ root: snapshotRoot, binary: config.image.fuseOverlayfs });
-  containerService = createContainerService({
-    config,
-    logger,
-    runtime: ociRuntime,
-    sandboxes: sandboxLookupFromReader(podSandboxes.store),
-    images,
-    snapshotter,
-    snapshotRoot,
-    hostFacts: await probeHostFacts(),
-    sandboxStatus: async (podId) => {
-      const record = podSandboxes.store.get(podId);
-      return record ? sandboxStatusOf(record) : null;
-    },
-  });
-  services.push({
-    name: 'containers',
-    handlers: containerService.handlers,
-    recover: () => containerService!.recover(),
-    close: () => containerService!.close(),
-  });
-  const streaming = createDaemonStreaming({
-    address: config.streaming.address,
-    logger,
-    containers: containerService.lookup,
-    sandboxes: podSandboxes.store,
-    runtime: ociRuntime,
-    crun: { path: layout.crunPath, root: layout.crunRoot },
-  });
-  services.push({ name: 'streaming', handlers: streaming.handlers, close: () => streaming.close() });
-  const server = createCriServer({
-    logger,
-    readiness,
-    metrics: metrics.rpc,
-    handlers: Object.assign({}, ...services.map((s) => s.handlers)) as CriHandlers,
-  });
+  const handlers: CriHandlers = {
+    ...runtimeInfo,
+    ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }),
+    ...images.handlers,
+    ...pods.handlers,
+    ...containers.handlers,
+    ...streaming.handlers,
+  };
+  const server = createCriServer({ logger, readiness, metrics: metrics.rpc, handlers });
 
-  let metricsServer: MetricsServer | null = null;
   if (config.metrics.enabled) {
     metricsServer = await startPublished(
       (port) =>
@@ -341,7 +239,6 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     );
     logger.info({ port: metricsServer.port }, 'metrics published on 127.0.0.1 (node and host)');
   }
-
   // Listens on 127.0.0.1 in the node and is published on the host's 127.0.0.1 at the same port,
   // so the URLs Exec/Attach/PortForward return work from both sides.
   const streamingServer = await startPublished(
@@ -353,11 +250,23 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   logger.info({ port: streamingServer.port }, 'streaming published on 127.0.0.1 (node and host)');
 
   await server.listen(config.socket);
-  for (const service of services) {
-    const started = Date.now();
-    await service.recover?.();
-    logger.info({ service: service.name, ms: Date.now() - started }, 'recovered');
-  }
+  // Until recovery is done every RPC answers UNAVAILABLE, never an empty list.
+  const recovery = await core.recover();
+  logger.info(
+    {
+      ms: Math.round(recovery.durationMs),
+      sandboxes: recovery.sandboxes && { loaded: recovery.sandboxes.loaded, ready: recovery.sandboxes.ready },
+      containers: recovery.containers && {
+        loaded: recovery.containers.loaded,
+        running: recovery.containers.running,
+        exitedWhileDown: recovery.containers.exitedWhileDown,
+        monitorDied: recovery.containers.monitorDied,
+        rolledBack: recovery.containers.rolledBack,
+      },
+      problems: recovery.problems,
+    },
+    'recovered',
+  );
   readiness.open();
   logger.info({ socket: config.socket }, 'rootless-cri ready');
 
@@ -369,7 +278,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       logger.info({ signal }, 'rootless-cri stopping');
       try {
         await server.close(5_000);
-        for (const service of [...services].reverse()) await service.close?.();
+        await streaming.close();
+        await images.close();
+        // Pods and containers keep running: conmon and the infra processes outlive the daemon.
+        await core.close();
         await metricsServer?.close();
         await daemonPorts.unpublishAll();
         resolve(0);

@@ -12,30 +12,22 @@
  * Two identical concurrent requests: the name reservation lets exactly one through; the other
  * gets AlreadyExists naming the container that holds the name.
  */
-import { randomBytes } from 'node:crypto';
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { conmonCgroupOf } from '../core/cgroup-layout.js';
+import { CONTAINER_RECORD_VERSION, type ContainerRecord, containerName } from '../core/container-store.js';
+import { statusOf } from '../core/container-view.js';
+import { describeUndoFailures, RollbackStack } from '../core/rollback.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
-import { describeUndoFailures, RollbackStack } from '../podsandbox/rollback.js';
 import type { ContainerDeps } from './container-deps.js';
-import { statusOf } from './container-status.js';
-import { CONTAINER_RECORD_VERSION, type ContainerRecord, containerName } from './container-store.js';
 import { buildOciSpec, containerLogPath, type ImageRuntimeConfig } from './spec-builder.js';
-
-export function newContainerId(): string {
-  return randomBytes(32).toString('hex');
-}
-
-/** The leaf conmon processes of a pod live in (a process may not sit in the pod cgroup itself). */
-export function conmonCgroupOf(podCgroup: string): string {
-  return `${podCgroup}/conmon`;
-}
 
 export function createCreateContainer(deps: ContainerDeps) {
   return async function CreateContainer(
     request: RuntimeRequest<'CreateContainer'>,
-    ctx: Pick<CallContext, 'logger'>,
+    ctx: Pick<CallContext, 'logger'> & Partial<Pick<CallContext, 'signal'>>,
   ): Promise<RuntimeResponse<'CreateContainer'>> {
+    const signal = ctx.signal;
     const config = request.config;
     if (!config) throw new InvalidArgumentError('CreateContainer needs a container config');
     if (!config.metadata || config.metadata.name === '') {
@@ -46,7 +38,7 @@ export function createCreateContainer(deps: ContainerDeps) {
       throw new InvalidArgumentError('container config image.image is empty: name the image to run');
     }
     if (request.pod_sandbox_id === '') throw new InvalidArgumentError('pod_sandbox_id is required');
-    const sandbox = await deps.sandboxes.getSandbox(request.pod_sandbox_id);
+    const sandbox = deps.core.sandboxInfo(request.pod_sandbox_id);
     if (!sandbox) {
       throw new NotFoundError(
         `pod sandbox ${JSON.stringify(request.pod_sandbox_id)} does not exist; create it with RunPodSandbox first`,
@@ -58,7 +50,7 @@ export function createCreateContainer(deps: ContainerDeps) {
       );
     }
     const logPath = containerLogPath(sandbox.config.log_directory, config.log_path);
-    const image = await deps.images.resolveImage(imageName).catch((err: unknown) => {
+    const image = await deps.core.images.resolveImage(imageName).catch((err: unknown) => {
       if (err instanceof NotFoundError) {
         throw new NotFoundError(
           `image ${JSON.stringify(imageName)} is not present on the node; pull it first`,
@@ -73,10 +65,12 @@ export function createCreateContainer(deps: ContainerDeps) {
     const id = deps.newId();
     const podMeta = sandbox.config.metadata ?? { name: '', namespace: '', uid: '' };
     const reservedName = containerName(config.metadata, podMeta);
-    deps.names.reserve(reservedName, id);
+    deps.core.containerNames.reserve(reservedName, id);
     const log = ctx.logger.child({ container: id, pod: sandbox.id });
     const rollback = new RollbackStack(deps.undoTimeoutMs);
-    rollback.push('release the container name', async () => deps.names.releaseByName(reservedName));
+    rollback.push('release the container name', async () =>
+      deps.core.containerNames.releaseByName(reservedName),
+    );
     let record: ContainerRecord = {
       version: CONTAINER_RECORD_VERSION,
       id,
@@ -91,11 +85,11 @@ export function createCreateContainer(deps: ContainerDeps) {
         repoTag: image.repoTags.includes(imageName) ? imageName : (image.repoTags[0] ?? ''),
       },
       logPath,
-      bundleDir: deps.paths.bundleDir(id),
+      bundleDir: deps.core.runtime.paths.bundleDir(id),
       rootfs: '',
       cgroupPath: null,
       conmonCgroup: null,
-      createdAt: deps.now().toString(),
+      createdAt: deps.core.now().toString(),
       startedAt: '0',
       finishedAt: '0',
       pid: 0,
@@ -112,17 +106,18 @@ export function createCreateContainer(deps: ContainerDeps) {
     };
     let step = 'writing the container record';
     try {
-      await deps.store.put(record);
-      rollback.push('delete the container record', () => deps.store.delete(id));
+      await deps.core.containers.put(record);
+      rollback.push('delete the container record', () => deps.core.containers.delete(id));
 
+      signal?.throwIfAborted();
       step = 'marking the image in use';
       // Pushed first: a hold written by a call that then failed is released too.
-      rollback.push('release the image', () => deps.images.release(image.id, id));
-      await deps.images.markInUse(image.id, id);
+      rollback.push('release the image', () => deps.core.images.release(image.id, id));
+      await deps.core.images.markInUse(image.id, id);
 
       step = 'preparing the writable layer';
-      rollback.push('remove the writable layer', () => deps.snapshotter.remove(id));
-      const { rootfs } = await deps.snapshotter.prepare(id, image.layerDirs);
+      rollback.push('remove the writable layer', () => deps.core.snapshotter.remove(id));
+      const { rootfs } = await deps.core.snapshotter.prepare(id, image.layerDirs);
       record = { ...record, rootfs };
 
       step = 'building the OCI spec';
@@ -147,7 +142,8 @@ export function createCreateContainer(deps: ContainerDeps) {
       if (cgroupPath !== null && sandbox.cgroupParent !== null) {
         step = 'creating the conmon cgroup';
         conmonCgroup = conmonCgroupOf(sandbox.cgroupParent);
-        conmonCgroupDir = await deps.os.ensureCgroup(conmonCgroup);
+        await deps.core.cgroups.create(conmonCgroup);
+        conmonCgroupDir = deps.core.cgroups.dir(conmonCgroup);
       }
       record = {
         ...record,
@@ -157,25 +153,27 @@ export function createCreateContainer(deps: ContainerDeps) {
         warnings: built.warnings,
         user: built.user,
       };
-      await deps.store.put(record);
+      await deps.core.containers.put(record);
 
+      signal?.throwIfAborted();
       step = 'creating the container with conmon and crun';
       rollback.push('delete the container from the runtime', async () => {
-        await deps.runtime.delete(id, true);
-        await deps.runtime.cleanup(id);
+        await deps.core.runtime.delete(id, true);
+        await deps.core.runtime.cleanup(id);
       });
-      const { pid } = await deps.runtime.create({
+      const { pid } = await deps.core.runtime.create({
         id,
         spec: built.spec,
         logPath,
         stdin: config.stdin,
         stdinOnce: config.stdin_once,
         conmonCgroup: conmonCgroupDir,
+        ...(signal ? { signal } : {}),
       });
 
       step = 'saving the created container';
       record = { ...record, state: 'created', pid };
-      await deps.store.put(record);
+      await deps.core.containers.put(record);
       rollback.commit();
     } catch (err) {
       log.warn({ step, err }, 'CreateContainer failed; rolling back');
@@ -189,7 +187,7 @@ export function createCreateContainer(deps: ContainerDeps) {
       throw err;
     }
     log.info({ name: config.metadata.name, image: image.id, pid: record.pid }, 'container created');
-    void deps.events.publish('CONTAINER_CREATED_EVENT', id, sandbox.id, statusOf(record), deps.now());
+    deps.core.events.publish('CONTAINER_CREATED_EVENT', id, sandbox.id, statusOf(record), deps.core.now());
     return { container_id: id };
   };
 }

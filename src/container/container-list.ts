@@ -1,14 +1,14 @@
 /**
  * ListContainers with the CRI filter: id (a full id or a prefix), pod sandbox id (full or
  * prefix), state, and a label selector every listed container's labels must contain exactly.
- * Exits conmon recorded since the last look are taken in first, so a listed state is current.
+ * Answered from memory: exits reach the records as events (the runtime core's exit watcher),
+ * so a read never writes (and keeps working on a full disk).
  * Containers still being created are not listed. Sorted by creation time, oldest first.
  */
 import type { CallContext } from '../api/handlers.js';
 import type { Container, ContainerFilter__Output, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { type ContainerRecord, criContainerState } from '../core/container-store.js';
 import type { ContainerDeps } from './container-deps.js';
-import { observeExit } from './container-status.js';
-import { type ContainerRecord, criContainerState } from './container-store.js';
 
 export function matchesContainerFilter(
   record: ContainerRecord,
@@ -49,14 +49,9 @@ export function containerOf(record: ContainerRecord): Container {
   };
 }
 
-/** Every record, with exits taken in (running ones checked in parallel). */
+/** Every record, as the core holds it. */
 export async function currentRecords(deps: ContainerDeps): Promise<ContainerRecord[]> {
-  const records = await Promise.all(
-    deps.store
-      .list()
-      .map((r) => (r.state === 'running' || r.state === 'created' ? observeExit(deps, r.id) : r)),
-  );
-  return records.filter((r): r is ContainerRecord => r !== undefined);
+  return deps.core.containers.list();
 }
 
 export function createListContainers(deps: ContainerDeps) {

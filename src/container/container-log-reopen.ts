@@ -5,11 +5,12 @@
  * read asynchronously by conmon, so the RPC waits until the new file exists before answering
  * (critest checks the path right after the call).
  */
+import { access } from 'node:fs/promises';
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { observeExit } from '../core/container-lifecycle.js';
 import { DeadlineExceededError, FailedPreconditionError, NotFoundError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
-import { observeExit } from './container-status.js';
 
 export const REOPEN_WAIT_MS = 5_000;
 
@@ -18,8 +19,8 @@ export function createReopenContainerLog(deps: ContainerDeps, waitMs = REOPEN_WA
     request: RuntimeRequest<'ReopenContainerLog'>,
     _ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'ReopenContainerLog'>> {
-    const id = deps.store.resolve(request.container_id);
-    const record = id === undefined ? undefined : await observeExit(deps, id);
+    const id = deps.core.containers.resolve(request.container_id);
+    const record = id === undefined ? undefined : await observeExit(deps.core, id);
     if (!record || record.state === 'creating') {
       throw new NotFoundError(`container ${JSON.stringify(request.container_id)} does not exist`);
     }
@@ -29,14 +30,19 @@ export function createReopenContainerLog(deps: ContainerDeps, waitMs = REOPEN_WA
       );
     }
     if (record.logPath === '') return {};
-    const written = await deps.os.writeFifo(deps.paths.ctlFifo(record.id), '2 0 0\n');
+    const written = await deps.core.runtime.control(record.id, 'reopen-log');
     if (!written) {
       throw new FailedPreconditionError(
         `the monitor (conmon) of container ${describeContainer(record)} does not answer; its log cannot be reopened`,
       );
     }
     const deadline = Date.now() + waitMs;
-    while (!(await deps.os.exists(record.logPath))) {
+    while (
+      !(await access(record.logPath).then(
+        () => true,
+        () => false,
+      ))
+    ) {
       if (Date.now() >= deadline) {
         throw new DeadlineExceededError(
           `conmon did not reopen the log ${record.logPath} of container ${describeContainer(record)} within ${waitMs} ms`,

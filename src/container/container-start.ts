@@ -6,35 +6,36 @@
  */
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { observeExitLocked, recordExit } from '../core/container-lifecycle.js';
+import { statusOf } from '../core/container-view.js';
 import { describeError, FailedPreconditionError, NotFoundError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
-import { observeExitLocked, recordExit, statusOf } from './container-status.js';
 
 export function createStartContainer(deps: ContainerDeps) {
   return async function StartContainer(
     request: RuntimeRequest<'StartContainer'>,
     ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'StartContainer'>> {
-    const id = deps.store.resolve(request.container_id);
+    const id = deps.core.containers.resolve(request.container_id);
     const notFound = () =>
       new NotFoundError(
         `container ${JSON.stringify(request.container_id)} does not exist; create it with CreateContainer first`,
       );
     if (id === undefined) throw notFound();
-    await deps.locks.run(id, async () => {
-      let record = deps.store.get(id);
+    await deps.core.containerLocks.run(id, async () => {
+      let record = deps.core.containers.get(id);
       if (!record || record.state === 'creating') throw notFound();
-      record = await observeExitLocked(deps, record);
+      record = await observeExitLocked(deps.core, record);
       if (record.state !== 'created') {
         throw new FailedPreconditionError(
           `container ${describeContainer(record)} is ${record.state}, not created: only a created container can be started`,
         );
       }
       try {
-        await deps.runtime.start(id);
+        await deps.core.runtime.start(id);
       } catch (err) {
-        const info = await deps.runtime.exitInfo(id).catch(() => null);
-        await recordExit(deps, record, {
+        const info = await deps.core.runtime.exitInfo(id).catch(() => null);
+        await recordExit(deps.core, record, {
           exitCode: info?.exitCode ?? 128,
           exitedAt: info?.exitedAt ?? new Date(),
           oomKilled: false,
@@ -43,15 +44,15 @@ export function createStartContainer(deps: ContainerDeps) {
         });
         throw err;
       }
-      const started = { ...record, state: 'running' as const, startedAt: deps.now().toString() };
-      await deps.store.put(started);
+      const started = { ...record, state: 'running' as const, startedAt: deps.core.now().toString() };
+      await deps.core.containers.put(started);
       ctx.logger.info({ container: id }, `container ${describeContainer(record)} started`);
-      void deps.events.publish(
+      void deps.core.events.publish(
         'CONTAINER_STARTED_EVENT',
         id,
         record.podSandboxId,
         statusOf(started),
-        deps.now(),
+        deps.core.now(),
       );
     });
     return {};

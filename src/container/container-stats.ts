@@ -16,12 +16,12 @@ import type { ContainerStatsFilter__Output } from '../api/generated/runtime/v1/C
 import type { PodSandboxStats } from '../api/generated/runtime/v1/PodSandboxStats.js';
 import type { CallContext } from '../api/handlers.js';
 import type { ContainerStats, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import type { ContainerRecord } from '../core/container-store.js';
+import type { SandboxInfo } from '../core/sandbox-info.js';
+import { sandboxInfoOf } from '../core/sandbox-view.js';
 import { NotFoundError } from '../errors.js';
 import type { ContainerDeps } from './container-deps.js';
 import { currentRecords, matchesLabels } from './container-list.js';
-import { observeExit } from './container-status.js';
-import type { ContainerRecord } from './container-store.js';
-import type { SandboxInfo } from './sandbox-info.js';
 
 /** Keyed by cgroup path: the previous cpu sample, for usage_nano_cores. */
 export class CpuSamples {
@@ -39,12 +39,6 @@ export class CpuSamples {
   }
 }
 
-function field(text: string | null, name: string): bigint | null {
-  if (text === null) return null;
-  const match = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
-  return match ? BigInt(match[1]!) : null;
-}
-
 function value(v: bigint | null) {
   return v === null ? null : { value: v.toString() };
 }
@@ -60,36 +54,29 @@ async function cgroupUsage(
   samples: CpuSamples,
   cgroup: string | null,
 ): Promise<CgroupUsage> {
-  const at = deps.now();
+  const at = deps.core.now();
   const timestamp = at.toString();
   if (cgroup === null) {
     return { cpu: { timestamp }, memory: { timestamp }, processes: null };
   }
-  const [cpuStat, current, memStat, pids, procs] = await Promise.all([
-    deps.os.readCgroupFile(cgroup, 'cpu.stat'),
-    deps.os.readCgroupFile(cgroup, 'memory.current'),
-    deps.os.readCgroupFile(cgroup, 'memory.stat'),
-    deps.os.readCgroupFile(cgroup, 'pids.current'),
-    deps.os.readCgroupFile(cgroup, 'cgroup.procs'),
-  ]);
-  const usageUsec = field(cpuStat, 'usage_usec');
-  const usageNs = usageUsec === null ? null : usageUsec * 1000n;
+  const stats = await deps.core.cgroups.stats(cgroup);
+  const usageNs = stats.cpuUsageNs;
   const nanoCores = usageNs === null ? null : samples.rate(cgroup, usageNs, at);
-  const memoryBytes = current === null ? null : BigInt(current.trim() || '0');
-  const inactiveFile = field(memStat, 'inactive_file') ?? 0n;
+  const memoryBytes = stats.memoryBytes;
+  const inactiveFile = stats.memoryStat.get('inactive_file') ?? 0n;
   const workingSet =
     memoryBytes === null ? null : memoryBytes > inactiveFile ? memoryBytes - inactiveFile : 0n;
-  let processes: bigint | null = pids === null ? null : BigInt(pids.trim() || '0');
-  if (processes === null && procs !== null) processes = BigInt(procs.split('\n').filter(Boolean).length);
+  const processes = stats.processes;
+  const memField = (key: string) => stats.memoryStat.get(key) ?? null;
   return {
     cpu: { timestamp, usage_core_nano_seconds: value(usageNs), usage_nano_cores: value(nanoCores) },
     memory: {
       timestamp,
       working_set_bytes: value(workingSet),
       usage_bytes: value(memoryBytes),
-      rss_bytes: value(field(memStat, 'anon')),
-      page_faults: value(field(memStat, 'pgfault')),
-      major_page_faults: value(field(memStat, 'pgmajfault')),
+      rss_bytes: value(memField('anon')),
+      page_faults: value(memField('pgfault')),
+      major_page_faults: value(memField('pgmajfault')),
     },
     processes,
   };
@@ -103,7 +90,7 @@ export async function containerStatsOf(
   const meta = record.config.metadata!;
   const running = record.state === 'running' || record.state === 'created';
   const usage = await cgroupUsage(deps, samples, running ? record.cgroupPath : null);
-  const disk = await deps.snapshotter.usage(record.id).catch(() => null);
+  const disk = await deps.core.snapshotter.usage(record.id).catch(() => null);
   return {
     attributes: {
       id: record.id,
@@ -114,7 +101,7 @@ export async function containerStatsOf(
     cpu: usage.cpu,
     memory: usage.memory,
     writable_layer: {
-      timestamp: deps.now().toString(),
+      timestamp: deps.core.now().toString(),
       fs_id: { mountpoint: deps.writableLayerRoot },
       used_bytes: value(disk?.bytes ?? null),
       inodes_used: value(disk?.inodes ?? null),
@@ -131,9 +118,6 @@ function matchesStatsFilter(record: ContainerRecord, filter: ContainerStatsFilte
 }
 
 /** What PodSandboxStats needs beyond SandboxLookup: every sandbox, for the List variant. */
-export interface SandboxLister {
-  listSandboxes(): Promise<SandboxInfo[]>;
-}
 
 async function podStatsOf(
   deps: ContainerDeps,
@@ -158,20 +142,20 @@ async function podStatsOf(
     linux: {
       cpu: usage.cpu,
       memory: usage.memory,
-      process: { timestamp: deps.now().toString(), process_count: value(usage.processes) },
+      process: { timestamp: deps.core.now().toString(), process_count: value(usage.processes) },
       containers,
     },
   };
 }
 
-export function createStatsHandlers(deps: ContainerDeps, lister: SandboxLister, samples = new CpuSamples()) {
+export function createStatsHandlers(deps: ContainerDeps, samples = new CpuSamples()) {
   return {
     async ContainerStats(
       request: RuntimeRequest<'ContainerStats'>,
       _ctx: Pick<CallContext, 'logger'>,
     ): Promise<RuntimeResponse<'ContainerStats'>> {
-      const id = deps.store.resolve(request.container_id);
-      const record = id === undefined ? undefined : await observeExit(deps, id);
+      const id = deps.core.containers.resolve(request.container_id);
+      const record = id === undefined ? undefined : deps.core.containers.get(id);
       if (!record || record.state === 'creating') {
         throw new NotFoundError(`container ${JSON.stringify(request.container_id)} does not exist`);
       }
@@ -192,8 +176,7 @@ export function createStatsHandlers(deps: ContainerDeps, lister: SandboxLister, 
       request: RuntimeRequest<'PodSandboxStats'>,
       _ctx: Pick<CallContext, 'logger'>,
     ): Promise<RuntimeResponse<'PodSandboxStats'>> {
-      const sandbox =
-        request.pod_sandbox_id === '' ? null : await deps.sandboxes.getSandbox(request.pod_sandbox_id);
+      const sandbox = request.pod_sandbox_id === '' ? null : deps.core.sandboxInfo(request.pod_sandbox_id);
       if (!sandbox)
         throw new NotFoundError(`pod sandbox ${JSON.stringify(request.pod_sandbox_id)} does not exist`);
       return { stats: await podStatsOf(deps, samples, sandbox) };
@@ -204,13 +187,16 @@ export function createStatsHandlers(deps: ContainerDeps, lister: SandboxLister, 
       _ctx: Pick<CallContext, 'logger'>,
     ): Promise<RuntimeResponse<'ListPodSandboxStats'>> {
       const filter = request.filter;
-      const sandboxes = (await lister.listSandboxes()).filter((s) => {
-        if (!filter) return true;
-        if (filter.id !== '' && !s.id.startsWith(filter.id)) return false;
-        for (const [k, v] of Object.entries(filter.label_selector ?? {}))
-          if (s.config.labels[k] !== v) return false;
-        return true;
-      });
+      const sandboxes = deps.core.sandboxes
+        .list()
+        .map(sandboxInfoOf)
+        .filter((s) => {
+          if (!filter) return true;
+          if (filter.id !== '' && !s.id.startsWith(filter.id)) return false;
+          for (const [k, v] of Object.entries(filter.label_selector ?? {}))
+            if (s.config.labels[k] !== v) return false;
+          return true;
+        });
       return { stats: await Promise.all(sandboxes.map((s) => podStatsOf(deps, samples, s))) };
     },
   };

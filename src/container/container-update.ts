@@ -7,9 +7,9 @@
  */
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { observeExitLocked } from '../core/container-lifecycle.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
-import { observeExitLocked } from './container-status.js';
 import { criToOciResources } from './resources.js';
 
 export function createUpdateContainerResources(deps: ContainerDeps) {
@@ -17,7 +17,7 @@ export function createUpdateContainerResources(deps: ContainerDeps) {
     request: RuntimeRequest<'UpdateContainerResources'>,
     ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'UpdateContainerResources'>> {
-    const id = deps.store.resolve(request.container_id);
+    const id = deps.core.containers.resolve(request.container_id);
     const notFound = () =>
       new NotFoundError(`container ${JSON.stringify(request.container_id)} does not exist`);
     if (id === undefined) throw notFound();
@@ -26,10 +26,10 @@ export function createUpdateContainerResources(deps: ContainerDeps) {
       return {};
     }
     const requested = request.linux;
-    await deps.locks.run(id, async () => {
-      let record = deps.store.get(id);
+    await deps.core.containerLocks.run(id, async () => {
+      let record = deps.core.containers.get(id);
       if (!record || record.state === 'creating') throw notFound();
-      record = await observeExitLocked(deps, record);
+      record = await observeExitLocked(deps.core, record);
       if (record.state !== 'running' && record.state !== 'created') {
         throw new FailedPreconditionError(
           `container ${describeContainer(record)} is ${record.state}: only a created or running container can be updated`,
@@ -41,9 +41,9 @@ export function createUpdateContainerResources(deps: ContainerDeps) {
         record.cgroupPath !== null,
       );
       for (const warning of warnings) ctx.logger.warn({ container: id }, warning);
-      if (Object.keys(resources).length > 0) await deps.runtime.update(id, resources);
+      if (Object.keys(resources).length > 0) await deps.core.runtime.update(id, resources);
       const kept = record.warnings.filter((w) => !/ dropped: /.test(w));
-      await deps.store.put({ ...record, resources: requested, warnings: [...kept, ...warnings] });
+      await deps.core.containers.put({ ...record, resources: requested, warnings: [...kept, ...warnings] });
     });
     return {};
   };

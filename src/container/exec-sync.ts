@@ -1,18 +1,20 @@
 /**
  * ExecSync: runs a command in a running container and answers with its output and exit
- * code. The OCI runtime does the work (`crun exec`, OciRuntime.exec): each stream is capped
- * at 16 MiB (the rest is read and discarded, so the command never blocks on a full pipe),
- * and at the timeout the process is killed before the RPC answers DEADLINE_EXCEEDED, so
- * nothing of it is left when the caller looks (critest runs `pgrep sleep` right after).
+ * code. The OCI runtime does the work (`crun exec`, os/crun-exec.ts): each stream is capped
+ * at 16 MiB (the rest is read and discarded, so the command never blocks on a full pipe);
+ * the answer comes when the command exits, and whatever it left running in the background is
+ * killed with its exec session; at the timeout every process of the session is killed before
+ * the RPC answers DEADLINE_EXCEEDED, so nothing of it is left when the caller looks (critest
+ * runs `pgrep sleep` right after). A client that goes away kills it the same way.
  *
  * This file also holds what exec, attach and ExecSync share: the narrow view of the
- * container store they read (ContainerLookup in container-store.ts satisfies it) and the
- * "must be running" check.
+ * containers they read (the core's containerView satisfies it) and the "must be running"
+ * check.
  */
-import type { ExecSyncRequest__Output } from '../api/generated/runtime/v1/ExecSyncRequest.js';
-import type { ExecSyncResponse } from '../api/generated/runtime/v1/ExecSyncResponse.js';
+import type { CallContext } from '../api/handlers.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
-import type { OciRuntime } from './oci-runtime.js';
+import type { OciRuntime } from '../os/oci-runtime.js';
 
 /** What exec and attach need to know about a container (a subset of ContainerView). */
 export interface StreamableContainer {
@@ -24,16 +26,12 @@ export interface StreamableContainer {
   stdin: boolean;
   stdinOnce: boolean;
   bundleDir: string;
-  /** conmon's attach socket (SOCK_SEQPACKET). */
-  attachSocketPath?: string;
-  /** conmon's control FIFO. */
-  ctlFifoPath?: string;
   exitCode?: number;
 }
 
-/** Read access to containers by full id or unique prefix (ContainerLookup). */
+/** Read access to containers by full id or unique prefix (RuntimeCore.containerView). */
 export interface StreamableContainers {
-  getContainer(id: string): Promise<StreamableContainer | undefined>;
+  containerView(id: string): Promise<StreamableContainer | undefined>;
 }
 
 /**
@@ -46,7 +44,7 @@ export async function requireRunning(
   what: string,
 ): Promise<StreamableContainer> {
   if (id === '') throw new InvalidArgumentError(`${what}: container_id is required`);
-  const container = await containers.getContainer(id);
+  const container = await containers.containerView(id);
   if (!container) {
     throw new NotFoundError(`${what}: container ${id} does not exist; list containers with \`crictl ps -a\``);
   }
@@ -79,10 +77,11 @@ export interface ExecSyncDeps {
   runtime: Pick<OciRuntime, 'exec'>;
 }
 
-export type ExecSyncHandler = (request: ExecSyncRequest__Output) => Promise<ExecSyncResponse>;
-
-export function createExecSync(deps: ExecSyncDeps): ExecSyncHandler {
-  return async (request) => {
+export function createExecSync(deps: ExecSyncDeps) {
+  return async function ExecSync(
+    request: RuntimeRequest<'ExecSync'>,
+    ctx: Partial<Pick<CallContext, 'signal'>> = {},
+  ): Promise<RuntimeResponse<'ExecSync'>> {
     const cmd = request.cmd ?? [];
     if (cmd.length === 0 || cmd[0] === '') {
       throw new InvalidArgumentError('ExecSync: cmd is required (the command and its arguments)');
@@ -90,7 +89,11 @@ export function createExecSync(deps: ExecSyncDeps): ExecSyncHandler {
     const timeoutMs = execSyncTimeoutMs(request.timeout);
     const container = await requireRunning(deps.containers, request.container_id ?? '', 'ExecSync');
     // The runtime kills the process at the timeout and throws DeadlineExceeded.
-    const result = await deps.runtime.exec(container.id, { args: [...cmd] }, timeoutMs);
+    const result = await deps.runtime.exec(
+      container.id,
+      { args: [...cmd] },
+      { timeoutMs, ...(ctx.signal ? { signal: ctx.signal } : {}) },
+    );
     return { stdout: result.stdout, stderr: result.stderr, exit_code: result.exitCode };
   };
 }

@@ -2,11 +2,9 @@
  * Probes, once at daemon start, the node facts the spec builder needs (HostFacts).
  * Runs inside the node: /sys/fs/cgroup is the node's cgroup v2 view, /proc/self the daemon.
  */
-import { readFile, statfs } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { arch, release } from 'node:os';
 import type { HostFacts } from './spec-builder.js';
-
-const CGROUP2_SUPER_MAGIC = 0x63677270;
 
 async function text(p: string): Promise<string> {
   return readFile(p, 'utf8').catch(() => '');
@@ -28,17 +26,13 @@ export function mappedFromZero(map: string): number {
   return next;
 }
 
-export async function probeHostFacts(
-  options: { cgroupRoot?: string; recursiveReadOnlyMounts?: boolean } = {},
-): Promise<HostFacts> {
-  const cgroupRoot = options.cgroupRoot ?? '/sys/fs/cgroup';
-  const cgroupV2 = await statfs(cgroupRoot).then(
-    (s) => Number(s.type) === CGROUP2_SUPER_MAGIC,
-    () => false,
-  );
-  const controllers = cgroupV2
-    ? (await text(`${cgroupRoot}/cgroup.subtree_control`)).split(/\s+/).filter(Boolean)
-    : [];
+/** Node facts for the spec builder; the cgroup ones come from the CgroupManager's probe. */
+export async function probeHostFacts(options: {
+  cgroupV2: boolean;
+  controllers: readonly string[];
+  recursiveReadOnlyMounts?: boolean;
+}): Promise<HostFacts> {
+  const { cgroupV2, controllers } = options;
   const [capLastCap, uidMap, gidMap, oom, apparmor, selinux] = await Promise.all([
     text('/proc/sys/kernel/cap_last_cap'),
     text('/proc/self/uid_map'),

@@ -10,7 +10,7 @@
  * call is (or is not) here; syscalls a kernel or libseccomp does not know are skipped by crun.
  */
 import { InvalidArgumentError } from '../errors.js';
-import type { OciSeccomp, OciSeccompArg, OciSeccompSyscall } from './oci-spec.js';
+import type { OciSeccomp, OciSeccompArg, OciSeccompSyscall } from '../os/oci-spec.js';
 
 const EPERM = 1;
 const ENOSYS = 38;

@@ -12,9 +12,10 @@
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import type { ContainerConfig__Output, KeyValue__Output, Mount__Output } from '../api/proto.js';
+import type { ResolvedUser } from '../core/container-store.js';
+import type { SandboxInfo } from '../core/sandbox-info.js';
 import { FailedPreconditionError, InvalidArgumentError, UnimplementedError } from '../errors.js';
-import { containerCapabilities } from './capabilities.js';
-import type { InRootPath } from './in-root.js';
+import type { InRootPath } from '../os/in-root.js';
 import type {
   OciDevice,
   OciDeviceRule,
@@ -23,16 +24,15 @@ import type {
   OciResources,
   OciSeccomp,
   OciSpec,
-} from './oci-spec.js';
+} from '../os/oci-spec.js';
+import { containerCapabilities } from './capabilities.js';
 import { criToOciResources } from './resources.js';
-import type { SandboxInfo } from './sandbox-info.js';
 import { defaultSeccompProfile, translateSeccompProfile } from './seccomp.js';
 import {
   type GroupEntry,
   type PasswdEntry,
   parseGroup,
   parsePasswd,
-  type ResolvedUser,
   requestedUserString,
   resolveUser,
 } from './user.js';

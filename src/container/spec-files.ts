@@ -4,7 +4,7 @@
 import { constants } from 'node:fs';
 import { open, realpath, stat } from 'node:fs/promises';
 import { InvalidArgumentError } from '../errors.js';
-import { readFileInRoot, resolveInRoot } from './in-root.js';
+import { readFileInRoot, resolveInRoot } from '../os/in-root.js';
 import type { HostDevice, SpecFiles } from './spec-builder.js';
 
 /** Linux's dev_t encoding (glibc gnu_dev_major/minor). */

@@ -8,7 +8,10 @@
  * "root". The files themselves are hostile input: malformed lines are skipped, and the caller
  * reads them in-root and size-capped (src/container/in-root.ts).
  */
+import type { ResolvedUser } from '../core/container-store.js';
 import { InvalidArgumentError } from '../errors.js';
+
+export type { ResolvedUser };
 
 export interface PasswdEntry {
   name: string;
@@ -21,15 +24,6 @@ export interface GroupEntry {
   name: string;
   gid: number;
   members: string[];
-}
-
-export interface ResolvedUser {
-  uid: number;
-  gid: number;
-  /** Primary gid first, then the image's groups naming the user, then supplemental_groups. */
-  additionalGids: number[];
-  /** The passwd name of the uid, when the image has one. */
-  username: string | null;
 }
 
 const MAX_ID = 4294967295;

@@ -15,7 +15,7 @@ import { type CriDefinitions, loadCriDefinitions } from '../api/proto.js';
 import { FailedPreconditionError, InternalError, UnimplementedError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RpcMetrics } from '../metrics.js';
-import { preflightSocket, removeOwnSocket } from '../socket-file.js';
+import { preflightSocket, removeOwnSocket } from '../os/socket-file.js';
 import { type EdgeOptions, type Readiness, wrapServerStream, wrapUnary } from './edge.js';
 
 /** kubelet's CRI client accepts at most 16 MiB per message; we accept the same from it. */

@@ -22,7 +22,7 @@
  */
 import { basename } from 'node:path';
 import { type CriError, FailedPreconditionError, InternalError } from '../errors.js';
-import { type CommandResult, commandOutput } from './mounts.js';
+import { type CommandResult, commandOutput } from '../os/mounts.js';
 import {
   checkDevice,
   type MountCommand,

@@ -4,7 +4,7 @@ import type { ImageHandlers } from '../api/handlers.js';
 import type { Config } from '../config.js';
 import { NotFoundError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Dialer } from '../rootless/host-dialer.js';
+import type { Dialer } from '../os/host-dialer.js';
 import { ContentStore } from './content-store.js';
 import { ActivePulls, collectGarbage } from './image-gc.js';
 import { createListImagesHandler } from './image-list.js';

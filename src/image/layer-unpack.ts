@@ -1,12 +1,10 @@
-import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
 import * as zlib from 'node:zlib';
 import {
   CancelledError,
@@ -17,6 +15,8 @@ import {
   ResourceExhaustedError,
   UnimplementedError,
 } from '../errors.js';
+import { nativeHelperPath } from '../os/native-helpers.js';
+import { type ChildProcessByStdio, start } from '../os/process-runner.js';
 import { MEDIA_TYPE } from './media-types.js';
 
 /**
@@ -59,7 +59,7 @@ export type HelperProcess = ChildProcessByStdio<Writable, Readable, Readable>;
 export type HelperRunner = (command: string, args: readonly string[]) => HelperProcess;
 
 export const spawnRunner: HelperRunner = (command, args) =>
-  spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  start(command, args, { stdio: ['pipe', 'pipe', 'pipe'] }).child as HelperProcess;
 
 /** Runs the helper behind a command prefix, e.g. `['unshare', '--user', '--map-root-user']`. */
 export function prefixRunner(prefix: readonly string[]): HelperRunner {
@@ -119,12 +119,9 @@ const DECOMPRESS_CHUNK = 256 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const STDOUT_CAP = 64 * 1024;
 
-/** Where `npm run build` puts the helper, from src/image (tsx/vitest) or dist/src/image. */
+/** native/build/layer-unpack. */
 export function defaultHelperPath(): string {
-  const candidates = ['../../native/build/layer-unpack', '../../../native/build/layer-unpack'].map((p) =>
-    fileURLToPath(new URL(p, import.meta.url)),
-  );
-  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
+  return nativeHelperPath('layer-unpack');
 }
 
 function decompressorFor(compression: Compression, options: UnpackLayerOptions): Transform | undefined {

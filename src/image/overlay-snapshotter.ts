@@ -16,7 +16,7 @@
  * checked before mounting with a clear error.
  */
 import { type CriError, FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
-import { type CommandResult, commandOutput } from './mounts.js';
+import { type CommandResult, commandOutput } from '../os/mounts.js';
 import {
   type MountCommand,
   missingBinaryError,

@@ -14,7 +14,7 @@ import {
   UnavailableError,
 } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
-import type { Dialer } from '../rootless/host-dialer.js';
+import type { Dialer } from '../os/host-dialer.js';
 import { type Digest, parseDigest, sha256Digest } from './digest.js';
 import {
   assertImageManifest,

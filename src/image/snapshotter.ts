@@ -36,7 +36,6 @@ import {
   NotFoundError,
   UnavailableError,
 } from '../errors.js';
-import { type DirectoryUsage, measureDirectory } from './image-fs-info.js';
 import {
   type CommandResult,
   type CommandRunner,
@@ -47,7 +46,8 @@ import {
   readSelfMountInfo,
   spawnCommand,
   unmountWithRetries,
-} from './mounts.js';
+} from '../os/mounts.js';
+import { type DirectoryUsage, measureDirectory } from './image-fs-info.js';
 
 export type SnapshotterName = 'fuse-overlayfs' | 'overlay';
 

@@ -1,10 +1,10 @@
 /**
- * The pod sandbox half of RuntimeService, assembled: the composition root (src/daemon.ts)
- * calls createPodSandboxService once, awaits recover() before opening the readiness gate,
- * spreads `handlers` into the CRI server's handlers and calls close() on shutdown.
+ * The pod sandbox RPCs of RuntimeService, assembled over the runtime core: the composition
+ * root (src/daemon.ts) calls createPodSandboxService once and registers `handlers`;
+ * `portForward` is the streaming server's target.
  *
  * Layout on disk:
- *   <rootDir>/sandboxes/<id>.json          the record (crash-safe, versioned)
+ *   <rootDir>/sandboxes/<id>.json          the record (crash-safe, versioned; the core's store)
  *   <rootDir>/sandboxes/<id>/              resolv.conf, hosts, hostname
  *   <runDir>/{netns,ipcns,utsns}/<id>      namespace pins (bind mounts inside the node)
  *   network.ipam_data_dir                  host-local IP leases
@@ -12,61 +12,50 @@
  */
 import { hostname as osHostname } from 'node:os';
 import path from 'node:path';
+import type { RuntimeHandlers } from '../api/handlers.js';
 import type { Config } from '../config.js';
+import type { RuntimeCore } from '../core/runtime-core.js';
+import type { PortForwardTarget } from '../core/stream-targets.js';
 import type { Logger } from '../log.js';
-import type { PortManager } from '../rootless/port-manager.js';
-import { KeyedMutex } from '../store/keyed-mutex.js';
-import { NameRegistrar } from '../store/name-registrar.js';
-import { CniNetwork, type NetworkDriver } from './cni-network.js';
-import { NO_CONTAINERS, nowNanoseconds, type PodContainers, type SandboxDeps } from './sandbox-deps.js';
+import { CniNetwork, type NetworkDriver } from '../os/cni-network.js';
+import type { PortManager } from '../os/port-manager.js';
+import { NodeSandboxOs, type SandboxOs } from '../os/sandbox-os.js';
+import { SandboxPortForwardTarget } from './port-forward-target.js';
+import type { SandboxDeps } from './sandbox-deps.js';
 import { createListPodSandbox } from './sandbox-list.js';
-import { NodeSandboxOs, type SandboxOs } from './sandbox-os.js';
-import { type RecoveryReport, recoverSandboxes } from './sandbox-recover.js';
 import { createRemovePodSandbox } from './sandbox-remove.js';
 import { createRunPodSandbox, newSandboxId } from './sandbox-run.js';
 import { createPodSandboxStatus } from './sandbox-status.js';
 import { createStopPodSandbox } from './sandbox-stop.js';
-import { type SandboxReader, SandboxStore } from './sandbox-store.js';
+
+export type PodSandboxHandlers = Pick<
+  RuntimeHandlers,
+  'RunPodSandbox' | 'StopPodSandbox' | 'RemovePodSandbox' | 'PodSandboxStatus' | 'ListPodSandbox'
+>;
 
 export interface PodSandboxServiceOptions {
-  config: Pick<Config, 'rootDir' | 'runDir' | 'network' | 'node'>;
+  core: RuntimeCore;
+  config: Pick<Config, 'rootDir' | 'runDir' | 'network'>;
   logger: Logger;
   portManager: PortManager | null;
-  containers?: PodContainers;
-  /** Replaces the real OS access (tests). */
-  os?: SandboxOs;
+  /** The pods' namespaces (the composition root builds it from the programs found at start). */
+  os: SandboxOs;
   /** Replaces the real CNI network (tests). */
   network?: NetworkDriver;
   /** Replaces parts of the rest (tests). */
-  overrides?: Partial<Pick<SandboxDeps, 'now' | 'newId' | 'nodeHostname' | 'undoTimeoutMs' | 'paths'>>;
+  overrides?: Partial<Pick<SandboxDeps, 'newId' | 'nodeHostname' | 'undoTimeoutMs' | 'paths'>>;
 }
 
 export interface PodSandboxService {
-  handlers: {
-    RunPodSandbox: ReturnType<typeof createRunPodSandbox>;
-    StopPodSandbox: ReturnType<typeof createStopPodSandbox>;
-    RemovePodSandbox: ReturnType<typeof createRemovePodSandbox>;
-    PodSandboxStatus: ReturnType<typeof createPodSandboxStatus>;
-    ListPodSandbox: ReturnType<typeof createListPodSandbox>;
-  };
-  /** Loads records and settles their states; run before serving. */
-  recover(): Promise<void>;
-  /** What the last recover() found (for Status info and tests). */
-  readonly lastRecovery: RecoveryReport | null;
-  /** Waits for running sandbox operations to finish. Pods keep running: they outlive the daemon. */
-  close(): Promise<void>;
-  /** Read access for the container layer. */
-  store: SandboxReader;
+  handlers: PodSandboxHandlers;
+  portForward: PortForwardTarget;
 }
 
 export function createPodSandboxService(options: PodSandboxServiceOptions): PodSandboxService {
-  const { config, logger } = options;
-  const sandboxesDir = path.join(config.rootDir, 'sandboxes');
+  const { config, logger, core } = options;
   const deps: SandboxDeps = {
-    store: new SandboxStore(sandboxesDir),
-    names: new NameRegistrar('pod sandbox'),
-    locks: new KeyedMutex(),
-    os: options.os ?? new NodeSandboxOs({ catatonit: config.node.catatonit, nsenter: config.node.nsenter }),
+    core,
+    os: options.os,
     network:
       options.network ??
       new CniNetwork({
@@ -76,58 +65,31 @@ export function createPodSandboxService(options: PodSandboxServiceOptions): PodS
         logger,
       }),
     ports: options.portManager,
-    containers: options.containers ?? NO_CONTAINERS,
     logger,
     paths: {
-      sandboxesDir,
+      sandboxesDir: path.join(config.rootDir, 'sandboxes'),
       runDir: config.runDir,
       nodeResolvConf: '/etc/resolv.conf',
       nodeHosts: '/etc/hosts',
       ...options.overrides?.paths,
     },
     nodeHostname: options.overrides?.nodeHostname ?? osHostname,
-    now: options.overrides?.now ?? nowNanoseconds,
     newId: options.overrides?.newId ?? newSandboxId,
     undoTimeoutMs: options.overrides?.undoTimeoutMs ?? 60_000,
   };
-  const running = new Set<Promise<unknown>>();
-  const track = <A extends unknown[], R>(fn: (...args: A) => Promise<R>) => {
-    return (...args: A): Promise<R> => {
-      const p = fn(...args);
-      running.add(p);
-      const done = () => running.delete(p);
-      p.then(done, done);
-      return p;
-    };
+  const tracked = <A extends unknown[], R>(fn: (...args: A) => Promise<R>) => {
+    return (...args: A): Promise<R> => core.track(fn(...args));
   };
-  let lastRecovery: RecoveryReport | null = null;
   return {
-    get lastRecovery() {
-      return lastRecovery;
-    },
     handlers: {
-      RunPodSandbox: track(createRunPodSandbox(deps)),
-      StopPodSandbox: track(createStopPodSandbox(deps)),
-      RemovePodSandbox: track(createRemovePodSandbox(deps)),
+      RunPodSandbox: tracked(createRunPodSandbox(deps)),
+      StopPodSandbox: tracked(createStopPodSandbox(deps)),
+      RemovePodSandbox: tracked(createRemovePodSandbox(deps)),
       PodSandboxStatus: createPodSandboxStatus(deps),
       ListPodSandbox: createListPodSandbox(deps),
     },
-    async recover() {
-      const report = await recoverSandboxes(deps);
-      logger.info(
-        {
-          loaded: report.loaded,
-          ready: report.ready,
-          notReady: report.notReady,
-          problems: report.problems.length,
-        },
-        'pod sandboxes recovered',
-      );
-      lastRecovery = report;
-    },
-    async close() {
-      await Promise.allSettled([...running]);
-    },
-    store: deps.store,
+    portForward: new SandboxPortForwardTarget({ sandboxes: core.sandboxes }),
   };
 }
+
+export { NodeSandboxOs };

@@ -6,11 +6,11 @@
  */
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { SandboxRecord } from '../core/sandbox-record.js';
+import type { SandboxReader } from '../core/sandbox-store.js';
+import type { PortForwardTarget } from '../core/stream-targets.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../errors.js';
-import { dialInNetns } from '../streaming/netns-dial.js';
-import type { PortForwardTarget } from '../streaming/targets.js';
-import type { SandboxRecord } from './sandbox-record.js';
-import type { SandboxReader } from './sandbox-store.js';
+import { dialInNetns } from '../os/netns-dial.js';
 
 export interface SandboxPortForwardOptions {
   sandboxes: SandboxReader;

@@ -22,8 +22,9 @@ import type {
   PodSandboxMetadata__Output,
   PortMapping__Output,
 } from '../api/proto.js';
+import { defaultPodCgroup } from '../core/cgroup-layout.js';
+import type { NamespaceModeName } from '../core/sandbox-record.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../errors.js';
-import type { NamespaceModeName } from './sandbox-record.js';
 
 export interface NamespaceModes {
   network: NamespaceModeName;
@@ -207,7 +208,7 @@ const CGROUP_SEGMENT = /^[A-Za-z0-9_.:@-]+$/;
 
 /** The pod cgroup relative to the node cgroup root. */
 export function podCgroupPath(cgroupParent: string, sandboxId: string): string {
-  if (cgroupParent === '') return `/pods/${sandboxId}`;
+  if (cgroupParent === '') return defaultPodCgroup(sandboxId);
   const segments = cgroupParent.split('/').filter((s) => s !== '');
   if (
     segments.length === 0 ||

@@ -5,8 +5,8 @@
  */
 import type { CallContext } from '../api/handlers.js';
 import type { PodSandbox, PodSandboxFilter__Output, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { criState, type SandboxRecord } from '../core/sandbox-record.js';
 import type { SandboxDeps } from './sandbox-deps.js';
-import { criState, type SandboxRecord } from './sandbox-record.js';
 
 export function matchesFilter(record: SandboxRecord, filter: PodSandboxFilter__Output | null): boolean {
   if (!filter) return true;
@@ -36,7 +36,7 @@ export function createListPodSandbox(deps: SandboxDeps) {
     request: RuntimeRequest<'ListPodSandbox'>,
     _ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'ListPodSandbox'>> {
-    const items = deps.store
+    const items = deps.core.sandboxes
       .list()
       .filter((r) => matchesFilter(r, request.filter))
       .sort((a, b) => (BigInt(a.createdAt) < BigInt(b.createdAt) ? -1 : 1))

@@ -7,6 +7,7 @@
  */
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { sandboxStatusOf } from '../core/sandbox-view.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 import { stopSandbox } from './sandbox-stop.js';
 import { removeCgroups, removeFiles, unpinOthers } from './sandbox-teardown.js';
@@ -16,13 +17,14 @@ export function createRemovePodSandbox(deps: SandboxDeps) {
     request: RuntimeRequest<'RemovePodSandbox'>,
     ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'RemovePodSandbox'>> {
-    const id = deps.store.resolve(request.pod_sandbox_id);
+    const id = deps.core.sandboxes.resolve(request.pod_sandbox_id);
     if (id === undefined) return {};
-    await deps.locks.run(id, async () => {
-      if (!deps.store.get(id)) return;
-      await deps.containers.removeAll(id);
+    await deps.core.sandboxLocks.run(id, async () => {
+      if (!deps.core.sandboxes.get(id)) return;
+      await deps.core.removePodContainers(id);
       await stopSandbox(deps, id);
-      const record = deps.store.get(id)!;
+      const record = deps.core.sandboxes.get(id)!;
+      const lastStatus = sandboxStatusOf(record);
       // Independent of each other; all are tried, and the first failure keeps the record.
       const settled = await Promise.allSettled([
         unpinOthers(deps, record),
@@ -30,8 +32,9 @@ export function createRemovePodSandbox(deps: SandboxDeps) {
         removeFiles(deps, record),
       ]);
       for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
-      await deps.store.delete(id);
-      deps.names.releaseByOwner(id);
+      await deps.core.sandboxes.delete(id);
+      deps.core.sandboxNames.releaseByOwner(id);
+      deps.core.publishSandbox('CONTAINER_DELETED_EVENT', id, lastStatus);
       ctx.logger.info({ sandbox: id }, 'pod sandbox removed');
     });
     return {};

@@ -33,10 +33,13 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import { defaultPodCgroup } from '../core/cgroup-layout.js';
+import { describeUndoFailures, RollbackStack } from '../core/rollback.js';
+import { SANDBOX_RECORD_VERSION, type SandboxRecord, sandboxName } from '../core/sandbox-record.js';
 import { CancelledError, CriError, describeError, InternalError } from '../errors.js';
+import type { CniPortMapping } from '../os/cni-network.js';
+import type { NamespacePaths, PinnableNamespace, SysctlWrite } from '../os/sandbox-os.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
-import type { CniPortMapping } from './cni-network.js';
-import { describeUndoFailures, RollbackStack } from './rollback.js';
 import {
   checkLogDirectory,
   checkMetadata,
@@ -49,8 +52,6 @@ import {
   resolvConfFrom,
 } from './sandbox-config.js';
 import type { SandboxDeps } from './sandbox-deps.js';
-import type { NamespacePaths, PinnableNamespace, SysctlWrite } from './sandbox-os.js';
-import { SANDBOX_RECORD_VERSION, type SandboxRecord, sandboxName } from './sandbox-record.js';
 import {
   detachNetwork,
   removeCgroups,
@@ -87,15 +88,15 @@ export function createRunPodSandbox(deps: SandboxDeps) {
 
     const id = deps.newId();
     const name = sandboxName(meta);
-    deps.names.reserve(name, id);
-    return deps.locks.run(id, async () => {
+    deps.core.sandboxNames.reserve(name, id);
+    return deps.core.sandboxLocks.run(id, async () => {
       const rollback = new RollbackStack(deps.undoTimeoutMs);
       const ns = (dir: string, own: boolean) => (own ? path.join(deps.paths.runDir, dir, id) : null);
       let record: SandboxRecord = {
         version: SANDBOX_RECORD_VERSION,
         id,
         state: 'creating',
-        createdAt: deps.now().toString(),
+        createdAt: deps.core.now().toString(),
         runtimeHandler: request.runtime_handler,
         config: podConfig,
         hostname,
@@ -114,7 +115,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         notReadyReason: null,
       };
       const save = async (next: SandboxRecord) => {
-        await deps.store.put(next);
+        await deps.core.sandboxes.put(next);
         record = next;
       };
       const step = (what: string) => {
@@ -151,12 +152,12 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         // Only the pod cgroup itself is ours to remove later; parents it needed (/pods,
         // kubelet's /kubepods/burstable) are shared with other pods.
         const { path: podCgroup, leaf } = record.cgroup!;
-        const created = await deps.os.createCgroup(leaf);
+        const created = await deps.core.cgroups.create(leaf);
         const ownPod = created.includes(podCgroup) ? [podCgroup] : [];
         const withCgroups = { ...record, cgroup: { ...record.cgroup!, created: [...ownPod, leaf] } };
         // Recovery always removes the leaf and the default /pods/<id>: only a pod cgroup made
         // under a cgroup_parent needs recording before the next side effect.
-        if (ownPod.length > 0 && podCgroup !== `/pods/${id}`) await save(withCgroups);
+        if (ownPod.length > 0 && podCgroup !== defaultPodCgroup(id)) await save(withCgroups);
         else remember(withCgroups);
 
         step('creating the pod namespaces');
@@ -215,6 +216,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
             podNamespace: meta.namespace,
             podUid: meta.uid,
             portMappings: cniPorts,
+            signal: ctx.signal,
           });
           remember({ ...record, network });
         };
@@ -272,11 +274,14 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         await save({ ...record, state: 'ready' });
         rollback.commit();
         ctx.logger.info({ sandbox: id, name, ip: record.network?.ip ?? '' }, 'pod sandbox ready');
+        // containerd sends both: the sandbox exists, and it runs.
+        deps.core.publishSandbox('CONTAINER_CREATED_EVENT', id);
+        deps.core.publishSandbox('CONTAINER_STARTED_EVENT', id);
         return { pod_sandbox_id: id };
       } catch (err) {
         const failures = await rollback.unwind();
         if (failures.length === 0) {
-          await deps.store.delete(id).catch((deleteError) => {
+          await deps.core.sandboxes.delete(id).catch((deleteError) => {
             ctx.logger.error(
               { err: deleteError, sandbox: id },
               'cannot delete the record of a rolled-back sandbox',
@@ -285,11 +290,11 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         } else {
           const reason = `RunPodSandbox failed (${describeError(err)}) and its cleanup did not finish: ${describeUndoFailures(failures)}`;
           ctx.logger.error({ sandbox: id, failures: failures.map((f) => f.description) }, reason);
-          await deps.store
+          await deps.core.sandboxes
             .put({ ...record, state: 'notready', notReadyReason: reason })
             .catch(() => undefined);
         }
-        deps.names.releaseByOwner(id);
+        deps.core.sandboxNames.releaseByOwner(id);
         if (err instanceof CriError) throw err;
         throw new InternalError(`RunPodSandbox for ${name} failed: ${describeError(err)}`, { cause: err });
       }

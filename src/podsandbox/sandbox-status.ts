@@ -5,34 +5,11 @@
  * A sandbox that does not exist is NotFound.
  */
 import type { CallContext } from '../api/handlers.js';
-import type { PodSandboxStatus, RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import type { SandboxRecord } from '../core/sandbox-record.js';
+import { sandboxStatusOf } from '../core/sandbox-view.js';
 import { NotFoundError } from '../errors.js';
 import type { SandboxDeps } from './sandbox-deps.js';
-import { criState, type SandboxRecord } from './sandbox-record.js';
-
-export function sandboxStatusOf(record: SandboxRecord): PodSandboxStatus {
-  const meta = record.config.metadata!;
-  const ns = record.namespaces;
-  return {
-    id: record.id,
-    metadata: { name: meta.name, uid: meta.uid, namespace: meta.namespace, attempt: meta.attempt },
-    state: criState(record.state),
-    created_at: record.createdAt,
-    network: {
-      ip: record.state === 'ready' ? (record.network?.ip ?? '') : '',
-      additional_ips:
-        record.state === 'ready' ? (record.network?.additionalIps ?? []).map((ip) => ({ ip })) : [],
-    },
-    linux: {
-      namespaces: {
-        options: { network: ns.network.mode, ipc: ns.ipc.mode, pid: ns.pid.mode, target_id: ns.pid.targetId },
-      },
-    },
-    labels: record.config.labels,
-    annotations: record.config.annotations,
-    runtime_handler: record.runtimeHandler,
-  };
-}
 
 export function verboseInfo(record: SandboxRecord): Record<string, string> {
   const info = {
@@ -59,8 +36,8 @@ export function createPodSandboxStatus(deps: SandboxDeps) {
     request: RuntimeRequest<'PodSandboxStatus'>,
     _ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'PodSandboxStatus'>> {
-    const id = deps.store.resolve(request.pod_sandbox_id);
-    const record = id === undefined ? undefined : deps.store.get(id);
+    const id = deps.core.sandboxes.resolve(request.pod_sandbox_id);
+    const record = id === undefined ? undefined : deps.core.sandboxes.get(id);
     if (!record) {
       throw new NotFoundError(
         `pod sandbox ${JSON.stringify(request.pod_sandbox_id)} does not exist; list sandboxes with crictl pods`,
@@ -69,8 +46,8 @@ export function createPodSandboxStatus(deps: SandboxDeps) {
     return {
       status: sandboxStatusOf(record),
       info: request.verbose ? verboseInfo(record) : {},
-      containers_statuses: [],
-      timestamp: deps.now().toString(),
+      containers_statuses: request.verbose ? deps.core.podContainerStatuses(record.id) : [],
+      timestamp: deps.core.now().toString(),
     };
   };
 }

@@ -10,24 +10,25 @@
  */
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
+import type { SandboxRecord } from '../core/sandbox-record.js';
 import type { SandboxDeps } from './sandbox-deps.js';
-import type { SandboxRecord } from './sandbox-record.js';
 import { releaseRunningResources } from './sandbox-teardown.js';
 
 export async function stopSandbox(deps: SandboxDeps, id: string): Promise<void> {
-  const record = deps.store.get(id);
+  const record = deps.core.sandboxes.get(id);
   if (!record) return;
-  await deps.containers.stopAll(id, 0);
+  await deps.core.stopPodContainers(id, 0);
   const released = await releaseRunningResources(deps, record);
   const alreadyStopped = record.state === 'notready' && record.stoppedAt !== null;
   const next: SandboxRecord = {
     ...released,
     state: 'notready',
-    stoppedAt: alreadyStopped ? record.stoppedAt : deps.now().toString(),
+    stoppedAt: alreadyStopped ? record.stoppedAt : deps.core.now().toString(),
   };
-  // A second stop (RemovePodSandbox stops first) changes nothing: no write.
+  // A second stop (RemovePodSandbox stops first) changes nothing: no write, no event.
   if (JSON.stringify(next) === JSON.stringify(record)) return;
-  await deps.store.put(next);
+  await deps.core.sandboxes.put(next);
+  if (record.state === 'ready') deps.core.publishSandbox('CONTAINER_STOPPED_EVENT', id);
 }
 
 export function createStopPodSandbox(deps: SandboxDeps) {
@@ -35,9 +36,9 @@ export function createStopPodSandbox(deps: SandboxDeps) {
     request: RuntimeRequest<'StopPodSandbox'>,
     _ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'StopPodSandbox'>> {
-    const id = deps.store.resolve(request.pod_sandbox_id);
+    const id = deps.core.sandboxes.resolve(request.pod_sandbox_id);
     if (id === undefined) return {};
-    await deps.locks.run(id, () => stopSandbox(deps, id));
+    await deps.core.sandboxLocks.run(id, () => stopSandbox(deps, id));
     return {};
   };
 }

@@ -4,8 +4,9 @@
  * it twice, or after a daemon was killed halfway through, is fine.
  */
 import { rm } from 'node:fs/promises';
+import { defaultPodCgroup } from '../core/cgroup-layout.js';
+import type { SandboxRecord } from '../core/sandbox-record.js';
 import type { SandboxDeps } from './sandbox-deps.js';
-import type { SandboxRecord } from './sandbox-record.js';
 
 /** SIGKILL to the pod's PID 1; its pid namespace (and every process in it) ends with it. */
 export async function stopInfra(deps: SandboxDeps, record: SandboxRecord): Promise<void> {
@@ -76,8 +77,8 @@ export async function removeCgroups(deps: SandboxDeps, record: SandboxRecord): P
   if (!cgroup) return;
   const dirs = [cgroup.leaf, ...[...cgroup.created].reverse()];
   // The default pod cgroup is this sandbox's own even if a crash kept it out of `created`.
-  if (cgroup.path === `/pods/${record.id}`) dirs.push(cgroup.path);
-  await deps.os.removeCgroups([...new Set(dirs)]);
+  if (cgroup.path === defaultPodCgroup(record.id)) dirs.push(cgroup.path);
+  await deps.core.cgroups.remove([...new Set(dirs)]);
 }
 
 export async function removeFiles(_deps: SandboxDeps, record: SandboxRecord): Promise<void> {

@@ -13,7 +13,7 @@
  */
 import path from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
-import type { SysctlWrite } from './sandbox-os.js';
+import type { SysctlWrite } from '../os/sandbox-os.js';
 
 export type SysctlNamespace = 'net' | 'ipc';
 

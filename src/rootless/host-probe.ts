@@ -9,8 +9,10 @@ import { constants as fsConstants } from 'node:fs';
 import { access, chmod, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir, userInfo } from 'node:os';
 import { delimiter, dirname, isAbsolute, join } from 'node:path';
-import { execa } from 'execa';
-import { type CniReadiness, checkCniReady } from '../podsandbox/cni-config.js';
+import { describeError } from '../errors.js';
+import { type CniReadiness, checkCniReady } from '../os/cni-config.js';
+import { exitStatus, outputTail, run } from '../os/process-runner.js';
+import { findProgramIn } from '../os/programs.js';
 
 export interface FileFacts {
   mode: number;
@@ -210,35 +212,22 @@ export class RealHostProbe implements HostProbe {
   }
 
   async findBinary(name: string, dirs: readonly string[]): Promise<string | undefined> {
-    const candidates = isAbsolute(name)
-      ? [name]
-      : name.includes('/')
-        ? []
-        : dirs.map((dir) => join(dir, name));
-    for (const candidate of candidates) {
-      try {
-        const info = await stat(candidate);
-        if (!info.isFile()) continue;
-        await access(candidate, fsConstants.X_OK);
-        return candidate;
-      } catch {
-        // Next candidate, as a shell's PATH lookup would.
-      }
-    }
-    return undefined;
+    // Exactly the given directories (doctor reports where it looked), as a shell's PATH lookup.
+    if (!isAbsolute(name) && name.includes('/')) return undefined;
+    return findProgramIn(name, dirs) ?? undefined;
   }
 
   async runVersion(binary: string): Promise<string> {
-    const result = await execa(binary, ['--version'], {
-      reject: false,
-      all: true,
-      stdin: 'ignore',
-      timeout: 5_000,
-      env: { LC_ALL: 'C' },
+    // Some tools print their version on stderr; both streams count.
+    const result = await run(binary, ['--version'], {
+      timeoutMs: 5_000,
+      env: { ...process.env, LC_ALL: 'C' },
+    }).catch((err: unknown) => {
+      throw new Error(`${binary} --version failed: ${describeError(err)}`);
     });
-    const output = result.all ?? '';
-    if (result.failed && (result.timedOut || result.exitCode === undefined || output.trim() === '')) {
-      throw new Error(`${binary} --version failed: ${result.shortMessage}`);
+    const output = `${result.stdout.toString('utf8')}${result.stderr.toString('utf8')}`;
+    if (result.exitCode !== 0 && output.trim() === '') {
+      throw new Error(`${binary} --version failed with exit status ${exitStatus(result)}`);
     }
     return output;
   }
@@ -246,9 +235,14 @@ export class RealHostProbe implements HostProbe {
   async fileCapabilities(path: string): Promise<string> {
     const getcap = await this.findBinary('getcap', ['/usr/sbin', '/sbin', ...this.pathDirs()]);
     if (!getcap) return '';
-    const result = await execa(getcap, [path], { reject: false, stdin: 'ignore', timeout: 5_000 });
+    const result = await run(getcap, [path], { timeoutMs: 5_000 }).catch(() => null);
     // Output is "<path> cap_a,cap_b=ep" (older versions: "<path> = cap_a+ep").
-    return result.exitCode === 0 ? result.stdout.slice(path.length).replace(/^\s*=?\s*/, '') : '';
+    return result?.exitCode === 0
+      ? result.stdout
+          .toString('utf8')
+          .slice(path.length)
+          .replace(/^\s*=?\s*/, '')
+      : '';
   }
 
   async checkDeviceRw(path: string): Promise<DeviceAccess> {
@@ -312,16 +306,13 @@ export class RealHostProbe implements HostProbe {
       const script =
         'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3,userxattr" "$4" && ' +
         'test -f "$4/probe" && umount "$4"';
-      const result = await execa(unshare, ['-rm', 'sh', '-c', script, 'sh', lower, upper, work, merged], {
-        reject: false,
-        all: true,
-        stdin: 'ignore',
-        timeout: 10_000,
+      const result = await run(unshare, ['-rm', 'sh', '-c', script, 'sh', lower, upper, work, merged], {
+        timeoutMs: 10_000,
       });
       if (result.exitCode === 0) {
         return { ok: true, detail: 'kernel overlay with userxattr mounts inside a user namespace' };
       }
-      const output = (result.all ?? '').trim() || result.shortMessage;
+      const output = outputTail(result) || `exit status ${exitStatus(result)}`;
       return { ok: false, detail: `overlay mount in a user namespace failed: ${output}` };
     } finally {
       // The kernel creates work/work with mode 000; make it removable first.

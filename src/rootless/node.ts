@@ -5,7 +5,6 @@
  * (child_pid, api.sock) and joins it with nsenter, so a daemon crash or upgrade leaves every
  * pod running. `rootless-cri stop --all` is the only thing that tears the node down.
  */
-import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir, readFile, readlink, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -17,11 +16,15 @@ import {
   probeCgroups,
   ROOTLESSKIT_CGROUP_NAME,
   removeCgroupTree,
-} from './cgroup-delegation.js';
+} from '../os/cgroup-delegation.js';
+import { start } from '../os/process-runner.js';
 
 export interface NodeOptions {
   stateDir: string;
   rootlesskit: string;
+  /** The node's long-lived child (catatonit), and the uplink rootlesskit runs. */
+  catatonit: string;
+  slirp4netns: string;
   mtu: number;
   portDriver: string;
   copyUp: string[];
@@ -99,6 +102,7 @@ export function rootlesskitArgs(options: NodeOptions): string[] {
   return [
     `--state-dir=${options.stateDir}`,
     '--net=slirp4netns',
+    `--slirp4netns-binary=${options.slirp4netns}`,
     `--mtu=${options.mtu}`,
     `--port-driver=${options.portDriver}`,
     ...options.copyUp.map((d) => `--copy-up=${d}`),
@@ -108,7 +112,7 @@ export function rootlesskitArgs(options: NodeOptions): string[] {
     '--utsns',
     // Pods must not reach services on the host's loopback through 10.0.2.2.
     ...(options.disableHostLoopback ? ['--disable-host-loopback'] : []),
-    'catatonit',
+    options.catatonit,
     '-P',
   ];
 }
@@ -142,13 +146,12 @@ export async function startNode(options: NodeOptions, logger: Logger): Promise<N
   try {
     // Enter the node cgroup before exec, so the node's cgroup namespace is rooted there.
     const script = cgroupDir ? 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' : 'shift; exec "$@"';
-    const child = spawn('/bin/sh', ['-c', script, 'sh', cgroupDir ?? '', options.rootlesskit, ...args], {
-      detached: true,
+    const child = start('/bin/sh', ['-c', script, 'sh', cgroupDir ?? '', options.rootlesskit, ...args], {
+      daemon: true,
       stdio: ['ignore', logFd, logFd],
       env: { ...process.env, PATH: withSbin(process.env.PATH) },
     });
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    child.unref();
+    const exited = child.exited.then((status) => status.exitCode);
     logger.info({ stateDir: options.stateDir, pid: child.pid }, 'starting the rootless node (rootlesskit)');
 
     const deadline = Date.now() + START_TIMEOUT_MS;

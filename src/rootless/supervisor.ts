@@ -6,14 +6,15 @@
  * The node outlives the daemon on purpose: `kill -9` of the daemon, then `serve` again, rejoins
  * the same node (same user namespace) with every pod still running.
  */
-import { spawn } from 'node:child_process';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { FailedPreconditionError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { preflightSocket } from '../socket-file.js';
-import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from './cgroup-delegation.js';
-import { startHostDialer } from './host-dialer.js';
+import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from '../os/cgroup-delegation.js';
+import { startHostDialer } from '../os/host-dialer.js';
+import { start } from '../os/process-runner.js';
+import { preflightSocket } from '../os/socket-file.js';
 import {
   findNode,
   isAlive,
@@ -99,8 +100,9 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
   const dialer = await startHostDialer(hostDialerPath(options.runDir), logger);
 
   const [cmd, ...args] = options.daemonCommand;
-  const child = spawn(options.nsenter ?? 'nsenter', [...nsenterArgs(node.childPid), cmd!, ...args], {
-    stdio: 'inherit',
+  const handle = start(options.nsenter ?? 'nsenter', [...nsenterArgs(node.childPid), cmd!, ...args], {
+    stdio: ['inherit', 'inherit', 'inherit'],
+    ownGroup: false,
     env: {
       ...process.env,
       PATH: withSbin(process.env.PATH),
@@ -109,9 +111,8 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
       ROOTLESS_CRI_HOST_DIALER: dialer.socketPath,
     },
   });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
+  const { child } = handle;
+  const exited = handle.exited.then(({ exitCode, signal }) => ({ code: exitCode, signal }));
 
   // nsenter forks once to enter the pid namespace: the daemon is its child.
   let daemonPid: number | null = null;
@@ -142,14 +143,9 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
   }
   if (signal) {
     logger.warn({ signal }, 'the daemon was killed by a signal; the node keeps running');
-    return 128 + (signalNumber(signal) ?? 0);
+    return 128 + (osConstants.signals[signal] ?? 0);
   }
   return code ?? 1;
-}
-
-function signalNumber(sig: NodeJS.Signals): number | undefined {
-  const numbers: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
-  return numbers[sig];
 }
 
 /** Stops the daemon whose pid file is in runDir; true if one was running. */

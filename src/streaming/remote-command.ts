@@ -10,9 +10,9 @@
  * … v5 (WebSocket only: adds a CLOSE signal for stdin).
  */
 import type { Readable, Writable } from 'node:stream';
+import type { StdioOptions, StreamSession } from '../core/stream-targets.js';
 import type { Logger } from '../log.js';
 import type { SpdyConnection, SpdyStream } from './spdy-connection.js';
-import type { StdioOptions, StreamSession } from './targets.js';
 
 export const REMOTE_COMMAND_V1 = 'channel.k8s.io';
 export const REMOTE_COMMAND_V2 = 'v2.channel.k8s.io';

@@ -16,6 +16,7 @@ import { WebSocketServer } from 'ws';
 import type { AttachRequest } from '../api/generated/runtime/v1/AttachRequest.js';
 import type { ExecRequest } from '../api/generated/runtime/v1/ExecRequest.js';
 import type { PortForwardRequest } from '../api/generated/runtime/v1/PortForwardRequest.js';
+import type { AttachTarget, ExecTarget, PortForwardTarget, StdioOptions } from '../core/stream-targets.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { PORT_FORWARD_PROTOCOL, servePortForward } from './port-forward.js';
@@ -27,7 +28,6 @@ import {
 } from './remote-command.js';
 import { SpdyConnection } from './spdy-connection.js';
 import type { SpdyLimits } from './spdy-frames.js';
-import type { AttachTarget, ExecTarget, PortForwardTarget, StdioOptions } from './targets.js';
 import { TokenStore } from './tokens.js';
 import {
   serveRemoteCommandOverWebSocket,

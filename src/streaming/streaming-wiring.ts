@@ -1,7 +1,8 @@
 /**
  * Streaming as the composition root (src/daemon.ts) sees it: the CRI handlers of Exec,
- * Attach, PortForward and ExecSync, and the HTTP server behind the URLs, built from the
- * real targets (crun exec, conmon's attach socket, netns-dial). The server listens on
+ * Attach and PortForward, and the HTTP server behind the URLs, serving the targets the
+ * composition root hands in (the container layer's crun exec and conmon attach, the pod
+ * layer's netns dial). The server listens on
  * 127.0.0.1 inside the node; the daemon publishes that port on the host's 127.0.0.1 at the
  * same number, so the URL handed out works from both sides.
  *
@@ -11,32 +12,18 @@
 
 import type { AttachRequest } from '../api/generated/runtime/v1/AttachRequest.js';
 import type { ExecRequest } from '../api/generated/runtime/v1/ExecRequest.js';
-import type { ExecSyncRequest__Output } from '../api/generated/runtime/v1/ExecSyncRequest.js';
-import type { ExecSyncResponse } from '../api/generated/runtime/v1/ExecSyncResponse.js';
 import type { PortForwardRequest } from '../api/generated/runtime/v1/PortForwardRequest.js';
-import { ConmonAttachTarget } from '../container/attach-target.js';
-import { createExecSync, type StreamableContainers } from '../container/exec-sync.js';
-import { ContainerExecTarget, CrunExecLauncher, type ExecLauncher } from '../container/exec-target.js';
-import type { OciRuntime } from '../container/oci-runtime.js';
+import type { AttachTarget, ExecTarget, PortForwardTarget } from '../core/stream-targets.js';
 import { UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { SandboxPortForwardTarget } from '../podsandbox/port-forward-target.js';
-import type { SandboxReader } from '../podsandbox/sandbox-store.js';
 import { createStreamingService, type StreamingService, type StreamingServiceOptions } from './server.js';
-import type { AttachTarget, ExecTarget, PortForwardTarget } from './targets.js';
 
 export interface DaemonStreamingOptions {
   /** Listen address inside the node (config streaming.address, normally 127.0.0.1). */
   address: string;
   logger: Logger;
-  containers: StreamableContainers;
-  sandboxes: SandboxReader;
-  /** ExecSync runs through the container runtime (crun exec with caps and a timeout). */
-  runtime: Pick<OciRuntime, 'exec'>;
-  crun: { path: string; root: string };
-  /** Replace the real targets (tests). */
-  targets?: { exec?: ExecTarget; attach?: AttachTarget; portForward?: PortForwardTarget };
-  execLauncher?: ExecLauncher;
+  /** What the URLs lead to: the container layer's exec and attach, the pod layer's port-forward. */
+  targets: { exec: ExecTarget; attach: AttachTarget; portForward: PortForwardTarget };
   /** Passed to the streaming server (tests: short timeouts). */
   serverOptions?: Partial<
     Pick<StreamingServiceOptions, 'tokenTtlMs' | 'clientCloseTimeoutMs' | 'streamCreationTimeoutMs'>
@@ -55,7 +42,6 @@ export interface DaemonStreaming {
     Exec(request: ExecRequest): Promise<{ url: string }>;
     Attach(request: AttachRequest): Promise<{ url: string }>;
     PortForward(request: PortForwardRequest): Promise<{ url: string }>;
-    ExecSync(request: ExecSyncRequest__Output): Promise<ExecSyncResponse>;
   };
   /** Starts the HTTP server on `port` (0: any free port). */
   listen(port: number): Promise<StreamingListener>;
@@ -66,18 +52,8 @@ export interface DaemonStreaming {
 }
 
 export function createDaemonStreaming(options: DaemonStreamingOptions): DaemonStreaming {
-  const { logger, containers } = options;
-  const log = logger.child({ component: 'streaming' });
-  const exec =
-    options.targets?.exec ??
-    new ContainerExecTarget(
-      containers,
-      options.execLauncher ??
-        new CrunExecLauncher({ crunPath: options.crun.path, crunRoot: options.crun.root, logger: log }),
-    );
-  const attach = options.targets?.attach ?? new ConmonAttachTarget({ containers, logger: log });
-  const portForward =
-    options.targets?.portForward ?? new SandboxPortForwardTarget({ sandboxes: options.sandboxes });
+  const log = options.logger.child({ component: 'streaming' });
+  const { exec, attach, portForward } = options.targets;
   let service: StreamingService | null = null;
 
   const running = (): StreamingService => {
@@ -92,7 +68,6 @@ export function createDaemonStreaming(options: DaemonStreamingOptions): DaemonSt
       Exec: (request) => running().handlers.exec(request),
       Attach: (request) => running().handlers.attach(request),
       PortForward: (request) => running().handlers.portForward(request),
-      ExecSync: createExecSync({ containers, runtime: options.runtime }),
     },
     get service() {
       return service;

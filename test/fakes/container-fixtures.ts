@@ -7,8 +7,10 @@ import type { LinuxContainerResources__Output } from '../../src/api/generated/ru
 import type { LinuxContainerSecurityContext__Output } from '../../src/api/generated/runtime/v1/LinuxContainerSecurityContext.js';
 import type { Mount__Output } from '../../src/api/generated/runtime/v1/Mount.js';
 import type { ContainerConfig__Output, PodSandboxConfig__Output } from '../../src/api/proto.js';
-import type { SandboxInfo } from '../../src/container/sandbox-info.js';
 import type { HostFacts } from '../../src/container/spec-builder.js';
+import type { SandboxInfo } from '../../src/core/sandbox-info.js';
+import { SANDBOX_RECORD_VERSION, type SandboxRecord } from '../../src/core/sandbox-record.js';
+import type { InfraProcess } from '../../src/os/sandbox-os.js';
 
 export function securityContext(
   overrides: Partial<LinuxContainerSecurityContext__Output> = {},
@@ -174,4 +176,52 @@ export function hostFacts(overrides: Partial<HostFacts> = {}): HostFacts {
     selinux: false,
     ...overrides,
   };
+}
+
+/**
+ * A ready sandbox record whose container view (sandboxInfoOf) is sandboxInfo(): what the
+ * container tests put in the core's sandbox store. `seedSandbox` also makes the fake node
+ * show its netns pin and infra process, so recovery keeps it ready.
+ */
+export function sandboxRecord(overrides: { id?: string; cgroupParent?: string } = {}): SandboxRecord {
+  const info = sandboxInfo();
+  const id = overrides.id ?? info.id;
+  const cgroupPath = overrides.cgroupParent ?? info.cgroupParent!;
+  return {
+    version: SANDBOX_RECORD_VERSION,
+    id,
+    state: 'ready',
+    createdAt: '1',
+    runtimeHandler: '',
+    config: info.config,
+    hostname: info.hostname,
+    namespaces: {
+      network: { mode: 'POD', path: overrides.id ? `/run/netns/${id}` : info.namespaces.network },
+      ipc: { mode: 'POD', path: info.namespaces.ipc },
+      uts: { mode: 'POD', path: info.namespaces.uts },
+      pid: {
+        mode: 'POD',
+        targetId: '',
+        infra: { pid: info.infraPid!, wrapperPid: 1, startTime: 'fixture', pidNamespaceInode: 1 },
+      },
+    },
+    network: { ip: '10.88.0.9', additionalIps: [], gateway: '10.88.0.1', result: {} },
+    networkConfig: null,
+    ports: [],
+    cgroup: { path: cgroupPath, leaf: `${cgroupPath}/sandbox`, created: [] },
+    filesDir: cgroupPath,
+    stoppedAt: null,
+    notReadyReason: null,
+  };
+}
+
+export async function seedSandbox(
+  store: { put(record: SandboxRecord): Promise<void> },
+  node: { pinned: Set<string>; infras: Map<number, InfraProcess> },
+  record: SandboxRecord,
+): Promise<void> {
+  if (record.namespaces.network.path) node.pinned.add(record.namespaces.network.path);
+  const infra = record.namespaces.pid.infra;
+  if (infra) node.infras.set(infra.pid, infra);
+  await store.put(record);
 }

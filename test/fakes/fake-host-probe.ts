@@ -5,7 +5,7 @@
  * method throw, to test that one broken probe does not hide the other checks.
  */
 
-import type { CniReadiness } from '../../src/podsandbox/cni-config.js';
+import type { CniReadiness } from '../../src/os/cni-config.js';
 import type {
   CgroupFacts,
   DeviceAccess,

@@ -1,5 +1,9 @@
-import type { NetworkDriver, NetworkSetUp, NetworkTearDown } from '../../src/podsandbox/cni-network.js';
-import type { SandboxNetwork } from '../../src/podsandbox/sandbox-record.js';
+import type {
+  NetworkDriver,
+  NetworkSetUp,
+  NetworkTearDown,
+  SandboxNetwork,
+} from '../../src/os/cni-network.js';
 
 /**
  * A pod network that hands out 10.88.0.x addresses and keeps the leases in memory, like

@@ -1,5 +1,5 @@
 import { FailedPreconditionError } from '../../src/errors.js';
-import type { PortManager, PortSpec, PublishedPort } from '../../src/rootless/port-manager.js';
+import type { PortManager, PortSpec, PublishedPort } from '../../src/os/port-manager.js';
 
 /** rootlesskit's port API in memory: a host port can be published once; `taken` simulates other users. */
 export class FakePortManager implements PortManager {

@@ -1,4 +1,4 @@
-import type { HealthCondition, PodCidrSetting, RuntimeHealth } from '../../src/cri/runtime-info.js';
+import type { HealthCondition, PodCidrSetting, RuntimeHealth } from '../../src/runtime-info/runtime-info.js';
 
 /** A RuntimeHealth whose answers a test sets; records calls and can fail once. */
 export class FakeRuntimeHealth implements RuntimeHealth {

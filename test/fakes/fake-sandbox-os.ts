@@ -1,22 +1,21 @@
 import type {
+  InfraProcess,
   NamespacePaths,
   NamespaceSettings,
   PodNamespacesRequest,
   SandboxOs,
-} from '../../src/podsandbox/sandbox-os.js';
-import type { InfraProcess } from '../../src/podsandbox/sandbox-record.js';
+} from '../../src/os/sandbox-os.js';
 
 type Method = keyof SandboxOs;
 
 /**
- * An in-memory node: pinned namespace files, infra processes and cgroup directories. Records
+ * An in-memory node: pinned namespace files and infra processes (cgroups: FakeCgroupManager). Records
  * every call in order and can fail the next call of one method (or block it until released).
  */
 export class FakeSandboxOs implements SandboxOs {
   readonly calls: { method: Method; args: unknown[] }[] = [];
   readonly pinned = new Set<string>();
   readonly infras = new Map<number, InfraProcess>();
-  readonly cgroups = new Set<string>();
   readonly configured: { ns: NamespacePaths; settings: NamespaceSettings }[] = [];
   #nextPid = 100;
   #failures = new Map<Method, Error>();
@@ -38,11 +37,7 @@ export class FakeSandboxOs implements SandboxOs {
 
   /** What a test sees as "left behind". */
   leftovers(): string[] {
-    return [
-      ...[...this.pinned].map((p) => `pin ${p}`),
-      ...[...this.infras.keys()].map((p) => `infra ${p}`),
-      ...[...this.cgroups].filter((c) => c !== '/pods').map((c) => `cgroup ${c}`),
-    ];
+    return [...[...this.pinned].map((p) => `pin ${p}`), ...[...this.infras.keys()].map((p) => `infra ${p}`)];
   }
 
   /** Simulates the infra process dying behind the daemon's back. */
@@ -113,28 +108,5 @@ export class FakeSandboxOs implements SandboxOs {
   async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {
     await this.enter('configureNamespaces', [ns, settings]);
     this.configured.push({ ns, settings });
-  }
-
-  async createCgroup(relative: string): Promise<string[]> {
-    await this.enter('createCgroup', [relative]);
-    const created: string[] = [];
-    let current = '';
-    for (const part of relative.split('/').filter(Boolean)) {
-      current = `${current}/${part}`;
-      if (!this.cgroups.has(current)) {
-        this.cgroups.add(current);
-        created.push(current);
-      }
-    }
-    return created;
-  }
-
-  async removeCgroups(relatives: string[]): Promise<void> {
-    await this.enter('removeCgroups', [relatives]);
-    for (const r of relatives) {
-      const hasChildren = [...this.cgroups].some((c) => c.startsWith(`${r}/`) && !relatives.includes(c));
-      if (hasChildren) throw new Error(`cgroup ${r} is busy`);
-      this.cgroups.delete(r);
-    }
   }
 }

@@ -20,7 +20,7 @@ export class FakeContainers implements StreamableContainers {
     this.byId.set(id, container);
     return container;
   }
-  async getContainer(id: string): Promise<StreamableContainer | undefined> {
+  async containerView(id: string): Promise<StreamableContainer | undefined> {
     return this.byId.get(id) ?? [...this.byId.values()].find((c) => c.id.startsWith(id));
   }
 }

@@ -10,7 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { RootlesskitPortManager } from '../../src/rootless/port-manager.js';
+import { RootlesskitPortManager } from '../../src/os/port-manager.js';
 import { grpcCode } from '../harness/cri-client.js';
 import { TestDaemon } from '../harness/daemon.js';
 

@@ -14,8 +14,8 @@ import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CriError, type ErrorKind } from '../../src/errors.js';
 import type { DirectoryUsage } from '../../src/image/image-fs-info.js';
-import { parseMountInfo } from '../../src/image/mounts.js';
 import type { PrepareOptions, Snapshotter, SnapshotterName } from '../../src/image/snapshotter.js';
+import { parseMountInfo } from '../../src/os/mounts.js';
 import { APP_DIR, TEST_USER, testUser } from '../harness/daemon.js';
 import { snapshotterContract } from '../unit/snapshotter-contract.js';
 

@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FailedPreconditionError, UnavailableError } from '../../src/errors.js';
-import { dialInNetns } from '../../src/streaming/netns-dial.js';
+import { dialInNetns } from '../../src/os/netns-dial.js';
 
 const NATIVE_DIR = fileURLToPath(new URL('../../native', import.meta.url));
 const NETNS = `rcri-dial-${process.pid}`;

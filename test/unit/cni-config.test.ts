@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { checkCniReady, loadCniConflist, parseCniConfig } from '../../src/podsandbox/cni-config.js';
+import { checkCniReady, loadCniConflist, parseCniConfig } from '../../src/os/cni-config.js';
 
 const SHIPPED = fileURLToPath(new URL('../../deploy/cni/10-rootless-cri.conflist', import.meta.url));
 

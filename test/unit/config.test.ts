@@ -126,7 +126,7 @@ log_level = "debug"
 copy_up = ["/etc"]
 slirp4netns_mtu = 1500
 [runtime]
-default_stop_timeout_seconds = 30
+crun_root = "/srv/rc/crun"
 [network]
 pod_cidr = "10.99.0.0/16"
 cni_bin_dirs = ["/opt/cni/bin"]
@@ -148,7 +148,7 @@ enabled = false
     expect(config.logLevel).toBe('debug');
     expect(config.node.copyUp).toEqual(['/etc']);
     expect(config.node.slirp4netnsMtu).toBe(1500);
-    expect(config.runtime.defaultStopTimeoutSeconds).toBe(30);
+    expect(config.runtime.crunRoot).toBe('/srv/rc/crun');
     expect(config.network.podCidr).toBe('10.99.0.0/16');
     expect(config.network.cniBinDirs).toEqual(['/opt/cni/bin']);
     expect(config.image.snapshotter).toBe('overlay');
@@ -219,10 +219,7 @@ describe('bad keys and values name the full key path', () => {
       'node.port_driver: expected one of "builtin", "slirp4netns", got "none"',
     ],
     ['[node]\nrootlesskit = "bin/rootlesskit"', 'node.rootlesskit: expected a program name'],
-    [
-      '[runtime]\ndefault_stop_timeout_seconds = 1.5',
-      'runtime.default_stop_timeout_seconds: expected an integer',
-    ],
+    ['[runtime]\ndefault_stop_timeout_seconds = 10', 'runtime.default_stop_timeout_seconds'],
     ['[cgroup]\nsubtree = "a/b"', 'cgroup.subtree: expected a single cgroup directory name'],
     ['[network]\npod_cidr = "10.88.0.0"', 'network.pod_cidr: expected a CIDR'],
     ['[network]\npod_cidr = "10.88.0.0/33"', 'network.pod_cidr: expected a CIDR'],

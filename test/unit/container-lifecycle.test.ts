@@ -5,18 +5,28 @@
  * fields, exits and OOM, update warnings, log reopen, stats, events, pod-wide stop/remove and
  * recovery after a simulated daemon kill.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ContainerConfig__Output, ContainerEventResponse } from '../../src/api/proto.js';
 import { type ContainerService, createContainerService } from '../../src/container/container-service.js';
-import type { SandboxInfo } from '../../src/container/sandbox-info.js';
+import type { RuntimeCore } from '../../src/core/runtime-core.js';
 import { FailedPreconditionError, InvalidArgumentError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
-import { containerConfig, hostFacts, resources, sandboxInfo } from '../fakes/container-fixtures.js';
+import {
+  containerConfig,
+  hostFacts,
+  resources,
+  sandboxRecord,
+  seedSandbox,
+} from '../fakes/container-fixtures.js';
+import { FakeCgroupManager } from '../fakes/fake-cgroup-manager.js';
 import { FakeContainerOs, FakeImages } from '../fakes/fake-container-os.js';
+import { fakeCore } from '../fakes/fake-core.js';
 import { FakeOciRuntime } from '../fakes/fake-oci-runtime.js';
+import { FakeSandboxOs } from '../fakes/fake-sandbox-os.js';
 import { FakeSnapshotter } from '../fakes/fake-snapshotter.js';
 
 const IMAGE_ID = `sha256:${'1'.repeat(64)}`;
@@ -28,7 +38,9 @@ interface World {
   snapshotter: FakeSnapshotter;
   images: FakeImages;
   os: FakeContainerOs;
-  sandboxes: Map<string, SandboxInfo>;
+  cgroups: FakeCgroupManager;
+  node: FakeSandboxOs;
+  core: RuntimeCore;
   service: ContainerService;
   facts: ReturnType<typeof hostFacts>;
 }
@@ -36,26 +48,28 @@ interface World {
 let w: World;
 let clock = 1_700_000_000_000_000_000n;
 
-function makeService(world: Omit<World, 'service'>): ContainerService {
-  return createContainerService({
-    config: {
-      rootDir: path.join(world.dir, 'root'),
-      runDir: path.join(world.dir, 'run'),
-      runtime: { crun: 'crun', conmon: 'conmon', crunRoot: '/x', defaultStopTimeoutSeconds: 10 },
-    },
-    logger: silentLogger(),
+/** A daemon over the world's disk and fakes: its core, and the container RPCs over it. */
+function makeService(world: Omit<World, 'service' | 'core'>): {
+  core: RuntimeCore;
+  service: ContainerService;
+} {
+  const { core } = fakeCore({
+    rootDir: path.join(world.dir, 'root'),
     runtime: world.runtime,
-    sandboxes: {
-      getSandbox: async (id) => world.sandboxes.get(id) ?? null,
-      listSandboxes: async () => [...world.sandboxes.values()],
-    },
+    cgroups: world.cgroups,
+    sandboxOs: world.node,
     images: world.images,
     snapshotter: world.snapshotter,
+    now: () => clock++,
+  });
+  const service = createContainerService({
+    core,
+    logger: silentLogger(),
     hostFacts: world.facts,
     os: world.os,
-    overrides: { now: () => clock++, undoTimeoutMs: 1000 },
-    monitorIntervalMs: 0,
+    overrides: { undoTimeoutMs: 1000 },
   });
+  return { core, service };
 }
 
 beforeEach(async () => {
@@ -74,15 +88,17 @@ beforeEach(async () => {
     snapshotter: new FakeSnapshotter('fuse-overlayfs', path.join(dir, 'snap')),
     images,
     os: new FakeContainerOs(),
-    sandboxes: new Map([[sandboxInfo().id, sandboxInfo()]]),
+    cgroups: new FakeCgroupManager(),
+    node: new FakeSandboxOs(),
     facts: hostFacts(),
   };
-  w = { ...base, service: makeService(base) };
-  await w.service.recover();
+  w = { ...base, ...makeService(base) };
+  await w.core.recover();
+  await seedSandbox(w.core.sandboxes, w.node, sandboxRecord());
 });
 
 afterEach(async () => {
-  await w.service.close();
+  await w.core.close();
   await rm(w.dir, { recursive: true, force: true });
 });
 
@@ -306,7 +322,7 @@ describe('CreateContainer failures leave nothing behind', () => {
 
   it('a pod that is missing or not ready is refused', async () => {
     await expect(create({}, {}, 'b'.repeat(64))).rejects.toMatchObject({ kind: 'NotFound' });
-    w.sandboxes.set(POD, sandboxInfo({ ready: false }));
+    await w.core.sandboxes.put({ ...sandboxRecord(), state: 'notready' });
     await expect(create()).rejects.toBeInstanceOf(FailedPreconditionError);
     expect(await leftovers()).toEqual([]);
   });
@@ -349,8 +365,9 @@ describe('status, exits and lists', () => {
     w.runtime.exitNow(ids[0]!, 0);
     w.runtime.exitNow(ids[1]!, 3);
     w.runtime.exitNow(ids[2]!, 137, true);
-    w.os.setCgroupFile(`/pods/pod1/${ids[3]}`, 'memory.events', 'low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n');
+    w.cgroups.setFile(`/pods/pod1/${ids[3]}`, 'memory.events', 'low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n');
     w.runtime.exitNow(ids[3]!, 137);
+    await w.core.exitsRecorded();
     const got = [];
     for (const id of ids) {
       const s = (await status(id)).status!;
@@ -366,7 +383,7 @@ describe('status, exits and lists', () => {
 
   it('ListContainers filters by id prefix, pod, state and labels', async () => {
     const other = 'c'.repeat(64);
-    w.sandboxes.set(other, sandboxInfo({ id: other, cgroupParent: '/pods/pod2' }));
+    await seedSandbox(w.core.sandboxes, w.node, sandboxRecord({ id: other, cgroupParent: '/pods/pod2' }));
     const a = await create({ metadata: { name: 'a', attempt: 0 }, labels: { tier: 'web' } });
     const b = await create({ metadata: { name: 'b', attempt: 0 }, labels: { tier: 'db' } });
     const c = await create({ metadata: { name: 'c', attempt: 0 }, labels: { tier: 'web' } }, {}, other);
@@ -441,17 +458,21 @@ describe('update, reopen, stats, events', () => {
   it('ReopenContainerLog asks conmon over its ctl FIFO and returns once the new file exists', async () => {
     const id = await create();
     await start(id);
-    const log = '/var/log/pods/x/app/0.log';
-    w.os.onFifoWrite = () => {
-      setTimeout(() => w.os.existing.add(log), 30);
+    const log = (w.runtime.calls.find((c) => c.method === 'create')!.args[0] as { logPath: string }).logPath;
+    // conmon reopens the log (a new file at the same path) a moment after the request.
+    const control = w.runtime.control.bind(w.runtime);
+    w.runtime.control = async (cid, message) => {
+      const answered = await control(cid, message);
+      setTimeout(() => void mkdir(path.dirname(log), { recursive: true }).then(() => writeFile(log, '')), 30);
+      return answered;
     };
     await w.service.handlers.ReopenContainerLog!({ container_id: id }, ctx as never);
-    expect(w.os.existing.has(log)).toBe(true);
-    expect(w.os.fifoWrites).toEqual([
-      { path: path.join(w.dir, 'run', 'containers', id, 'ctl'), text: '2 0 0\n' },
+    expect(existsSync(log)).toBe(true);
+    expect(w.runtime.calls.filter((c) => c.method === 'control').map((c) => c.args)).toEqual([
+      [id, 'reopen-log'],
     ]);
 
-    w.os.deadFifos.add(path.join(w.dir, 'run', 'containers', id, 'ctl'));
+    w.runtime.killMonitor(id);
     await expect(w.service.handlers.ReopenContainerLog!({ container_id: id }, ctx as never)).rejects.toThrow(
       /does not answer/,
     );
@@ -465,9 +486,9 @@ describe('update, reopen, stats, events', () => {
     const id = await create({ labels: { app: 'x' } });
     await start(id);
     const cg = `/pods/pod1/${id}`;
-    w.os.setCgroupFile(cg, 'cpu.stat', 'usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n');
-    w.os.setCgroupFile(cg, 'memory.current', '8192000\n');
-    w.os.setCgroupFile(cg, 'memory.stat', 'anon 4096000\ninactive_file 1000\npgfault 7\npgmajfault 1\n');
+    w.cgroups.setFile(cg, 'cpu.stat', 'usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n');
+    w.cgroups.setFile(cg, 'memory.current', '8192000\n');
+    w.cgroups.setFile(cg, 'memory.stat', 'anon 4096000\ninactive_file 1000\npgfault 7\npgmajfault 1\n');
     w.snapshotter.snapshots.get(id)!.usage = { bytes: 12288n, inodes: 3n };
     const stats = (await w.service.handlers.ContainerStats!({ container_id: id }, ctx as never)).stats!;
     expect(stats.attributes).toMatchObject({ id, metadata: { name: 'app' }, labels: { app: 'x' } });
@@ -480,7 +501,7 @@ describe('update, reopen, stats, events', () => {
     expect(stats.writable_layer?.inodes_used?.value).toBe('3');
 
     // Without the memory controller, memory has a timestamp and no value.
-    w.os.cgroupFiles.get(cg)!.delete('memory.current');
+    w.cgroups.files.get(cg)!.delete('memory.current');
     const again = (await w.service.handlers.ContainerStats!({ container_id: id }, ctx as never)).stats!;
     expect(again.memory?.usage_bytes ?? null).toBeNull();
     expect(BigInt(again.memory!.timestamp as string)).toBeGreaterThan(0n);
@@ -496,8 +517,8 @@ describe('update, reopen, stats, events', () => {
     );
     expect(none.stats).toEqual([]);
 
-    w.os.setCgroupFile('/pods/pod1', 'cpu.stat', 'usage_usec 9000\n');
-    w.os.setCgroupFile('/pods/pod1', 'pids.current', '3\n');
+    w.cgroups.setFile('/pods/pod1', 'cpu.stat', 'usage_usec 9000\n');
+    w.cgroups.setFile('/pods/pod1', 'pids.current', '3\n');
     const pod = (await w.service.handlers.PodSandboxStats!({ pod_sandbox_id: POD }, ctx as never)).stats!;
     expect(pod.attributes?.id).toBe(POD);
     expect(pod.linux?.cpu?.usage_core_nano_seconds?.value).toBe('9000000');
@@ -535,7 +556,7 @@ describe('update, reopen, stats, events', () => {
       expect(list.every((e) => e.container_id === id && BigInt(e.created_at as string) > 0n)).toBe(true);
       expect(list[2]!.containers_statuses?.[0]?.state).toBe('CONTAINER_EXITED');
     }
-    w.service.publishSandboxEvent('CONTAINER_STOPPED_EVENT', POD);
+    w.core.publishSandbox('CONTAINER_STOPPED_EVENT', POD);
     await new Promise((r) => setTimeout(r, 20));
     expect(seen[0].at(-1)).toMatchObject({
       container_id: POD,
@@ -544,34 +565,34 @@ describe('update, reopen, stats, events', () => {
     abort.abort();
     await Promise.all(streams);
     // Gone subscribers are dropped: publishing afterwards reaches nobody and does not throw.
-    w.service.publishSandboxEvent('CONTAINER_DELETED_EVENT', POD);
+    w.core.publishSandbox('CONTAINER_DELETED_EVENT', POD);
     expect(seen[0].at(-1)?.container_event_type).toBe('CONTAINER_STOPPED_EVENT');
   });
 });
 
 describe('pods, lookup and recovery', () => {
-  it('stopAll and removeAll act on the pod containers only, and remove the conmon cgroup', async () => {
+  it('stopPodContainers and removePodContainers act on the pod containers only, and remove the conmon cgroup', async () => {
     const other = 'c'.repeat(64);
-    w.sandboxes.set(other, sandboxInfo({ id: other, cgroupParent: '/pods/pod2' }));
+    await seedSandbox(w.core.sandboxes, w.node, sandboxRecord({ id: other, cgroupParent: '/pods/pod2' }));
     const a = await create({ metadata: { name: 'a', attempt: 0 } });
     const b = await create({ metadata: { name: 'b', attempt: 0 } });
     const c = await create({ metadata: { name: 'c', attempt: 0 } }, {}, other);
     await start(a);
     await start(c);
-    await w.service.podContainers.stopAll(POD, 0);
+    await w.core.stopPodContainers(POD, 0);
     expect((await status(a)).status!.state).toBe('CONTAINER_EXITED');
     expect((await status(b)).status!.state).toBe('CONTAINER_EXITED');
     expect((await status(c)).status!.state).toBe('CONTAINER_RUNNING');
-    await w.service.podContainers.removeAll(POD);
+    await w.core.removePodContainers(POD);
     await expect(status(a)).rejects.toMatchObject({ kind: 'NotFound' });
-    expect(w.os.calls).toContain('removeCgroup /pods/pod1/conmon');
+    expect(w.cgroups.calls).toContain('remove /pods/pod1/conmon');
     expect(await records()).toEqual([`${c}.json`]);
   });
 
-  it('lookup gives the streaming layer state, pid, stdio flags and conmon paths', async () => {
+  it('containerView gives the streaming layer state, pid and stdio flags', async () => {
     const id = await create({ tty: true, stdin: true, stdin_once: true });
     await start(id);
-    const view = await w.service.lookup.getContainer(id.slice(0, 10));
+    const view = await w.core.containerView(id.slice(0, 10));
     expect(view).toMatchObject({
       id,
       podSandboxId: POD,
@@ -579,18 +600,17 @@ describe('pods, lookup and recovery', () => {
       tty: true,
       stdin: true,
       stdinOnce: true,
-      ctlFifoPath: path.join(w.dir, 'run', 'containers', id, 'ctl'),
-      attachSocketPath: path.join(w.dir, 'run', 's', id, 'attach'),
     });
     expect(view!.pid).toBeGreaterThan(0);
     w.runtime.exitNow(id, 5);
-    expect(await w.service.lookup.getContainer(id)).toMatchObject({
+    await w.core.exitsRecorded();
+    expect(await w.core.containerView(id)).toMatchObject({
       state: 'CONTAINER_EXITED',
       exitCode: 5,
       pid: 0,
     });
-    expect(await w.service.lookup.getContainer('nope')).toBeUndefined();
-    expect(await w.service.lookup.getContainer('')).toBeUndefined();
+    expect(await w.core.containerView('nope')).toBeUndefined();
+    expect(await w.core.containerView('')).toBeUndefined();
   });
 
   it('recovers running containers as they were, exits while down, dead conmons and half-created ones', async () => {
@@ -599,14 +619,15 @@ describe('pods, lookup and recovery', () => {
     const orphan = await create({ metadata: { name: 'orphan', attempt: 0 } });
     for (const id of [keep, exits, orphan]) await start(id);
     const before = (await status(keep)).status!;
-    const pidBefore = (await w.service.lookup.getContainer(keep))!.pid;
+    const pidBefore = (await w.core.containerView(keep))!.pid;
     // A CreateContainer the daemon died in: its record says `creating`.
     w.runtime.failNext('create', new Error('daemon killed'));
     const storeDir = path.join(w.dir, 'root', 'containers');
     await expect(create({ metadata: { name: 'half', attempt: 0 } })).rejects.toThrow();
-    // Simulate the kill: the daemon is gone (no close), things happen, a new one starts.
+    // Simulate the kill: the daemon is gone (it hears nothing more), things happen, a new one starts.
+    await w.core.close();
     w.runtime.exitNow(exits, 42);
-    w.os.monitors.set(path.join(w.dir, 'run', 'containers', orphan, 'conmon.pid'), false);
+    w.runtime.killMonitor(orphan);
     const { writeFile } = await import('node:fs/promises');
     const halfId = 'e'.repeat(64);
     const halfRecord = JSON.parse(
@@ -621,10 +642,9 @@ describe('pods, lookup and recovery', () => {
     await w.snapshotter.prepare(halfId, ['/layers/top']);
     await w.images.markInUse(IMAGE_ID, halfId);
 
-    await w.service.close();
-    w.service = makeService(w);
-    await w.service.recover();
-    expect(w.service.lastRecovery).toMatchObject({
+    w = { ...w, ...makeService(w) };
+    await w.core.recover();
+    expect(w.core.recovery?.containers).toMatchObject({
       loaded: 4,
       running: 1,
       exitedWhileDown: 1,
@@ -635,7 +655,7 @@ describe('pods, lookup and recovery', () => {
     const after = (await status(keep)).status!;
     expect(after.state).toBe('CONTAINER_RUNNING');
     expect([after.created_at, after.started_at]).toEqual([before.created_at, before.started_at]);
-    expect((await w.service.lookup.getContainer(keep))!.pid).toBe(pidBefore);
+    expect((await w.core.containerView(keep))!.pid).toBe(pidBefore);
     expect((await status(exits)).status).toMatchObject({
       state: 'CONTAINER_EXITED',
       exit_code: 42,
@@ -659,8 +679,8 @@ describe('pods, lookup and recovery', () => {
   it('the monitor check finds a conmon that died while the daemon runs', async () => {
     const id = await create();
     await start(id);
-    w.os.monitors.set(path.join(w.dir, 'run', 'containers', id, 'conmon.pid'), false);
-    await w.service.checkNow();
+    w.runtime.killMonitor(id);
+    await w.core.checkNow();
     expect((await status(id)).status).toMatchObject({
       state: 'CONTAINER_EXITED',
       reason: 'ContainerMonitorDied',

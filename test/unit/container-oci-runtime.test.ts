@@ -5,8 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { mappedFromZero } from '../../src/container/host-facts.js';
-import { stopContainer } from '../../src/container/oci-runtime.js';
 import { deviceNumbers } from '../../src/container/spec-files.js';
+import { stopContainer } from '../../src/core/container-lifecycle.js';
 import { InternalError, NotFoundError } from '../../src/errors.js';
 import { FakeOciRuntime } from '../fakes/fake-oci-runtime.js';
 

@@ -1,8 +1,9 @@
 /**
- * The container layer's own OS access (NodeContainerOs) on temp dirs, the resource update
- * rules and program resolution: image VOLUME dirs stay inside the rootfs even through hostile
- * links (catalog row 19), a FIFO nobody reads is reported instead of blocking, a pid file
- * naming a process that is not conmon is a dead monitor.
+ * The container layer's own file access (NodeContainerOs), the node cgroup manager and the
+ * runtime's monitor check on temp dirs, the resource update rules and program lookup: image
+ * VOLUME dirs stay inside the rootfs even through hostile links (catalog row 19), a FIFO nobody
+ * reads is reported instead of blocking, cgroup paths that climb are refused, a pid file naming
+ * a process that is not conmon is a dead monitor.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -11,9 +12,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeContainerOs } from '../../src/container/container-deps.js';
-import { resolveProgram } from '../../src/container/container-service.js';
 import { criToOciResources as updateResources } from '../../src/container/resources.js';
 import { InvalidArgumentError } from '../../src/errors.js';
+import { silentLogger } from '../../src/log.js';
+import { NodeCgroupManager } from '../../src/os/cgroup-manager.js';
+import { writeFifoNonBlocking } from '../../src/os/conmon-attach.js';
+import { CrunConmonRuntime } from '../../src/os/oci-runtime.js';
+import { findProgram } from '../../src/os/programs.js';
 import { hostFacts, resources } from '../fakes/container-fixtures.js';
 
 let dir: string;
@@ -34,7 +39,7 @@ describe('NodeContainerOs', () => {
     await mkdir(outside);
     await symlink(outside, path.join(rootfs, 'abs'));
     await symlink('../../../../outside', path.join(rootfs, 'rel'));
-    const os = new NodeContainerOs(path.join(dir, 'cgroup'));
+    const os = new NodeContainerOs();
     await os.makeVolumeDirs(rootfs, ['/data', '/abs/x', '/rel/y', '/../../../etc/z']);
     expect(existsSync(path.join(rootfs, 'data'))).toBe(true);
     expect(existsSync(path.join(rootfs, outside, 'x'))).toBe(true);
@@ -44,41 +49,66 @@ describe('NodeContainerOs', () => {
     expect(existsSync(path.join(outside, 'y'))).toBe(false);
   });
 
-  it('writes to a FIFO with a reader, reports one without a reader, and refuses cgroup paths that climb', async () => {
-    const os = new NodeContainerOs(path.join(dir, 'cgroup'));
+  it('writes to a FIFO with a reader and reports one without a reader instead of blocking', async () => {
     const fifo = path.join(dir, 'ctl');
     execFileSync('mkfifo', [fifo]);
-    expect(await os.writeFifo(fifo, '2 0 0\n')).toBe(false);
-    expect(await os.writeFifo(path.join(dir, 'missing'), 'x')).toBe(false);
+    expect(await writeFifoNonBlocking(fifo, '2 0 0\n')).toBe(false);
+    expect(await writeFifoNonBlocking(path.join(dir, 'missing'), 'x')).toBe(false);
     const { open } = await import('node:fs/promises');
     const { constants } = await import('node:fs');
     const reader = await open(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
     try {
-      expect(await os.writeFifo(fifo, '2 0 0\n')).toBe(true);
+      expect(await writeFifoNonBlocking(fifo, '2 0 0\n')).toBe(true);
       const buf = Buffer.alloc(16);
       const { bytesRead } = await reader.read(buf, 0, 16, null);
       expect(buf.subarray(0, bytesRead).toString()).toBe('2 0 0\n');
     } finally {
       await reader.close();
     }
-    await expect(os.ensureCgroup('/pods/../../etc')).rejects.toThrow(/bad cgroup path/);
-    expect(await os.ensureCgroup('/pods/p1/conmon')).toBe(path.join(dir, 'cgroup', 'pods', 'p1', 'conmon'));
+  });
+});
+
+describe('NodeCgroupManager', () => {
+  it('creates, reads and removes cgroups below its root, and refuses paths that climb', async () => {
+    await mkdir(path.join(dir, 'cgroup'));
+    const cgroups = NodeCgroupManager.at(path.join(dir, 'cgroup'));
+    await expect(cgroups.create('/pods/../../etc')).rejects.toThrow(/bad cgroup path/);
+    expect(await cgroups.create('/pods/p1/conmon')).toEqual(['/pods', '/pods/p1', '/pods/p1/conmon']);
+    expect(await cgroups.create('/pods/p1/conmon')).toEqual([]);
+    expect(cgroups.dir('/pods/p1/conmon')).toBe(path.join(dir, 'cgroup', 'pods', 'p1', 'conmon'));
     await writeFile(path.join(dir, 'cgroup', 'pods', 'p1', 'cpu.stat'), 'usage_usec 1\n');
-    expect(await os.readCgroupFile('/pods/p1', 'cpu.stat')).toBe('usage_usec 1\n');
-    expect(await os.readCgroupFile('/pods/p1', 'memory.current')).toBeNull();
-    await os.removeCgroup('/pods/p1/conmon');
-    await os.removeCgroup('/pods/p1/conmon');
+    await writeFile(path.join(dir, 'cgroup', 'pods', 'p1', 'memory.stat'), 'anon 4\ninactive_file 2\n');
+    expect(await cgroups.readFile('/pods/p1', 'cpu.stat')).toBe('usage_usec 1\n');
+    expect(await cgroups.readFile('/pods/p1', 'memory.current')).toBeNull();
+    const stats = await cgroups.stats('/pods/p1');
+    expect(stats.cpuUsageNs).toBe(1000n);
+    expect(stats.memoryBytes).toBeNull();
+    expect(stats.memoryStat.get('anon')).toBe(4n);
+    await cgroups.remove(['/pods/p1/conmon']);
+    await cgroups.remove(['/pods/p1/conmon']);
     expect(existsSync(path.join(dir, 'cgroup', 'pods', 'p1', 'conmon'))).toBe(false);
   });
+});
 
+describe('the runtime monitor check', () => {
   it('a monitor pid file naming a live non-conmon process, a bad pid or nothing is not a live conmon', async () => {
-    const os = new NodeContainerOs();
-    const file = path.join(dir, 'conmon.pid');
-    expect(await os.monitorAlive(file)).toBeNull();
+    const runtime = new CrunConmonRuntime({
+      conmonPath: '/nonexistent/conmon',
+      crunPath: '/nonexistent/crun',
+      crunRoot: path.join(dir, 'crun'),
+      stateDir: path.join(dir, 'containers'),
+      exitDir: path.join(dir, 'exits'),
+      socketDir: path.join(dir, 's'),
+      logger: silentLogger(),
+    });
+    const id = 'c1';
+    const file = runtime.paths.conmonPidFile(id);
+    expect(await runtime.monitorAlive(id)).toBeNull();
+    await mkdir(path.dirname(file), { recursive: true });
     await writeFile(file, String(process.pid));
-    expect(await os.monitorAlive(file)).toBe(false);
+    expect(await runtime.monitorAlive(id)).toBe(false);
     await writeFile(file, 'garbage');
-    expect(await os.monitorAlive(file)).toBe(false);
+    expect(await runtime.monitorAlive(id)).toBe(false);
     expect(await readFile(file, 'utf8')).toBe('garbage');
   });
 });
@@ -127,14 +157,16 @@ describe('updateResources', () => {
   });
 });
 
-describe('resolveProgram', () => {
-  it('finds a bare name on PATH or the standard dirs, keeps paths as given', async () => {
+describe('findProgram', () => {
+  it('finds a bare name on PATH or the standard dirs, checks paths as given', async () => {
     const bin = path.join(dir, 'bin');
     await mkdir(bin);
     await writeFile(path.join(bin, 'my-tool'), '#!/bin/sh\n', { mode: 0o755 });
-    expect(resolveProgram('my-tool', bin)).toBe(path.join(bin, 'my-tool'));
-    expect(resolveProgram('sh', '')).toMatch(/^\/(usr\/)?bin\/sh$/);
-    expect(resolveProgram('./relative/tool', bin)).toBe('./relative/tool');
-    expect(resolveProgram('no-such-program-anywhere', bin)).toBe('no-such-program-anywhere');
+    await writeFile(path.join(bin, 'not-executable'), 'x', { mode: 0o644 });
+    expect(findProgram('my-tool', [bin])).toBe(path.join(bin, 'my-tool'));
+    expect(findProgram('sh', [])).toMatch(/^\/(usr\/)?bin\/sh$/);
+    expect(findProgram(path.join(bin, 'my-tool'), [])).toBe(path.join(bin, 'my-tool'));
+    expect(findProgram('not-executable', [bin])).toBeNull();
+    expect(findProgram('no-such-program-anywhere', [bin])).toBeNull();
   });
 });

@@ -9,7 +9,6 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ContainerConfig__Output } from '../../src/api/proto.js';
 import { DEFAULT_CAPABILITIES } from '../../src/container/capabilities.js';
-import type { OciSpec } from '../../src/container/oci-spec.js';
 import {
   buildOciSpec,
   containerLogPath,
@@ -20,6 +19,7 @@ import {
 } from '../../src/container/spec-builder.js';
 import { NodeSpecFiles } from '../../src/container/spec-files.js';
 import { CriError } from '../../src/errors.js';
+import type { OciSpec } from '../../src/os/oci-spec.js';
 import {
   containerConfig,
   hostFacts,

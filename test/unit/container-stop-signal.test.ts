@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { pidOneDropsSignal, signalNumber } from '../../src/container/oci-runtime.js';
+import { pidOneDropsSignal, signalNumber } from '../../src/os/oci-runtime.js';
 
 const status = (nspid: string, sigcgt: string) =>
   `Name:\tsleep\nNSpid:\t${nspid}\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t${sigcgt}\n`;

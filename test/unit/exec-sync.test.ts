@@ -10,8 +10,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createExecSync, execSyncTimeoutMs } from '../../src/container/exec-sync.js';
-import { CrunConmonRuntime, EXEC_OUTPUT_CAP } from '../../src/container/oci-runtime.js';
 import { CriError, DeadlineExceededError } from '../../src/errors.js';
+import { silentLogger } from '../../src/log.js';
+import { CrunConmonRuntime, EXEC_OUTPUT_CAP } from '../../src/os/oci-runtime.js';
 import { FakeOciRuntime } from '../fakes/fake-oci-runtime.js';
 import { FakeContainers } from '../fakes/fake-streamable-containers.js';
 
@@ -36,7 +37,9 @@ describe('ExecSync over fakes', () => {
     const execSync = createExecSync({ containers, runtime });
     const response = await execSync({ container_id: 'c1', cmd: ['echo', 'hi'], timeout: '7' });
     expect(response).toEqual({ stdout: Buffer.from('out'), stderr: Buffer.from('err'), exit_code: 3 });
-    expect(runtime.calls).toEqual([{ method: 'exec', args: ['c1', { args: ['echo', 'hi'] }, 7000] }]);
+    expect(runtime.calls.filter((c) => c.method === 'exec')).toEqual([
+      { method: 'exec', args: ['c1', { args: ['echo', 'hi'] }, 7000] },
+    ]);
   });
 
   it('resolves a unique id prefix to the full id', async () => {
@@ -45,7 +48,7 @@ describe('ExecSync over fakes', () => {
     containers.add('abcdef0123');
     runtime.containers.set('abcdef0123', {} as never);
     await createExecSync({ containers, runtime })({ container_id: 'abcd', cmd: ['true'], timeout: '0' });
-    expect(runtime.calls[0]?.args[0]).toBe('abcdef0123');
+    expect(runtime.calls.find((c) => c.method === 'exec')?.args[0]).toBe('abcdef0123');
   });
 
   it('rejects bad requests and containers that are missing or not running, without running anything', async () => {
@@ -119,6 +122,7 @@ describe('ExecSync through CrunConmonRuntime.exec (stand-in crun)', () => {
       stateDir: path.join(dir, 'state'),
       exitDir: path.join(dir, 'exits'),
       socketDir: path.join(dir, 'sockets'),
+      logger: silentLogger(),
     });
     containers.add(id, { bundleDir: bundle });
   });
@@ -165,7 +169,57 @@ describe('ExecSync through CrunConmonRuntime.exec (stand-in crun)', () => {
     expect(pgrep(`sleep ${marker}`)).toEqual([]);
     expect(await readdir(path.join(dir, 'state', id))).toEqual(['config.json']);
   });
+
+  it('answers when the command exits even if a child keeps its stdout open, and kills that child', async () => {
+    const execSync = createExecSync({ containers, runtime });
+    const marker = `4322.${Math.floor(Math.random() * 1e6)}`;
+    const started = Date.now();
+    const r = await execSync({
+      container_id: id,
+      cmd: ['sh', '-c', `sleep ${marker} & echo started`],
+      timeout: '5',
+    });
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(r.exit_code).toBe(0);
+    expect(String(r.stdout)).toBe('started\n');
+    expect(pgrep(`sleep ${marker}`)).toEqual([]);
+  });
+
+  it('at the timeout kills every process of the session, background children too, and says how long it took', async () => {
+    const execSync = createExecSync({ containers, runtime });
+    const marker = `4323.${Math.floor(Math.random() * 1e6)}`;
+    const err = await execSync({
+      container_id: id,
+      cmd: ['sh', '-c', `sleep ${marker} & sleep ${marker}`],
+      timeout: '1',
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ kind: 'DeadlineExceeded' });
+    expect(String(err)).toMatch(/timed out after 1\d\d\d ms/);
+    expect(pgrep(`sleep ${marker}`)).toEqual([]);
+  });
+
+  it('a client that goes away (abort) kills the session at once', async () => {
+    const execSync = createExecSync({ containers, runtime });
+    const marker = `4324.${Math.floor(Math.random() * 1e6)}`;
+    const abort = new AbortController();
+    const pending = execSync(
+      { container_id: id, cmd: ['sleep', marker], timeout: '60' },
+      { signal: abort.signal },
+    ).catch((e: unknown) => e);
+    await waitFor(() => pgrep(`sleep ${marker}`).length > 0);
+    abort.abort(new DeadlineExceededError('client deadline'));
+    expect(await pending).toMatchObject({ kind: 'DeadlineExceeded' });
+    expect(pgrep(`sleep ${marker}`)).toEqual([]);
+  });
 });
+
+async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 function pgrep(pattern: string): string[] {
   try {

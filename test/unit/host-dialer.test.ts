@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UnavailableError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
-import { type HostDialerServer, hostDialer, startHostDialer } from '../../src/rootless/host-dialer.js';
+import { type HostDialerServer, hostDialer, startHostDialer } from '../../src/os/host-dialer.js';
 
 describe('host dialer', () => {
   let dir: string;

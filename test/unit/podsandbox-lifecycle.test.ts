@@ -9,8 +9,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { PodSandboxConfig__Output } from '../../src/api/proto.js';
+import type { RuntimeCore } from '../../src/core/runtime-core.js';
 import { silentLogger } from '../../src/log.js';
 import { createPodSandboxService, type PodSandboxService } from '../../src/podsandbox/index.js';
+import { FakeCgroupManager } from '../fakes/fake-cgroup-manager.js';
+import { fakeCore } from '../fakes/fake-core.js';
 import { FakeNetworkDriver } from '../fakes/fake-network-driver.js';
 import { FakePortManager } from '../fakes/fake-port-manager.js';
 import { FakeSandboxOs } from '../fakes/fake-sandbox-os.js';
@@ -20,9 +23,11 @@ interface World {
   dir: string;
   journal: string[];
   os: FakeSandboxOs;
+  cgroups: FakeCgroupManager;
   network: FakeNetworkDriver;
   ports: FakePortManager;
   service: PodSandboxService;
+  core: RuntimeCore;
   stopped: string[];
   removed: string[];
 }
@@ -30,8 +35,31 @@ interface World {
 let world: World;
 let clock = 1_000_000_000n;
 
-function makeService(w: Omit<World, 'service'>, newId?: () => string): PodSandboxService {
-  return createPodSandboxService({
+/** A daemon over the world's disk and fakes: its core, and the pod RPCs over it. */
+function makeService(
+  w: Omit<World, 'service' | 'core'>,
+  newId?: () => string,
+): { service: PodSandboxService; core: RuntimeCore } {
+  const { core } = fakeCore({
+    rootDir: path.join(w.dir, 'root'),
+    journal: w.journal,
+    sandboxOs: w.os,
+    cgroups: w.cgroups,
+    now: () => clock++,
+  });
+  // What StopPodSandbox and RemovePodSandbox ask of the pod's containers, seen by the test.
+  const stopPodContainers = core.stopPodContainers.bind(core);
+  core.stopPodContainers = async (id, timeout) => {
+    w.stopped.push(id);
+    await stopPodContainers(id, timeout);
+  };
+  const removePodContainers = core.removePodContainers.bind(core);
+  core.removePodContainers = async (id) => {
+    w.removed.push(id);
+    await removePodContainers(id);
+  };
+  const service = createPodSandboxService({
+    core,
     config: {
       rootDir: path.join(w.dir, 'root'),
       runDir: path.join(w.dir, 'run'),
@@ -42,22 +70,12 @@ function makeService(w: Omit<World, 'service'>, newId?: () => string): PodSandbo
         podCidr: '10.88.0.0/16',
         networkName: 'fake',
       },
-      node: { catatonit: 'catatonit', nsenter: 'nsenter' } as never,
     },
     logger: silentLogger(),
     portManager: w.ports,
     os: w.os,
     network: w.network,
-    containers: {
-      stopAll: async (id) => {
-        w.stopped.push(id);
-      },
-      removeAll: async (id) => {
-        w.removed.push(id);
-      },
-    },
     overrides: {
-      now: () => clock++,
       ...(newId ? { newId } : {}),
       nodeHostname: () => 'node-host',
       undoTimeoutMs: 2_000,
@@ -69,6 +87,7 @@ function makeService(w: Omit<World, 'service'>, newId?: () => string): PodSandbo
       },
     },
   });
+  return { service, core };
 }
 
 beforeEach(async () => {
@@ -78,13 +97,14 @@ beforeEach(async () => {
     dir,
     journal,
     os: new FakeSandboxOs(journal),
+    cgroups: new FakeCgroupManager({}, journal),
     network: new FakeNetworkDriver(journal),
     ports: new FakePortManager(journal),
     stopped: [] as string[],
     removed: [] as string[],
   };
-  world = { ...partial, service: makeService(partial) };
-  await world.service.recover();
+  world = { ...partial, ...makeService(partial) };
+  await world.core.recover();
 });
 
 afterEach(async () => {
@@ -118,6 +138,7 @@ async function recordFiles(): Promise<string[]> {
 async function leftovers(): Promise<string[]> {
   return [
     ...world.os.leftovers(),
+    ...world.cgroups.leftovers(),
     ...[...world.network.leases.values()].map((ip) => `lease ${ip}`),
     ...[...world.ports.published.values()].map((p) => `port ${p.parentPort}`),
     ...(await recordFiles()).map((f) => `file ${f}`),
@@ -166,7 +187,7 @@ describe('RunPodSandbox', () => {
       'utsns',
     ]);
     expect(world.os.infras.size).toBe(1);
-    expect(world.os.cgroups.has(`/pods/${id}`)).toBe(true);
+    expect(world.cgroups.cgroups.has(`/pods/${id}`)).toBe(true);
     expect([...world.ports.published.values()]).toMatchObject([
       { parentIP: '127.0.0.1', parentPort: 12000, childIP: '10.88.0.2', childPort: 80 },
     ]);
@@ -243,7 +264,7 @@ describe('RunPodSandbox', () => {
   });
 
   const steps = [
-    ['createCgroup', 'os'],
+    ['create', 'cgroups'],
     ['createPodNamespaces', 'os'],
     ['loadConfig', 'network'],
     ['setUp', 'network'],
@@ -252,6 +273,7 @@ describe('RunPodSandbox', () => {
   it.each(steps)('rolls back everything when %s fails, and a retry succeeds', async (method, where) => {
     const failure = new Error(`injected ${method} failure`);
     if (where === 'os') world.os.failNext(method as Parameters<FakeSandboxOs['failNext']>[0], failure);
+    else if (where === 'cgroups') world.cgroups.failNext('create', failure);
     else world.network.failNext(method as Parameters<FakeNetworkDriver['failNext']>[0], failure);
     await expect(run(withPortsAndNetSysctl(12000))).rejects.toThrow(`injected ${method} failure`);
     expect(await leftovers()).toEqual([]);
@@ -274,7 +296,7 @@ describe('RunPodSandbox', () => {
     const failedAt = world.journal.indexOf('os.configureNamespaces');
     expect(world.journal.slice(0, failedAt)).toEqual([
       'network.loadConfig',
-      'os.createCgroup',
+      'cgroups.create',
       'os.createPodNamespaces',
       'network.setUp',
       'ports.add',
@@ -285,7 +307,7 @@ describe('RunPodSandbox', () => {
       'os.stopInfra',
       'os.unpinNamespaces',
       'os.unpinNamespaces',
-      'os.removeCgroups',
+      'cgroups.remove',
     ]);
   });
 
@@ -389,8 +411,8 @@ describe('StopPodSandbox and RemovePodSandbox', () => {
       kind: 'InvalidArgument',
     });
     const ids = [`ab1${'0'.repeat(61)}`, `ab2${'0'.repeat(61)}`];
-    world = { ...world, service: makeService(world, () => ids.shift()!) };
-    await world.service.recover();
+    world = { ...world, ...makeService(world, () => ids.shift()!) };
+    await world.core.recover();
     const first = podConfig();
     first.metadata!.name = 'first';
     const a = await run(first);
@@ -447,9 +469,9 @@ describe('recovery', () => {
 
     // A new daemon over the same disk and node.
     const restarted = makeService(world);
-    await restarted.recover();
-    expect(restarted.lastRecovery).toMatchObject({ loaded: 3, ready: 1, notReady: 2 });
-    world = { ...world, service: restarted };
+    await restarted.core.recover();
+    expect(restarted.core.recovery?.sandboxes).toMatchObject({ loaded: 3, ready: 1, notReady: 2 });
+    world = { ...world, ...restarted };
     const all = await world.service.handlers.ListPodSandbox({ filter: null }, ctx());
     const byName = Object.fromEntries(all.items!.map((i) => [i.metadata!.name, i]));
     expect(byName.pod?.state).toBe('SANDBOX_READY');
@@ -473,9 +495,9 @@ describe('recovery', () => {
     const { writeFile } = await import('node:fs/promises');
     await writeFile(path.join(dir, `${'e'.repeat(64)}.json`), '{"version":1,"id":"trunc');
     const restarted = makeService(world);
-    await restarted.recover();
-    expect(restarted.lastRecovery?.problems).toHaveLength(1);
-    expect(restarted.lastRecovery?.loaded).toBe(1);
+    await restarted.core.recover();
+    expect(restarted.core.recovery?.sandboxes?.problems).toHaveLength(1);
+    expect(restarted.core.recovery?.sandboxes?.loaded).toBe(1);
     expect((await readdir(dir)).some((f) => f.endsWith('.json.corrupt'))).toBe(true);
   });
 });

@@ -1,11 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { addressesOf } from '../../src/podsandbox/cni-network.js';
-import {
-  criState,
-  parseSandboxRecord,
-  recoveredState,
-  sandboxName,
-} from '../../src/podsandbox/sandbox-record.js';
+import { criState, parseSandboxRecord, recoveredState, sandboxName } from '../../src/core/sandbox-record.js';
+import { addressesOf } from '../../src/os/cni-network.js';
 
 describe('sandbox states', () => {
   it('maps internal states to CRI states in one place', () => {

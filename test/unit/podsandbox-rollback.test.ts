@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { describeUndoFailures, RollbackStack } from '../../src/podsandbox/rollback.js';
+import { describeUndoFailures, RollbackStack } from '../../src/core/rollback.js';
 
 describe('RollbackStack', () => {
   it('undoes newest first, runs every undo even after a failure, and reports the failures', async () => {

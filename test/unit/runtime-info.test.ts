@@ -6,14 +6,14 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { CallContext } from '../../src/api/handlers.js';
 import { ReadinessGate } from '../../src/cri/edge.js';
+import { type CriServer, createCriServer } from '../../src/cri/server.js';
+import { InvalidArgumentError } from '../../src/errors.js';
+import { silentLogger } from '../../src/log.js';
 import {
   createRuntimeInfoHandlers,
   parsePodCidrs,
   type RuntimeInfoHandlers,
-} from '../../src/cri/runtime-info.js';
-import { type CriServer, createCriServer } from '../../src/cri/server.js';
-import { InvalidArgumentError } from '../../src/errors.js';
-import { silentLogger } from '../../src/log.js';
+} from '../../src/runtime-info/runtime-info.js';
 import { packageVersion as readInstalledVersion } from '../../src/version.js';
 import { FakePodCidrSetting, FakeRuntimeHealth } from '../fakes/fake-runtime-health.js';
 import { CriClient, grpcCode } from '../harness/cri-client.js';

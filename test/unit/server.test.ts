@@ -8,7 +8,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CriHandlers } from '../../src/api/handlers.js';
 import { loadCriDefinitions } from '../../src/api/proto.js';
 import { ReadinessGate } from '../../src/cri/edge.js';
-import { createRuntimeInfoHandlers } from '../../src/cri/runtime-info.js';
 import {
   type CriServer,
   createCriServer,
@@ -18,6 +17,7 @@ import {
 import { FailedPreconditionError, InternalError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
 import { createMetrics, type MetricsServer, startMetricsServer } from '../../src/metrics.js';
+import { createRuntimeInfoHandlers } from '../../src/runtime-info/runtime-info.js';
 import { FakePodCidrSetting, FakeRuntimeHealth } from '../fakes/fake-runtime-health.js';
 import { CriClient, grpcCode } from '../harness/cri-client.js';
 

@@ -8,9 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FuseOverlayfsSnapshotter } from '../../src/image/fuse-overlayfs-snapshotter.js';
-import type { CommandOptions, CommandResult } from '../../src/image/mounts.js';
 import { OverlaySnapshotter } from '../../src/image/overlay-snapshotter.js';
 import type { ProcessInfo, SnapshotterOs } from '../../src/image/snapshotter.js';
+import type { CommandOptions, CommandResult } from '../../src/os/mounts.js';
 
 interface RecordedCommand {
   argv: string[];

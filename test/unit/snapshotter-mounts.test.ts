@@ -8,7 +8,7 @@ import {
   parseMountInfo,
   unescapeMountField,
   unmountWithRetries,
-} from '../../src/image/mounts.js';
+} from '../../src/os/mounts.js';
 
 const MOUNTINFO = [
   '22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw',

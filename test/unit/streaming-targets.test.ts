@@ -1,6 +1,6 @@
 /**
- * The streaming targets without a node: exec through CrunExecLauncher with a stand-in for
- * `crun exec` (real child processes, real pipes), the state checks of the exec target, the
+ * The streaming targets without a node: exec through the runtime's crun exec with a stand-in
+ * for `crun exec` (real child processes, real pipes), the state checks of the exec target, the
  * attach target's non-blocking output buffer, and port-forward's choice between the pod's
  * netns and the node's loopback.
  */
@@ -12,18 +12,16 @@ import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConmonAttachTarget, unblocked } from '../../src/container/attach-target.js';
-import {
-  ContainerExecTarget,
-  CrunExecLauncher,
-  execProcess,
-  mergeOutputs,
-} from '../../src/container/exec-target.js';
-import type { OciProcess } from '../../src/container/oci-spec.js';
+import { ContainerAttachTarget } from '../../src/container/attach-target.js';
+import { ContainerExecTarget } from '../../src/container/exec-target.js';
+import type { SandboxRecord } from '../../src/core/sandbox-record.js';
+import type { StreamSession } from '../../src/core/stream-targets.js';
 import { CriError } from '../../src/errors.js';
+import { unblocked } from '../../src/os/conmon-attach.js';
+import { execProcess, mergeOutputs } from '../../src/os/crun-exec.js';
+import { CrunConmonRuntime } from '../../src/os/oci-runtime.js';
+import type { OciProcess } from '../../src/os/oci-spec.js';
 import { dialNodeLoopback, SandboxPortForwardTarget } from '../../src/podsandbox/port-forward-target.js';
-import type { SandboxRecord } from '../../src/podsandbox/sandbox-record.js';
-import type { StreamSession } from '../../src/streaming/targets.js';
 import { FakeContainers } from '../fakes/fake-streamable-containers.js';
 
 const FAKE_CRUN = path.resolve(import.meta.dirname, '../fixtures/fake-crun-exec.mjs');
@@ -74,7 +72,15 @@ describe('exec target', () => {
     containers.add('stopped', { state: 'CONTAINER_EXITED', bundleDir: bundle });
     target = new ContainerExecTarget(
       containers,
-      new CrunExecLauncher({ crunPath: FAKE_CRUN, crunRoot: path.join(dir, 'crun'), logger }),
+      new CrunConmonRuntime({
+        conmonPath: '/nonexistent/conmon',
+        crunPath: FAKE_CRUN,
+        crunRoot: path.join(dir, 'crun'),
+        stateDir: dir,
+        exitDir: path.join(dir, 'exits'),
+        socketDir: path.join(dir, 's'),
+        logger,
+      }),
     );
   });
   afterAll(async () => {
@@ -187,20 +193,24 @@ describe('tty exec output', () => {
 });
 
 describe('attach target', () => {
-  it('refuses missing, stopped and monitor-less containers, and a socket nobody listens on', async () => {
+  it('refuses missing and stopped containers, and a monitor socket nobody listens on', async () => {
     const containers = new FakeContainers();
     containers.add('stopped', { state: 'CONTAINER_EXITED' });
-    containers.add('no-monitor', {});
-    containers.add('gone-socket', { attachSocketPath: '/nonexistent/dir/attach', stdin: true });
-    const target = new ConmonAttachTarget({
-      containers,
+    containers.add('gone-socket', { stdin: true });
+    const runtime = new CrunConmonRuntime({
+      conmonPath: '/nonexistent/conmon',
+      crunPath: '/nonexistent/crun',
+      crunRoot: '/nonexistent/crun-root',
+      stateDir: '/nonexistent/state',
+      exitDir: '/nonexistent/exits',
+      socketDir: '/nonexistent/dir',
       logger,
-      relayPath: path.resolve(import.meta.dirname, '../../native/build/attach-relay'),
+      attachRelayPath: path.resolve(import.meta.dirname, '../../native/build/attach-relay'),
     });
+    const target = new ContainerAttachTarget(containers, runtime);
     const io = { tty: false, stdin: true, stdout: true, stderr: true };
     expect(await kindOf(target.validate('missing'))).toBe('NotFound');
     expect(await kindOf(target.attach('stopped', io))).toBe('FailedPrecondition');
-    expect(await kindOf(target.attach('no-monitor', io))).toBe('FailedPrecondition');
     const error = await target.attach('gone-socket', io).catch((e: unknown) => e);
     expect((error as CriError).kind).toBe('FailedPrecondition');
     expect((error as Error).message).toMatch(/cannot reach the monitor.*may have exited/);

@@ -7,7 +7,8 @@
  * and Remove clean it completely. Names are reserved again, ready sandboxes first. One bad
  * record never stops the start: it is moved aside and logged.
  */
-import type { SandboxDeps } from './sandbox-deps.js';
+import type { SandboxOs } from '../os/sandbox-os.js';
+import type { RuntimeCore } from './runtime-core.js';
 import { recoveredState, type SandboxRecord } from './sandbox-record.js';
 
 export interface RecoveryReport {
@@ -18,23 +19,26 @@ export interface RecoveryReport {
   problems: { file: string; message: string }[];
 }
 
-export async function recoverSandboxes(deps: SandboxDeps): Promise<RecoveryReport> {
-  const { records, problems } = await deps.store.load();
-  for (const p of problems) deps.logger.error(p, 'sandbox record unreadable; moved aside as .corrupt');
+export async function recoverSandboxes(
+  core: RuntimeCore,
+  os: Pick<SandboxOs, 'isPinned' | 'infraAlive'>,
+): Promise<RecoveryReport> {
+  const { records, problems } = await core.sandboxes.load();
+  for (const p of problems) core.logger.error(p, 'sandbox record unreadable; moved aside as .corrupt');
   const changed: string[] = [];
   const settled: SandboxRecord[] = [];
   for (const record of records) {
-    const observed = await observe(deps, record);
+    const observed = await observe(os, record);
     const next = recoveredState(record, observed);
     if (next.state !== record.state) {
       const updated: SandboxRecord = { ...record, state: next.state, notReadyReason: next.reason };
       try {
-        await deps.store.put(updated);
+        await core.sandboxes.put(updated);
       } catch (err) {
-        deps.logger.error({ err, sandbox: record.id }, 'cannot save the recovered sandbox state');
+        core.logger.error({ err, sandbox: record.id }, 'cannot save the recovered sandbox state');
       }
       changed.push(record.id);
-      deps.logger.warn({ sandbox: record.id, reason: next.reason }, 'pod sandbox is not ready after restart');
+      core.logger.warn({ sandbox: record.id, reason: next.reason }, 'pod sandbox is not ready after restart');
       settled.push(updated);
     } else {
       settled.push(record);
@@ -45,7 +49,7 @@ export async function recoverSandboxes(deps: SandboxDeps): Promise<RecoveryRepor
   for (const record of ordered) {
     const meta = record.config.metadata!;
     const name = [meta.name, meta.namespace, meta.uid, String(meta.attempt)].join('_');
-    if (deps.names.owner(name) === undefined) deps.names.reserve(name, record.id);
+    if (core.sandboxNames.owner(name) === undefined) core.sandboxNames.reserve(name, record.id);
   }
   return {
     loaded: records.length,
@@ -56,15 +60,15 @@ export async function recoverSandboxes(deps: SandboxDeps): Promise<RecoveryRepor
   };
 }
 
-async function observe(deps: SandboxDeps, record: SandboxRecord) {
+async function observe(os: Pick<SandboxOs, 'isPinned' | 'infraAlive'>, record: SandboxRecord) {
   const netns = record.namespaces.network.path;
-  const networkPinned = netns === null ? true : await deps.os.isPinned(netns).catch(() => false);
+  const networkPinned = netns === null ? true : await os.isPinned(netns).catch(() => false);
   const infra = record.namespaces.pid.infra;
   const infraAlive =
     record.namespaces.pid.mode !== 'POD'
       ? true
       : infra
-        ? await deps.os.infraAlive(infra).catch(() => false)
+        ? await os.infraAlive(infra).catch(() => false)
         : false;
   return { networkPinned, infraAlive };
 }

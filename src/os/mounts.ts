@@ -8,10 +8,10 @@
  * Everything that touches the OS goes through `CommandRunner` and `MountTableReader`, so
  * the retry and error logic is unit-tested with fakes.
  */
-import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UnavailableError } from '../errors.js';
+import { ProcessTimeoutError, ProgramNotFoundError, run } from './process-runner.js';
 
 // ---- mountinfo ------------------------------------------------------------------------
 
@@ -106,43 +106,34 @@ export type CommandRunner = (
 const OUTPUT_CAP = 64 * 1024;
 
 /**
- * Resolves when the process exits, not when its stdio closes: fuse-overlayfs forks a
- * daemon that could keep an inherited pipe open for its whole life.
+ * The process runner behind CommandRunner. Settles when the process exits, not when its stdio
+ * closes: fuse-overlayfs forks a daemon that could keep an inherited pipe open for its whole life.
  */
-export const spawnCommand: CommandRunner = (command, args, options = {}) =>
-  new Promise((resolve) => {
-    let stdout = '';
-    let stderr = '';
-    let settled = false;
-    const child = spawn(command, args, {
-      cwd: options.cwd,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: options.timeoutMs ?? 30_000,
-      killSignal: 'SIGKILL',
+export const spawnCommand: CommandRunner = async (command, args, options = {}) => {
+  try {
+    const r = await run(command, args, {
+      ...(options.cwd ? { cwd: options.cwd } : {}),
+      timeoutMs: options.timeoutMs ?? 30_000,
+      killGraceMs: 0,
+      maxOutputBytes: OUTPUT_CAP,
+      settleOnExit: true,
     });
-    child.stdout.on('data', (chunk: Buffer) => {
-      if (stdout.length < OUTPUT_CAP) stdout += chunk.toString('utf8');
-    });
-    child.stderr.on('data', (chunk: Buffer) => {
-      if (stderr.length < OUTPUT_CAP) stderr += chunk.toString('utf8');
-    });
-    const finish = (result: CommandResult) => {
-      if (settled) return;
-      settled = true;
-      child.stdout.destroy();
-      child.stderr.destroy();
-      resolve(result);
-    };
-    child.on('error', (err: NodeJS.ErrnoException) =>
-      finish({ exitCode: null, stdout, stderr, spawnError: err }),
-    );
-    child.on('exit', (code) => {
-      // Give the pipes a moment to deliver what was written just before exit.
-      const done = () => finish({ exitCode: code, stdout, stderr });
-      child.on('close', done);
-      setTimeout(done, 200).unref();
-    });
-  });
+    return { exitCode: r.exitCode, stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8') };
+  } catch (err) {
+    if (err instanceof ProgramNotFoundError) {
+      const spawnError = Object.assign(new Error(err.message), { code: err.errno }) as NodeJS.ErrnoException;
+      return { exitCode: null, stdout: '', stderr: '', spawnError };
+    }
+    if (err instanceof ProcessTimeoutError) {
+      return {
+        exitCode: null,
+        stdout: err.result.stdout.toString('utf8'),
+        stderr: `${err.result.stderr.toString('utf8')}\n${err.message}`,
+      };
+    }
+    throw err;
+  }
+};
 
 /** The command's stderr (or start error), trimmed, for error messages. */
 export function commandOutput(result: CommandResult): string {

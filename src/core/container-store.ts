@@ -43,7 +43,16 @@ import type {
 } from '../api/proto.js';
 import { InternalError } from '../errors.js';
 import { CachedRecordStore } from '../store/cached-record-store.js';
-import type { ResolvedUser } from './user.js';
+
+/** Who the container's process runs as, resolved against the image's passwd and group files. */
+export interface ResolvedUser {
+  uid: number;
+  gid: number;
+  /** Primary gid first, then the image's groups naming the user, then supplemental_groups. */
+  additionalGids: number[];
+  /** The passwd name of the uid, when the image has one. */
+  username: string | null;
+}
 
 export const CONTAINER_RECORD_VERSION = 1;
 

@@ -29,8 +29,16 @@ import {
   loadCniConflist,
   parseCniConfig,
 } from './cni-config.js';
-import { runCommand } from './run-command.js';
-import type { SandboxNetwork } from './sandbox-record.js';
+import { exitStatus, run } from './process-runner.js';
+import { SAFE_PATH } from './programs.js';
+
+export interface SandboxNetwork {
+  ip: string;
+  additionalIps: string[];
+  gateway: string;
+  /** The final CNI result of ADD (prevResult for DEL). */
+  result: Record<string, unknown>;
+}
 
 export interface CniPortMapping {
   hostPort: number;
@@ -48,6 +56,8 @@ export interface NetworkSetUp {
   podNamespace: string;
   podUid: string;
   portMappings: CniPortMapping[];
+  /** The RunPodSandbox call's: aborting kills the running plugin (the caller then tears down). */
+  signal?: AbortSignal;
 }
 
 export interface NetworkTearDown {
@@ -75,7 +85,6 @@ export interface CniNetworkOptions {
   timeoutMs?: number;
 }
 
-const CNI_PATH_ENV = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const IFNAME = 'eth0';
 
 export class CniNetwork implements NetworkDriver {
@@ -205,6 +214,7 @@ export class CniNetwork implements NetworkDriver {
       podName?: string;
       podNamespace?: string;
       podUid?: string;
+      signal?: AbortSignal;
     },
   ): Promise<Record<string, unknown>> {
     const cniArgs = [
@@ -221,9 +231,10 @@ export class CniNetwork implements NetworkDriver {
         .filter(([, value]) => value !== undefined && value !== '' && !/[;=\s]/.test(value))
         .map(([key, value]) => `${key}=${value}`),
     ].join(';');
-    const r = await runCommand(binary, [], {
+    const r = await run(binary, [], {
       input: stdin,
       timeoutMs: this.timeoutMs,
+      ...(request.signal ? { signal: request.signal } : {}),
       env: {
         CNI_COMMAND: command,
         CNI_CONTAINERID: request.sandboxId,
@@ -231,14 +242,12 @@ export class CniNetwork implements NetworkDriver {
         CNI_IFNAME: IFNAME,
         CNI_PATH: this.options.binDirs.join(':'),
         CNI_ARGS: cniArgs,
-        PATH: CNI_PATH_ENV,
+        PATH: SAFE_PATH,
       },
     });
-    const stdout = r.stdout;
-    if (r.exitCode !== 0 || r.timedOut) {
-      const why = r.timedOut
-        ? `timed out after ${this.timeoutMs / 1000}s`
-        : cniErrorText(stdout, r.stderr, r.exitCode);
+    const stdout = r.stdout.toString('utf8');
+    if (r.exitCode !== 0) {
+      const why = cniErrorText(stdout, r.stderr.toString('utf8'), exitStatus(r));
       throw new InternalError(
         `CNI plugin ${binary} ${command} failed for sandbox ${request.sandboxId}: ${why}`,
       );

@@ -24,16 +24,37 @@
  *   has changed.
  * - configureNamespaces (nsenter + the same script) is for what must wait until the network
  *   exists: net.* sysctls may name eth0, which CNI ADD creates.
- * - cgroups: directories in the node's cgroup v2 view (`/sys/fs/cgroup` inside the node). A
- *   leaf is emptied with cgroup.kill before rmdir.
+ * - cgroups are the CgroupManager's (cgroup-manager.ts); the infra process only joins its leaf.
  */
-import { spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
-import { mkdir, readFile, realpath, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
-import { type CommandResult, runCommand } from './run-command.js';
-import type { InfraProcess } from './sandbox-record.js';
+import { run, start } from './process-runner.js';
+import { SAFE_PATH } from './programs.js';
+
+/** What a settings step said: its exit status and stderr. */
+interface StepResult {
+  exitCode: number;
+  stderr: string;
+}
+
+async function runStep(program: string, args: string[], timeoutMs: number): Promise<StepResult> {
+  const r = await run(program, args, { timeoutMs, env: { PATH: SAFE_PATH } });
+  return { exitCode: r.exitCode ?? 128, stderr: r.stderr.toString('utf8') };
+}
+
+/** The pod's PID 1 (catatonit -P) when the pid namespace mode is POD. */
+export interface InfraProcess {
+  /** Host-visible pid in the node's pid namespace. */
+  pid: number;
+  /** The `unshare --fork` parent that waits for it (exits with it). */
+  wrapperPid: number;
+  /** /proc/<pid>/stat start time (clock ticks): a reused pid has another. */
+  startTime: string;
+  /** Inode of /proc/<pid>/ns/pid, for containers that join the pod pid namespace. */
+  pidNamespaceInode: number;
+}
 
 export type PinnableNamespace = 'net' | 'ipc' | 'uts';
 
@@ -81,10 +102,6 @@ export interface SandboxOs {
   /** SIGKILL to the pod's PID 1 (which ends its pid namespace) and waits for it to go. */
   stopInfra(infra: InfraProcess): Promise<void>;
   configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void>;
-  /** mkdir -p under the cgroup root; returns the directories it created (relative), outermost first. */
-  createCgroup(relative: string): Promise<string[]>;
-  /** Kills what is left in each and removes it; missing ones are fine. Deepest first. */
-  removeCgroups(relatives: string[]): Promise<void>;
 }
 
 export interface NodeSandboxOsOptions {
@@ -92,11 +109,10 @@ export interface NodeSandboxOsOptions {
   catatonit?: string;
   nsenter?: string;
   unshare?: string;
+  umount?: string;
   /** Per command. */
   timeoutMs?: number;
 }
-
-const SAFE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 // $1 = cgroup.procs to join or "", $2 = 1 to bring lo up, $3 = hostname or "", $4 = unshare
 // and $5 = catatonit for the infra process (both "" for none), then pairs of (path, value).
@@ -116,6 +132,7 @@ export class NodeSandboxOs implements SandboxOs {
   private readonly catatonit: string;
   private readonly nsenter: string;
   private readonly unshare: string;
+  private readonly umount: string;
   private readonly timeoutMs: number;
 
   constructor(options: NodeSandboxOsOptions = {}) {
@@ -123,6 +140,7 @@ export class NodeSandboxOs implements SandboxOs {
     this.catatonit = options.catatonit ?? 'catatonit';
     this.nsenter = options.nsenter ?? 'nsenter';
     this.unshare = options.unshare ?? 'unshare';
+    this.umount = options.umount ?? 'umount';
     this.timeoutMs = options.timeoutMs ?? 30_000;
   }
 
@@ -143,7 +161,7 @@ export class NodeSandboxOs implements SandboxOs {
       const args = hasSettings
         ? [...pinArgs, ...this.scriptArgs(settings, null, null)]
         : [...pinArgs, 'true'];
-      const r = await runCommand(this.unshare, args, this.execOptions());
+      const r = await runStep(this.unshare, args, this.timeoutMs);
       if (r.exitCode !== 0) {
         throw (
           settingsFailure(r, settings) ??
@@ -182,7 +200,7 @@ export class NodeSandboxOs implements SandboxOs {
     const toUnmount: string[] = [];
     for (const p of paths) if (mounted.has(await canonicalPath(p))) toUnmount.push(p);
     if (toUnmount.length > 0) {
-      const r = await runCommand('umount', toUnmount, this.execOptions());
+      const r = await runStep(this.umount, toUnmount, this.timeoutMs);
       const still = await mountedTargets();
       const left: string[] = [];
       for (const p of toUnmount) if (still.has(await canonicalPath(p))) left.push(p);
@@ -208,15 +226,12 @@ export class NodeSandboxOs implements SandboxOs {
     cgroupLeaf: string | null,
   ): Promise<InfraProcess> {
     const args = [...pinArgs, ...this.scriptArgs(settings, cgroupLeaf, true)];
-    const child = spawn(this.unshare, args, {
-      detached: true,
+    const handle = start(this.unshare, args, {
+      daemon: true,
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { PATH: SAFE_PATH },
     });
-    const spawned = new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
+    const { child, spawned } = handle;
     let stderr = '';
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (chunk: string) => {
@@ -228,24 +243,14 @@ export class NodeSandboxOs implements SandboxOs {
     child.once('exit', (code, signal) => {
       exitCode = code ?? (signal ? 128 : -1);
     });
-    child.unref();
-    try {
-      await spawned;
-    } catch (err) {
-      throw new FailedPreconditionError(
-        `cannot start the pod infra process (${this.unshare}): ${(err as Error).message}`,
-        {
-          cause: err,
-        },
-      );
-    }
+    await spawned;
     const wrapperPid = child.pid!;
     const deadline = Date.now() + 5_000;
     let pid = 0;
     while (Date.now() < deadline) {
       if (exitCode !== null) {
         await Promise.race([stderrClosed, sleep(1_000)]);
-        const result: CommandResult = { exitCode, stdout: '', stderr, timedOut: false };
+        const result: StepResult = { exitCode, stderr };
         const cgroupFailed = /rcri-step cgroup/.test(stderr);
         throw (
           settingsFailure(result, settings) ??
@@ -316,7 +321,7 @@ export class NodeSandboxOs implements SandboxOs {
       throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
     }
     const args = [...enter, '--', ...this.scriptArgs(settings, null, null)];
-    const r = await runCommand(this.nsenter, args, this.execOptions());
+    const r = await runStep(this.nsenter, args, this.timeoutMs);
     if (r.exitCode === 0) return;
     throw (
       settingsFailure(r, settings) ??
@@ -325,59 +330,10 @@ export class NodeSandboxOs implements SandboxOs {
       )
     );
   }
-
-  async createCgroup(relative: string): Promise<string[]> {
-    const created: string[] = [];
-    const parts = relative.split('/').filter(Boolean);
-    let current = '';
-    for (const part of parts) {
-      const parent = current;
-      current = `${current}/${part}`;
-      const dir = path.join(this.cgroupRoot, current);
-      try {
-        await mkdir(dir);
-        created.push(current);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-          throw new FailedPreconditionError(
-            `cannot create cgroup ${dir}: ${(err as Error).message}; is the node's cgroup v2 subtree delegated (rootless-cri doctor)?`,
-            { cause: err },
-          );
-        }
-      }
-      // Children can only use controllers their parent enables; best effort, like the node root.
-      await enableControllers(path.join(this.cgroupRoot, parent));
-    }
-    return created;
-  }
-
-  async removeCgroups(relatives: string[]): Promise<void> {
-    for (const relative of relatives) {
-      const dir = path.join(this.cgroupRoot, relative);
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await rmdir(dir);
-          break;
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code;
-          if (code === 'ENOENT') break;
-          if (code !== 'EBUSY' || attempt >= 200) {
-            throw new InternalError(`cannot remove cgroup ${dir}: ${(err as Error).message}`, { cause: err });
-          }
-          if (attempt === 0) await writeFile(path.join(dir, 'cgroup.kill'), '1').catch(() => undefined);
-          await sleep(10);
-        }
-      }
-    }
-  }
-
-  private execOptions() {
-    return { timeoutMs: this.timeoutMs, env: { PATH: SAFE_PATH } };
-  }
 }
 
 /** The error for a failed settings step of CONFIGURE_SCRIPT, or null when none failed. */
-function settingsFailure(r: CommandResult, settings: NamespaceSettings): Error | null {
+function settingsFailure(r: StepResult, settings: NamespaceSettings): Error | null {
   const step = /rcri-step (\S+)(?: (\S+))?/.exec(r.stderr);
   if (!step || step[1] === 'cgroup') return null;
   const detail = stepDetail(r.stderr);
@@ -403,16 +359,6 @@ function nsenterArgs(ns: NamespacePaths): string[] {
   if (ns.ipc) args.push(`--ipc=${ns.ipc}`);
   if (ns.uts) args.push(`--uts=${ns.uts}`);
   return args;
-}
-
-async function enableControllers(dir: string): Promise<void> {
-  const available = (await readFile(path.join(dir, 'cgroup.controllers'), 'utf8').catch(() => '')).trim();
-  if (!available) return;
-  const enabled = (await readFile(path.join(dir, 'cgroup.subtree_control'), 'utf8').catch(() => '')).trim();
-  const missing = available.split(/\s+/).filter((c) => !enabled.split(/\s+/).includes(c));
-  for (const controller of missing) {
-    await writeFile(path.join(dir, 'cgroup.subtree_control'), `+${controller}`).catch(() => undefined);
-  }
 }
 
 /** Mount points in the daemon's (the node's) mount namespace. */

@@ -3,34 +3,15 @@
  * native `netns-dial` helper (Node cannot setns() a thread). The helper's stdin/stdout are
  * the connection; its stderr says, in one JSON line, whether the connect worked.
  */
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { Duplex } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { FailedPreconditionError, UnavailableError } from '../errors.js';
-
-/**
- * Where `npm run build` puts the helper: <repo>/native/build/netns-dial, reached from
- * src/streaming/ when run from source and from dist/src/streaming/ when built.
- */
-export const DEFAULT_NETNS_DIAL_HELPER = ((): string => {
-  const candidates = ['../../native/build/netns-dial', '../../../native/build/netns-dial'].map((rel) =>
-    fileURLToPath(new URL(rel, import.meta.url)),
-  );
-  return candidates.find((path) => existsSync(path)) ?? candidates[0]!;
-})();
+import { decodeHelperReport, nativeHelperPath } from './native-helpers.js';
+import { start } from './process-runner.js';
 
 export interface DialInNetnsOptions {
   helperPath?: string;
   /** Milliseconds to wait for the helper's connect report. */
   timeoutMs?: number;
-}
-
-interface HelperReport {
-  ok: boolean;
-  kind?: string;
-  errno?: string;
-  error?: string;
 }
 
 /**
@@ -44,8 +25,8 @@ export function dialInNetns(
   port: number,
   options: DialInNetnsOptions = {},
 ): Promise<Duplex> {
-  const helper = options.helperPath ?? DEFAULT_NETNS_DIAL_HELPER;
-  const child = spawn(helper, [netnsFile, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const helper = options.helperPath ?? nativeHelperPath('netns-dial');
+  const { child } = start(helper, [netnsFile, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
   return new Promise<Duplex>((resolve, reject) => {
     let stderr = '';
     let settled = false;
@@ -57,6 +38,9 @@ export function dialInNetns(
       );
       child.kill('SIGKILL');
     }, options.timeoutMs ?? 10_000);
+    const stdin = child.stdin!;
+    const stdout = child.stdout!;
+    const stderrStream = child.stderr!;
     const settle = (result: Error | Duplex): void => {
       if (settled) return;
       settled = true;
@@ -71,8 +55,8 @@ export function dialInNetns(
         }),
       ),
     );
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (text: string) => {
+    stderrStream.setEncoding('utf8');
+    stderrStream.on('data', (text: string) => {
       if (settled) return;
       stderr += text;
       const newline = stderr.indexOf('\n');
@@ -81,21 +65,17 @@ export function dialInNetns(
           settle(new UnavailableError(`port-forward helper said: ${stderr.slice(0, 200)}`));
         return;
       }
-      let report: HelperReport;
-      try {
-        report = JSON.parse(stderr.slice(0, newline)) as HelperReport;
-      } catch (error) {
-        settle(
-          new UnavailableError(`port-forward helper said: ${stderr.slice(0, newline)}`, { cause: error }),
-        );
+      const report = decodeHelperReport(stderr.slice(0, newline));
+      if (!report) {
+        settle(new UnavailableError(`port-forward helper said: ${stderr.slice(0, newline)}`));
         child.kill('SIGKILL');
         return;
       }
       if (report.ok) {
-        settle(wrap(child.stdout, child.stdin, () => child.kill('SIGKILL')));
+        settle(wrap(stdout, stdin, () => child.kill('SIGKILL')));
         return;
       }
-      const message = report.error ?? 'unknown error';
+      const message = typeof report.error === 'string' ? report.error : 'unknown error';
       settle(
         report.kind === 'connect'
           ? new UnavailableError(

@@ -30,6 +30,10 @@
 
 import type { PodSandboxConfig__Output, PodSandboxState__Output } from '../api/proto.js';
 import { InternalError } from '../errors.js';
+import type { SandboxNetwork } from '../os/cni-network.js';
+import type { InfraProcess } from '../os/sandbox-os.js';
+
+export type { InfraProcess, SandboxNetwork };
 
 export const SANDBOX_RECORD_VERSION = 1;
 
@@ -43,18 +47,6 @@ export interface PinnedNamespace {
   path: string | null;
 }
 
-/** The pod's PID 1 (catatonit -P) when the pid namespace mode is POD. */
-export interface InfraProcess {
-  /** Host-visible pid in the node's pid namespace. */
-  pid: number;
-  /** The `unshare --fork` parent that waits for it (exits with it). */
-  wrapperPid: number;
-  /** /proc/<pid>/stat start time (clock ticks): a reused pid has another. */
-  startTime: string;
-  /** Inode of /proc/<pid>/ns/pid, for containers that join the pod pid namespace. */
-  pidNamespaceInode: number;
-}
-
 export interface PublishedHostPort {
   /** rootlesskit port id. */
   id: number;
@@ -62,14 +54,6 @@ export interface PublishedHostPort {
   hostIp: string;
   hostPort: number;
   containerPort: number;
-}
-
-export interface SandboxNetwork {
-  ip: string;
-  additionalIps: string[];
-  gateway: string;
-  /** The final CNI result of ADD (prevResult for DEL). */
-  result: Record<string, unknown>;
 }
 
 export interface SandboxRecord {

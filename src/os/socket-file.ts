@@ -5,8 +5,8 @@
 import { chmod, lstat, mkdir, stat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { dirname, resolve } from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError } from './errors.js';
-import type { Logger } from './log.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../errors.js';
+import type { Logger } from '../log.js';
 
 /** sockaddr_un.sun_path is 108 bytes including the terminating NUL. */
 const MAX_SOCKET_PATH_BYTES = 107;

@@ -1,0 +1,120 @@
+/**
+ * Container recovery (before the daemon answers anything but UNAVAILABLE) and the low-rate
+ * monitor check that runs while it serves (a conmon that died without an exit file).
+ *
+ * For each record found on disk:
+ *   creating → CreateContainer never answered: everything the record names is undone
+ *              (runtime state, writable layer, image hold) and the record deleted;
+ *   created / running → conmon's exit file is read first: an exit that happened while the
+ *              daemon was down is recorded with its code and time. Without one, conmon must
+ *              still be alive (its pid file names a live `conmon`); if it is not, nobody holds
+ *              the container's stdio, log or exit code, so the container is killed and marked
+ *              EXITED with reason ContainerMonitorDied. Otherwise it keeps running, untouched:
+ *              same id, pid, created and started times;
+ *   exited   → kept as it is.
+ * Names are reserved again, image holds of vanished containers dropped and writable layers
+ * no record names removed. One bad record never stops the daemon: it is reported and skipped.
+ */
+import { describeError } from '../errors.js';
+import { recordExit, settleDeadMonitor } from './container-lifecycle.js';
+import type { ContainerRecord } from './container-store.js';
+import type { RuntimeCore } from './runtime-core.js';
+
+export interface ContainerRecoveryReport {
+  loaded: number;
+  running: number;
+  exitedWhileDown: number;
+  monitorDied: number;
+  rolledBack: number;
+  problems: string[];
+}
+
+const CONTAINER_ID = /^[0-9a-f]{64}$/;
+
+async function undoCreating(core: RuntimeCore, record: ContainerRecord): Promise<void> {
+  await core.runtime.delete(record.id, true);
+  await core.runtime.cleanup(record.id);
+  await core.snapshotter.remove(record.id);
+  await core.images.release(record.image.id, record.id);
+  await core.containers.delete(record.id);
+}
+
+async function recoverOne(
+  core: RuntimeCore,
+  record: ContainerRecord,
+): Promise<'rolledBack' | 'exitedWhileDown' | 'monitorDied' | 'running' | null> {
+  if (record.state === 'creating') {
+    await undoCreating(core, record);
+    return 'rolledBack';
+  }
+  core.containerNames.reserve(record.reservedName, record.id);
+  if (record.state === 'exited') return null;
+  const info = await core.runtime.exitInfo(record.id);
+  if (info) {
+    await recordExit(core, record, info);
+    return 'exitedWhileDown';
+  }
+  const settled = await settleDeadMonitor(core, record);
+  if (settled) return 'monitorDied';
+  return record.state === 'running' ? 'running' : null;
+}
+
+export async function recoverContainers(core: RuntimeCore): Promise<ContainerRecoveryReport> {
+  const report: ContainerRecoveryReport = {
+    loaded: 0,
+    running: 0,
+    exitedWhileDown: 0,
+    monitorDied: 0,
+    rolledBack: 0,
+    problems: [],
+  };
+  const loaded = await core.containers.load();
+  for (const p of loaded.problems) {
+    report.problems.push(`${p.file}: ${p.message} (moved aside as .corrupt)`);
+    core.logger.error({ file: p.file, problem: p.message }, 'container record unreadable; moved aside');
+  }
+  report.loaded = loaded.records.length;
+  for (const record of core.containers.list()) {
+    try {
+      // Under the container's lock: the exit watcher runs from here on, and its events for a
+      // container being settled (a kill of one whose monitor died) must wait for the outcome.
+      const outcome = await core.containerLocks.run(record.id, () => recoverOne(core, record));
+      if (outcome) report[outcome] += 1;
+    } catch (err) {
+      report.problems.push(`container ${record.id}: ${describeError(err)}`);
+      core.logger.error({ container: record.id, err }, 'container could not be recovered; left as it was');
+    }
+  }
+  const live = new Set(core.containers.list().map((r) => r.id));
+  if (core.snapshotter.list) {
+    for (const id of await core.snapshotter.list().catch(() => [] as string[])) {
+      if (!CONTAINER_ID.test(id) || live.has(id)) continue;
+      await core.snapshotter
+        .remove(id)
+        .catch((err: unknown) => report.problems.push(`stray writable layer ${id}: ${describeError(err)}`));
+    }
+  }
+  return report;
+}
+
+/**
+ * One pass of the monitor check: exits the monitors recorded (should an event have been
+ * missed) and monitors that died without recording one.
+ */
+export async function checkContainers(core: RuntimeCore, checkMonitors: boolean): Promise<void> {
+  for (const record of core.containers.list()) {
+    if (record.state !== 'running' && record.state !== 'created') continue;
+    await core.containerLocks
+      .run(record.id, async () => {
+        const current = core.containers.get(record.id);
+        if (!current || (current.state !== 'running' && current.state !== 'created')) return;
+        const info = await core.runtime.exitInfo(current.id);
+        if (info) {
+          await recordExit(core, current, info);
+          return;
+        }
+        if (checkMonitors) await settleDeadMonitor(core, current);
+      })
+      .catch((err: unknown) => core.logger.warn({ container: record.id, err }, 'container check failed'));
+  }
+}

@@ -1,0 +1,31 @@
+/**
+ * What the runtime core asks of the image service and the snapshotter (both in src/image/).
+ * The composition root hands the real ones in; the core never imports the image layer.
+ */
+
+/** What containers need of the image store. */
+export interface ImageLookup {
+  resolveImage(nameOrIdOrDigest: string): Promise<{
+    id: string;
+    config: Record<string, unknown>;
+    layerDirs: string[];
+    repoTags: string[];
+    repoDigests: string[];
+  }>;
+  /** Records that `holder` (a container id) uses the image: it is never deleted meanwhile. */
+  markInUse(id: string, holder: string): Promise<void>;
+  release(id: string, holder: string): Promise<void>;
+  /** Loads the image store (last step of recovery). */
+  recover(): Promise<unknown>;
+  /** After recovery: drops holds of containers that no longer exist. */
+  retainHolders(live: ReadonlySet<string>): Promise<void>;
+}
+
+/** Container root filesystems (src/image/snapshotter.ts). */
+export interface ContainerSnapshotter {
+  prepare(id: string, lowerDirs: readonly string[]): Promise<{ rootfs: string }>;
+  remove(id: string): Promise<void>;
+  usage(id: string): Promise<{ bytes: bigint; inodes: bigint }>;
+  /** Ids with a snapshot (recovery removes those no record names). */
+  list?(): Promise<string[]>;
+}

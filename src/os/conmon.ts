@@ -1,0 +1,157 @@
+/**
+ * conmon, the per-container monitor: it holds the container's stdio, writes the CRI log file
+ * and the exit file, and outlives the daemon.
+ *
+ * Creation is synchronous with conmon's work: conmon gets a sync pipe (`_OCI_SYNCPIPE`, fd 3)
+ * on which it reports `{"data": <pid>}` once `crun create` finished, or a negative value and
+ * crun's error; and a start pipe (`_OCI_STARTPIPE`, fd 4) it waits on before forking, so the
+ * caller can move it into a cgroup first. Without the sync pipe conmon returns before crun is
+ * done (DESIGN.md).
+ */
+import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { collectStream, type ProcessHandle, start } from './process-runner.js';
+
+export interface ConmonLayout {
+  conmonPath: string;
+  crunPath: string;
+  crunRoot: string;
+  exitDir: string;
+  socketDir: string;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+export interface ConmonContainer {
+  id: string;
+  bundleDir: string;
+  /** conmon's -l k8s-file:<path>. */
+  logPath: string;
+  terminal: boolean;
+  stdin: boolean;
+  stdinOnce: boolean;
+}
+
+/** The files conmon keeps for one container, under its bundle (persist) dir. */
+export function conmonFiles(bundleDir: string): {
+  pidFile: string;
+  containerPidFile: string;
+  oomFile: string;
+} {
+  return {
+    pidFile: path.join(bundleDir, 'conmon.pid'),
+    containerPidFile: path.join(bundleDir, 'container.pid'),
+    oomFile: path.join(bundleDir, 'oom'),
+  };
+}
+
+export function conmonArgs(layout: ConmonLayout, c: ConmonContainer): string[] {
+  const files = conmonFiles(c.bundleDir);
+  const args = [
+    '--api-version',
+    '1',
+    '-c',
+    c.id,
+    '-u',
+    c.id,
+    '-n',
+    c.id,
+    '-r',
+    layout.crunPath,
+    '-b',
+    c.bundleDir,
+    '-p',
+    files.containerPidFile,
+    '-P',
+    files.pidFile,
+    '-l',
+    `k8s-file:${c.logPath}`,
+    '--exit-dir',
+    layout.exitDir,
+    '--persist-dir',
+    c.bundleDir,
+    '--socket-dir-path',
+    layout.socketDir,
+    '--runtime-arg',
+    `--root=${layout.crunRoot}`,
+    '--runtime-arg',
+    '--cgroup-manager=cgroupfs',
+    '--log-level',
+    layout.logLevel,
+  ];
+  if (c.terminal) args.push('-t');
+  if (c.stdin) args.push('-i');
+  if (c.stdin && !c.stdinOnce) args.push('--leave-stdin-open');
+  return args;
+}
+
+export interface StartedConmon {
+  handle: ProcessHandle;
+  /** Lets conmon go on (after the caller moved it into its cgroup). */
+  release(): void;
+  /** conmon's report once `crun create` is done: the container pid, or -1 and crun's message. */
+  report: Promise<{ pid: number; message: string }>;
+  /** What conmon itself printed (when it failed before reporting). */
+  output(): Promise<string>;
+  /** Closes our ends of every pipe (conmon keeps running, detached). */
+  detach(): void;
+}
+
+export function startConmon(layout: ConmonLayout, container: ConmonContainer): StartedConmon {
+  const handle = start(layout.conmonPath, conmonArgs(layout, container), {
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
+    env: { ...process.env, _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
+    daemon: true,
+    cwd: container.bundleDir,
+  });
+  const syncPipe = handle.child.stdio[3] as Readable;
+  const startPipe = handle.child.stdio[4] as Writable;
+  startPipe.on('error', () => undefined);
+  const output = Promise.all([
+    collectStream(handle.stdout, 64 * 1024),
+    collectStream(handle.stderr, 64 * 1024),
+  ]);
+  return {
+    handle,
+    release: () => startPipe.end('0'),
+    report: readSyncReport(syncPipe),
+    output: async () => {
+      const [out, err] = await output;
+      return `${err.toString('utf8')} ${out.toString('utf8')}`.trim();
+    },
+    detach: () => {
+      syncPipe.destroy();
+      startPipe.destroy();
+      handle.stdout?.destroy();
+      handle.stderr?.destroy();
+    },
+  };
+}
+
+/** The first JSON line conmon writes on the sync pipe; EOF without one = failure. */
+function readSyncReport(pipe: Readable): Promise<{ pid: number; message: string }> {
+  return new Promise((resolve) => {
+    let text = '';
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      const line = text.split('\n')[0] ?? '';
+      try {
+        const parsed = JSON.parse(line) as { data?: number; message?: string };
+        resolve({ pid: typeof parsed.data === 'number' ? parsed.data : -1, message: parsed.message ?? '' });
+      } catch {
+        resolve({ pid: -1, message: line.trim() });
+      }
+    };
+    pipe.on('data', (chunk: Buffer) => {
+      if (text.length < 64 * 1024) text += chunk.toString('utf8');
+      if (text.includes('\n')) {
+        pipe.removeAllListeners('data');
+        finish();
+      }
+    });
+    pipe.once('end', finish);
+    pipe.once('close', finish);
+    pipe.once('error', finish);
+  });
+}

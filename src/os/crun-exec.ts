@@ -1,0 +1,323 @@
+/**
+ * `crun exec`: one implementation for ExecSync (output collected, a deadline) and for the
+ * streaming server's exec (stdio handed to the client, pipes or a pty).
+ *
+ *   without tty:  crun exec --process P --pid-file F <id>     stdio = pipes (the process
+ *                 inherits them: crun does not sit in between)
+ *   with tty:     console-relay S -- crun exec --tty --console-socket S ...
+ *                 crun hands the pty master to the relay, which relays it over pipes and
+ *                 applies "COLUMNS ROWS\n" resizes written to its fd 3
+ *
+ * The process spec is the container's own (user, env, cwd, capabilities) with the command
+ * replaced. crun exec runs in the foreground and exits with the process's status.
+ *
+ * An exec session is a process group: crun leads it (the runner starts every child in its own
+ * group) and, without a tty, the exec'd process and everything it forks stay in it. So:
+ * - ExecSync answers when the exec'd process exits, with what it wrote until then (and for a
+ *   short drain after); what it left running in the background is killed with the group, as
+ *   a probe must not leave processes behind. At the deadline the whole group is killed, the
+ *   output collected so far is dropped and the answer is DEADLINE_EXCEEDED with the time
+ *   that really passed.
+ * - a streaming exec whose client goes away is killed the same way (the pid crun wrote as
+ *   well: with a tty the process leads its own session).
+ */
+import { randomBytes } from 'node:crypto';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { constants as osConstants, tmpdir } from 'node:os';
+import path from 'node:path';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CriError, DeadlineExceededError, FailedPreconditionError, InternalError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { OciProcess, OciSpec } from './oci-spec.js';
+import { collectStream, type ProcessHandle, start } from './process-runner.js';
+import type { StdioOptions, StreamSession } from './stream-session.js';
+
+/** Upper bound of what ExecSync keeps of each stream (the CRI API's 16 MiB). */
+export const EXEC_OUTPUT_CAP = 16 * 1024 * 1024;
+/** After the exec'd process exited: how long output still in flight is awaited. */
+const EXIT_DRAIN_MS = 100;
+/** Unix socket paths longer than this do not fit sockaddr_un. */
+const MAX_SOCKET_PATH = 100;
+
+export interface CrunExecOptions {
+  crunPath: string;
+  crunRoot: string;
+  consoleRelayPath: string;
+  logger: Logger;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+/** The container's process spec with the command replaced (and a terminal when asked). */
+export function execProcess(base: OciProcess, cmd: string[], tty: boolean): OciProcess {
+  if (cmd.length === 0) throw new InternalError('exec without a command');
+  const env = [...(base.env ?? [])];
+  // A terminal program needs TERM; the container's own env may not set one (containerd does the same).
+  if (tty && !env.some((e) => e.startsWith('TERM='))) env.push('TERM=xterm');
+  return { ...base, args: [...cmd], terminal: tty, env };
+}
+
+/** One Readable with the data of both; ends when both have ended; destroying it destroys both. */
+export function mergeOutputs(first: Readable, second: Readable): Readable {
+  const merged = new PassThrough();
+  let open = 2;
+  for (const source of [first, second]) {
+    source.pipe(merged, { end: false });
+    source.once('close', () => {
+      open -= 1;
+      if (open === 0) merged.end();
+    });
+  }
+  merged.once('close', () => {
+    first.destroy();
+    second.destroy();
+  });
+  return merged;
+}
+
+interface PreparedExec {
+  processFile: string;
+  pidFile: string;
+  cleanup(): Promise<void>;
+}
+
+export class CrunExec {
+  constructor(private readonly options: CrunExecOptions) {}
+
+  private async prepare(bundleDir: string, id: string, process: OciProcess): Promise<PreparedExec> {
+    const name = `exec-${randomBytes(6).toString('hex')}`;
+    const processFile = path.join(bundleDir, `${name}.json`);
+    const pidFile = path.join(bundleDir, `${name}.pid`);
+    try {
+      await writeFile(processFile, JSON.stringify(process), { mode: 0o600 });
+    } catch (error) {
+      throw new FailedPreconditionError(
+        `cannot exec in container ${id}: its bundle is gone; it may have been removed`,
+        {
+          cause: error,
+        },
+      );
+    }
+    return {
+      processFile,
+      pidFile,
+      cleanup: async () => {
+        await rm(processFile, { force: true });
+        await rm(pidFile, { force: true });
+      },
+    };
+  }
+
+  /** The container's own process spec (from its bundle). */
+  async baseProcess(bundleDir: string, id: string): Promise<OciProcess> {
+    try {
+      const spec = JSON.parse(await readFile(path.join(bundleDir, 'config.json'), 'utf8')) as OciSpec;
+      return spec.process;
+    } catch (error) {
+      throw new FailedPreconditionError(
+        `cannot exec in container ${id}: cannot read its bundle; it may have been removed`,
+        { cause: error },
+      );
+    }
+  }
+
+  private crunArgs(prepared: PreparedExec, extra: string[], id: string): string[] {
+    return [
+      `--root=${this.options.crunRoot}`,
+      'exec',
+      ...extra,
+      '--process',
+      prepared.processFile,
+      '--pid-file',
+      prepared.pidFile,
+      id,
+    ];
+  }
+
+  /** ExecSync: runs `process` in the container and collects its output, within `timeoutMs`. */
+  async execSync(
+    id: string,
+    bundleDir: string,
+    process: Partial<OciProcess> & { args: string[] },
+    options: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<ExecResult> {
+    const base = await this.baseProcess(bundleDir, id);
+    const prepared = await this.prepare(bundleDir, id, { ...base, terminal: false, ...process });
+    const started = performance.now();
+    const handle = start(this.options.crunPath, this.crunArgs(prepared, [], id), {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    const stdout = collectStream(handle.stdout, EXEC_OUTPUT_CAP);
+    const stderr = collectStream(handle.stderr, EXEC_OUTPUT_CAP);
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'deadline'>((resolve) => {
+      timer = setTimeout(() => resolve('deadline'), options.timeoutMs);
+    });
+    try {
+      await handle.spawned;
+      const outcome = await Promise.race([handle.exited, deadline]);
+      if (outcome === 'deadline' || options.signal?.aborted) {
+        await this.killSession(handle, prepared.pidFile);
+        if (options.signal?.aborted) {
+          const reason: unknown = options.signal.reason;
+          throw reason instanceof CriError ? reason : new DeadlineExceededError('ExecSync was cancelled');
+        }
+        const elapsed = Math.round(performance.now() - started);
+        throw new DeadlineExceededError(
+          `command ${JSON.stringify(process.args)} timed out after ${elapsed} ms (timeout ${options.timeoutMs} ms); every process it started was killed`,
+        );
+      }
+      // The exec'd process exited: output it wrote is in the pipes; anything it left running
+      // in the background (holding them open) goes with the rest of the session.
+      await Promise.race([Promise.all([stdout, stderr]), sleep(EXIT_DRAIN_MS)]);
+      handle.kill('SIGKILL');
+      const [out, err] = await Promise.all([stdout, stderr]);
+      return { exitCode: exitCodeOf(outcome.exitCode, outcome.signal), stdout: out, stderr: err };
+    } finally {
+      clearTimeout(timer);
+      handle.stdout?.destroy();
+      handle.stderr?.destroy();
+      await prepared.cleanup();
+    }
+  }
+
+  /** A streaming exec: stdio handed to the streaming server. */
+  async execStream(
+    id: string,
+    bundleDir: string,
+    cmd: string[],
+    stdio: StdioOptions,
+  ): Promise<StreamSession> {
+    const base = await this.baseProcess(bundleDir, id);
+    const prepared = await this.prepare(bundleDir, id, execProcess(base, cmd, stdio.tty));
+    let handle: ProcessHandle;
+    let consoleSocket: string | null = null;
+    if (stdio.tty) {
+      consoleSocket = this.consoleSocketPath(bundleDir, path.basename(prepared.pidFile, '.pid'));
+      handle = start(
+        this.options.consoleRelayPath,
+        [
+          consoleSocket,
+          '--',
+          this.options.crunPath,
+          ...this.crunArgs(prepared, ['--tty', '--console-socket', consoleSocket], id),
+        ],
+        { stdio: [stdio.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe', 'pipe'] },
+      );
+    } else {
+      handle = start(this.options.crunPath, this.crunArgs(prepared, [], id), {
+        stdio: [
+          stdio.stdin ? 'pipe' : 'ignore',
+          stdio.stdout ? 'pipe' : 'ignore',
+          stdio.stderr ? 'pipe' : 'ignore',
+        ],
+      });
+    }
+    const cleanup = async (): Promise<void> => {
+      await prepared.cleanup();
+      if (consoleSocket) await rm(consoleSocket, { force: true });
+    };
+    try {
+      await handle.spawned;
+    } catch (err) {
+      await cleanup();
+      throw err;
+    }
+    return this.session(handle, { id, cmd, stdio, pidFile: prepared.pidFile, cleanup });
+  }
+
+  /** In the bundle dir when short enough, else under the system temp dir. */
+  private consoleSocketPath(bundleDir: string, name: string): string {
+    const preferred = path.join(bundleDir, `${name}.sock`);
+    if (Buffer.byteLength(preferred) <= MAX_SOCKET_PATH) return preferred;
+    return path.join(tmpdir(), `rcri-${name}.sock`);
+  }
+
+  private session(
+    handle: ProcessHandle,
+    run: { id: string; cmd: string[]; stdio: StdioOptions; pidFile: string; cleanup: () => Promise<void> },
+  ): StreamSession {
+    const log = this.options.logger.child({ container: run.id, exec: run.cmd[0] });
+    const { child } = handle;
+    // With a tty the relay's stderr carries crun's own messages ("executable file not found"):
+    // they go to the terminal, as a runtime's do. Without one, crun's stderr is the process's.
+    let diagnostics = '';
+    let stdout: Readable | undefined = child.stdout ?? undefined;
+    if (run.stdio.tty && child.stdout && child.stderr) {
+      child.stderr.on('data', (chunk: Buffer) => {
+        if (diagnostics.length < 4096) diagnostics += chunk.toString('utf8');
+      });
+      stdout = mergeOutputs(child.stdout, child.stderr);
+    }
+    if (stdout && !run.stdio.stdout) {
+      stdout.resume(); // nobody reads it, but the terminal must not block
+      stdout = undefined;
+    }
+    let exitCode: number | null = null;
+    const exited = handle.exited.then(async ({ exitCode: code, signal }) => {
+      exitCode = exitCodeOf(code, signal);
+      if (diagnostics.trim() !== '' && exitCode !== 0) {
+        log.info({ exitCode, crun: diagnostics.trim() }, 'exec ended with runtime messages');
+      }
+      await run.cleanup();
+      return exitCode;
+    });
+    const resizeFd = run.stdio.tty ? (child.stdio[3] as Writable | null) : null;
+    resizeFd?.on('error', () => {});
+    child.stdin?.on('error', () => {});
+    return {
+      stdin: child.stdin ?? undefined,
+      stdout,
+      stderr: run.stdio.tty ? undefined : (child.stderr ?? undefined),
+      resize(width, height) {
+        if (resizeFd && !resizeFd.destroyed && width > 0 && height > 0)
+          resizeFd.write(`${width} ${height}\n`);
+      },
+      wait: () => exited,
+      kill: () => {
+        if (exitCode !== null) return;
+        void this.killSession(handle, run.pidFile).catch((error) =>
+          log.warn({ err: error }, 'could not kill the exec process'),
+        );
+      },
+    };
+  }
+
+  /**
+   * Kills an exec session: the exec'd process (by the pid crun wrote; with a tty it leads
+   * its own session) and crun's process group (crun, and without a tty the process and all
+   * it forked). crun writes the pid just after starting the process: wait for it briefly.
+   */
+  private async killSession(handle: ProcessHandle, pidFile: string): Promise<void> {
+    const deadline = Date.now() + 2_000;
+    for (;;) {
+      const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+      if (Number.isSafeInteger(pid) && pid > 0) {
+        // While crun runs, it is the parent of this pid, so the pid cannot have been reused.
+        if (!handle.done) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+        break;
+      }
+      if (handle.done || Date.now() >= deadline) break;
+      await sleep(20);
+    }
+    handle.kill('SIGKILL');
+    await handle.exited;
+  }
+}
+
+function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  return 128 + (signal ? (osConstants.signals[signal] ?? 1) : 0);
+}

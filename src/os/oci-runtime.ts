@@ -1,0 +1,472 @@
+/**
+ * The OCI runtime as the runtime core sees it (`OciRuntime`), and its real implementation:
+ * one `conmon` per container (it holds stdio, writes the CRI log file and the exit file, and
+ * outlives the daemon) with `crun` as the runtime, both run inside the node namespaces where
+ * the daemon already is.
+ *
+ * Outcomes are classified from exit statuses and the runtime's state, never from message
+ * text: when a crun command fails, whether crun still knows the container (its state file
+ * `<crun root>/<id>/status` exists) and what `crun state` says decide NotFound, "already
+ * exited" or FailedPrecondition; crun's stderr only goes into the message. A program that
+ * cannot be started is a ProgramNotFoundError (FAILED_PRECONDITION naming it), never
+ * NOT_FOUND.
+ *
+ * Per container, under `stateDir/<id>/`: config.json (the bundle), conmon.pid, container.pid,
+ * conmon's ctl/winsz FIFOs, `oom` (conmon --persist-dir). Exit codes go to `exitDir/<id>`,
+ * which the exit watcher (exit-watcher.ts) turns into events. Attach sockets live under
+ * `socketDir/<id>/attach` (short paths: sun_path has 108 bytes). crun keeps its own state
+ * under `crunRoot`.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
+import path from 'node:path';
+import { DeadlineExceededError, FailedPreconditionError, InternalError, NotFoundError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { conmonFiles, startConmon } from './conmon.js';
+import { attachToConmon, writeFifoNonBlocking } from './conmon-attach.js';
+import { CrunExec, EXEC_OUTPUT_CAP, type ExecResult } from './crun-exec.js';
+import { type ExitInfo, type ExitListener, ExitWatcher } from './exit-watcher.js';
+import { nativeHelperPath } from './native-helpers.js';
+import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
+import { CommandFailedError, type RunResult, run } from './process-runner.js';
+import type { StdioOptions, StreamSession } from './stream-session.js';
+
+export type { ExecResult, ExitInfo, ExitListener };
+export { EXEC_OUTPUT_CAP };
+
+export interface CreateOptions {
+  id: string;
+  spec: OciSpec;
+  /** The CRI log file conmon writes; '' = a log in the container's state dir. */
+  logPath: string;
+  stdin: boolean;
+  stdinOnce: boolean;
+  /** A cgroup directory (absolute) conmon is moved into before it starts crun; null = stay. */
+  conmonCgroup?: string | null;
+  /** CreateContainer's signal: aborting kills conmon and crun and removes what they made. */
+  signal?: AbortSignal;
+}
+
+export type RuntimeStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused' | 'unknown';
+
+export interface RuntimeState {
+  status: RuntimeStatus;
+  /** The container's init pid (0 once stopped). */
+  pid: number;
+}
+
+/** Where the runtime keeps one container's files (what the container layer hands to streaming). */
+export interface RuntimePaths {
+  bundleDir(id: string): string;
+  ctlFifo(id: string): string;
+  attachSocket(id: string): string;
+  conmonPidFile(id: string): string;
+}
+
+/** What the runtime core asks of an OCI runtime. Ids are full container ids. */
+export interface OciRuntime {
+  readonly paths: RuntimePaths;
+  /** Starts watching exits (at daemon start, before recovery reads them). */
+  open(): Promise<void>;
+  close(): void;
+  /** Writes the bundle and creates the container (created, not started); returns its pid. */
+  create(options: CreateOptions): Promise<{ pid: number }>;
+  start(id: string, signal?: AbortSignal): Promise<void>;
+  /** null when the runtime does not know the container. */
+  state(id: string): Promise<RuntimeState | null>;
+  /** Signals the init process (`all`: every process of the container). Absent: NotFound. Exited: OK. */
+  kill(id: string, signal: string, all?: boolean): Promise<void>;
+  /**
+   * True when the container's init is PID 1 of its own pid namespace and does not catch
+   * `signal`: the kernel then discards it, so waiting for an exit is pointless.
+   */
+  initDropsSignal(id: string, signal: string): Promise<boolean>;
+  /** Removes the runtime's state (`force`: kills a running container first). Absent: OK. */
+  delete(id: string, force: boolean): Promise<void>;
+  /** ExecSync: runs a process in the container and waits; kills every process of it at the timeout. */
+  exec(
+    id: string,
+    process: Partial<OciProcess> & { args: string[] },
+    options: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<ExecResult>;
+  /** A streaming exec (pipes, or a pty with `tty`). */
+  execStream(id: string, cmd: string[], stdio: StdioOptions): Promise<StreamSession>;
+  /** Joins the main process's stdio through its monitor. */
+  attach(
+    id: string,
+    container: { tty: boolean; stdin: boolean },
+    stdio: StdioOptions,
+  ): Promise<StreamSession>;
+  /** Sends a resize / log-reopen message to the container's monitor; false when it is gone. */
+  control(id: string, message: 'reopen-log'): Promise<boolean>;
+  update(id: string, resources: OciResources): Promise<void>;
+  pids(id: string): Promise<number[]>;
+  /** The exit recorded by the monitor, or null while the container has not exited. */
+  exitInfo(id: string): Promise<ExitInfo | null>;
+  /** Resolves with the exit once recorded, or null at the timeout or abort. */
+  waitExit(id: string, timeoutMs: number, signal?: AbortSignal): Promise<ExitInfo | null>;
+  /** Every exit the monitors record, as it happens. */
+  onExit(listener: ExitListener): () => void;
+  /** Whether the container's monitor is alive; null when it never wrote a pid file. */
+  monitorAlive(id: string): Promise<boolean | null>;
+  /** Drops the runtime's per-container files (after delete). */
+  cleanup(id: string): Promise<void>;
+}
+
+export interface CrunConmonOptions {
+  conmonPath: string;
+  crunPath: string;
+  /** crun --root: crun's state for these containers. */
+  crunRoot: string;
+  /** Per-container bundles and conmon files. */
+  stateDir: string;
+  /** conmon --exit-dir. */
+  exitDir: string;
+  /** conmon --socket-dir-path (attach sockets). */
+  socketDir: string;
+  logger: Logger;
+  /** How long create (conmon + crun create) may take. */
+  createTimeoutMs?: number;
+  /** crun commands other than create and exec. */
+  commandTimeoutMs?: number;
+  conmonLogLevel?: 'debug' | 'info' | 'warn' | 'error';
+  consoleRelayPath?: string;
+  attachRelayPath?: string;
+  /** The exit watcher's safety rescan period (ms). */
+  exitRescanMs?: number;
+}
+
+const ID = /^[0-9a-zA-Z][0-9a-zA-Z_.-]{0,127}$/;
+
+export class CrunConmonRuntime implements OciRuntime {
+  readonly paths: RuntimePaths;
+  private readonly exits: ExitWatcher;
+  private readonly execs: CrunExec;
+
+  constructor(private readonly options: CrunConmonOptions) {
+    const { stateDir, socketDir } = options;
+    this.paths = {
+      bundleDir: (id) => path.join(stateDir, id),
+      ctlFifo: (id) => path.join(stateDir, id, 'ctl'),
+      attachSocket: (id) => path.join(socketDir, id, 'attach'),
+      conmonPidFile: (id) => conmonFiles(path.join(stateDir, id)).pidFile,
+    };
+    this.exits = new ExitWatcher({
+      exitDir: options.exitDir,
+      read: (id) => this.exitInfo(id),
+      ...(options.exitRescanMs !== undefined ? { rescanMs: options.exitRescanMs } : {}),
+      onError: (err) => options.logger.warn({ err }, 'exit watcher'),
+    });
+    this.execs = new CrunExec({
+      crunPath: options.crunPath,
+      crunRoot: options.crunRoot,
+      consoleRelayPath: options.consoleRelayPath ?? nativeHelperPath('console-relay'),
+      logger: options.logger,
+    });
+  }
+
+  private dir(id: string): string {
+    if (!ID.test(id)) throw new InternalError(`invalid container id ${id}`);
+    return path.join(this.options.stateDir, id);
+  }
+
+  /** Whether crun has state for the container: its classification of every failure. */
+  private known(id: string): boolean {
+    return existsSync(path.join(this.options.crunRoot, id, 'status'));
+  }
+
+  private crun(args: string[], timeoutMs?: number): Promise<RunResult> {
+    return run(
+      this.options.crunPath,
+      [`--root=${this.options.crunRoot}`, '--cgroup-manager=cgroupfs', ...args],
+      {
+        timeoutMs: timeoutMs ?? this.options.commandTimeoutMs ?? 30_000,
+        maxOutputBytes: 1024 * 1024,
+      },
+    );
+  }
+
+  private absent(id: string): NotFoundError {
+    return new NotFoundError(`container ${id} does not exist in the runtime`);
+  }
+
+  async open(): Promise<void> {
+    for (const d of [
+      this.options.stateDir,
+      this.options.exitDir,
+      this.options.socketDir,
+      this.options.crunRoot,
+    ]) {
+      await mkdir(d, { recursive: true, mode: 0o700 });
+    }
+    await this.exits.start();
+  }
+
+  close(): void {
+    this.exits.close();
+  }
+
+  async create(options: CreateOptions): Promise<{ pid: number }> {
+    const { id, signal } = options;
+    const dir = this.dir(id);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    for (const d of [this.options.exitDir, this.options.socketDir, this.options.crunRoot]) {
+      await mkdir(d, { recursive: true, mode: 0o700 });
+    }
+    await rm(path.join(this.options.exitDir, id), { force: true });
+    this.exits.forget(id);
+    await writeFile(path.join(dir, 'config.json'), JSON.stringify(options.spec));
+    signal?.throwIfAborted();
+    const conmon = startConmon(
+      {
+        conmonPath: this.options.conmonPath,
+        crunPath: this.options.crunPath,
+        crunRoot: this.options.crunRoot,
+        exitDir: this.options.exitDir,
+        socketDir: this.options.socketDir,
+        logLevel: this.options.conmonLogLevel ?? 'error',
+      },
+      {
+        id,
+        bundleDir: dir,
+        logPath: options.logPath || path.join(dir, 'ctr.log'),
+        terminal: options.spec.process.terminal === true,
+        stdin: options.stdin,
+        stdinOnce: options.stdinOnce,
+      },
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const onAbort = () => conmon.handle.kill('SIGKILL');
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await conmon.handle.spawned;
+      if (options.conmonCgroup) {
+        // Before conmon forks: everything it starts (crun, the container) inherits the cgroup.
+        await writeFile(path.join(options.conmonCgroup, 'cgroup.procs'), String(conmon.handle.pid));
+      }
+      conmon.release();
+      const timeoutMs = this.options.createTimeoutMs ?? 120_000;
+      const report = await Promise.race([
+        conmon.report,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new DeadlineExceededError(`conmon did not report on container ${id} within ${timeoutMs} ms`),
+              ),
+            timeoutMs,
+          );
+        }),
+      ]);
+      signal?.throwIfAborted();
+      if (report.pid > 0) return { pid: report.pid };
+      // No message on the pipe: conmon itself failed early, and said why on its output.
+      const detail =
+        report.message ||
+        (await Promise.race([conmon.output(), new Promise<string>((r) => setTimeout(() => r(''), 2000))])) ||
+        'conmon exited without a message';
+      throw new FailedPreconditionError(`cannot create container ${id}: ${detail.trim()}`);
+    } catch (err) {
+      // conmon and crun may have left a half-created container: remove it.
+      conmon.handle.kill('SIGKILL');
+      await this.crun(['delete', '--force', id]).catch(() => undefined);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      conmon.detach();
+    }
+  }
+
+  async start(id: string, signal?: AbortSignal): Promise<void> {
+    const r = await run(this.options.crunPath, [`--root=${this.options.crunRoot}`, 'start', id], {
+      timeoutMs: this.options.commandTimeoutMs ?? 30_000,
+      ...(signal ? { signal } : {}),
+    });
+    if (r.exitCode === 0) return;
+    if (!this.known(id)) throw this.absent(id);
+    throw new CommandFailedError(r, ['start', id], {
+      kind: 'FailedPrecondition',
+      what: `cannot start container ${id}: crun start`,
+    });
+  }
+
+  async state(id: string): Promise<RuntimeState | null> {
+    const r = await this.crun(['state', id]);
+    if (r.exitCode !== 0) {
+      if (!this.known(id)) return null;
+      throw new CommandFailedError(r, ['state', id], { what: `crun state ${id}` });
+    }
+    let parsed: { status?: string; pid?: number };
+    try {
+      parsed = JSON.parse(r.stdout.toString('utf8')) as typeof parsed;
+    } catch (err) {
+      throw new InternalError(`crun state ${id} printed something that is not JSON`, { cause: err });
+    }
+    const known: RuntimeStatus[] = ['creating', 'created', 'running', 'stopped', 'paused'];
+    const status = known.includes(parsed.status as RuntimeStatus)
+      ? (parsed.status as RuntimeStatus)
+      : 'unknown';
+    return { status, pid: parsed.pid ?? 0 };
+  }
+
+  async initDropsSignal(id: string, signal: string): Promise<boolean> {
+    const number = signalNumber(signal);
+    const state = await this.state(id).catch(() => null);
+    if (number === undefined || !state || state.pid <= 0) return false;
+    return pidOneDropsSignal(await readFile(`/proc/${state.pid}/status`, 'utf8').catch(() => ''), number);
+  }
+
+  async kill(id: string, signal: string, all = false): Promise<void> {
+    const r = await this.crun(['kill', ...(all ? ['--all'] : []), id, signal]);
+    if (r.exitCode === 0) return;
+    if (!this.known(id)) throw this.absent(id);
+    // Signalling a process that just exited is not an error for a caller that wants it gone.
+    const state = await this.state(id).catch(() => null);
+    if (state === null) throw this.absent(id);
+    if (state.status === 'stopped') return;
+    throw new CommandFailedError(r, ['kill', id, signal], {
+      kind: 'FailedPrecondition',
+      what: `cannot signal container ${id} (${state.status}): crun kill`,
+    });
+  }
+
+  async delete(id: string, force: boolean): Promise<void> {
+    const r = await this.crun(['delete', ...(force ? ['--force'] : []), id]);
+    if (r.exitCode === 0 || !this.known(id)) return;
+    throw new CommandFailedError(r, ['delete', id], {
+      kind: 'FailedPrecondition',
+      what: `cannot delete container ${id}: crun delete`,
+    });
+  }
+
+  exec(
+    id: string,
+    process: Partial<OciProcess> & { args: string[] },
+    options: { timeoutMs: number; signal?: AbortSignal },
+  ): Promise<ExecResult> {
+    return this.execs.execSync(id, this.dir(id), process, options);
+  }
+
+  execStream(id: string, cmd: string[], stdio: StdioOptions): Promise<StreamSession> {
+    return this.execs.execStream(id, this.dir(id), cmd, stdio);
+  }
+
+  async attach(
+    id: string,
+    container: { tty: boolean; stdin: boolean },
+    stdio: StdioOptions,
+  ): Promise<StreamSession> {
+    return attachToConmon({
+      id,
+      relayPath: this.options.attachRelayPath ?? nativeHelperPath('attach-relay'),
+      attachSocketPath: this.paths.attachSocket(id),
+      ctlFifoPath: this.paths.ctlFifo(id),
+      tty: container.tty,
+      containerStdin: container.stdin,
+      stdio,
+      logger: this.options.logger,
+    });
+  }
+
+  control(id: string, message: 'reopen-log'): Promise<boolean> {
+    // conmon's control FIFO: "<type> <a> <b>\n"; type 2 reopens the log file.
+    const text = message === 'reopen-log' ? '2 0 0\n' : '';
+    return writeFifoNonBlocking(this.paths.ctlFifo(id), text);
+  }
+
+  async update(id: string, resources: OciResources): Promise<void> {
+    const file = path.join(this.dir(id), 'resources.json');
+    await writeFile(file, JSON.stringify(resources));
+    const r = await this.crun(['update', `--resources=${file}`, id]);
+    if (r.exitCode === 0) return;
+    if (!this.known(id)) throw this.absent(id);
+    throw new CommandFailedError(r, ['update', id], {
+      kind: 'FailedPrecondition',
+      what: `cannot update container ${id}: crun update`,
+    });
+  }
+
+  async pids(id: string): Promise<number[]> {
+    const r = await this.crun(['ps', '--format=json', id]);
+    if (r.exitCode !== 0) {
+      if (!this.known(id)) throw this.absent(id);
+      throw new CommandFailedError(r, ['ps', id], { what: `crun ps ${id}` });
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(r.stdout.toString('utf8') || '[]');
+    } catch {
+      parsed = [];
+    }
+    return Array.isArray(parsed) ? parsed.filter((p): p is number => typeof p === 'number') : [];
+  }
+
+  async exitInfo(id: string): Promise<ExitInfo | null> {
+    if (!ID.test(id)) return null;
+    const file = path.join(this.options.exitDir, id);
+    let text: string;
+    let mtime: Date;
+    try {
+      [text, mtime] = await Promise.all([readFile(file, 'utf8'), stat(file).then((s) => s.mtime)]);
+    } catch {
+      return null;
+    }
+    // conmon writes the file aside and renames it, but be safe with an empty one.
+    if (text.trim() === '') return null;
+    const code = Number.parseInt(text.trim(), 10);
+    const oomKilled = await stat(path.join(this.dir(id), 'oom')).then(
+      () => true,
+      () => false,
+    );
+    return { exitCode: Number.isFinite(code) ? code : 255, exitedAt: mtime, oomKilled };
+  }
+
+  waitExit(id: string, timeoutMs: number, signal?: AbortSignal): Promise<ExitInfo | null> {
+    return this.exits.wait(id, timeoutMs, signal);
+  }
+
+  onExit(listener: ExitListener): () => void {
+    return this.exits.onExit(listener);
+  }
+
+  async monitorAlive(id: string): Promise<boolean | null> {
+    const text = await readFile(this.paths.conmonPidFile(id), 'utf8').catch(() => null);
+    if (text === null) return null;
+    const pid = Number.parseInt(text.trim(), 10);
+    if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+    // A reused pid belongs to another program: conmon's comm is "conmon".
+    const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => null);
+    return comm !== null && comm.trim() === 'conmon';
+  }
+
+  async cleanup(id: string): Promise<void> {
+    await rm(this.dir(id), { recursive: true, force: true });
+    await rm(path.join(this.options.exitDir, id), { force: true });
+    await rm(path.join(this.options.socketDir, id), { recursive: true, force: true });
+    this.exits.forget(id);
+  }
+}
+
+/** Signal number for a name like "SIGTERM", "TERM" or "15"; undefined when unknown. */
+export function signalNumber(signal: string): number | undefined {
+  if (/^\d+$/.test(signal)) return Number(signal);
+  const name = (signal.startsWith('SIG') ? signal : `SIG${signal}`) as keyof typeof osConstants.signals;
+  return osConstants.signals[name];
+}
+
+/**
+ * From /proc/<pid>/status: is the process PID 1 of its pid namespace (last NSpid field 1)
+ * without a handler for `signal` (SigCgt)? The kernel discards, at send time, a signal whose
+ * disposition is the default for a namespace init. SIGKILL and SIGSTOP are never dropped.
+ */
+export function pidOneDropsSignal(status: string, signal: number): boolean {
+  if (signal === osConstants.signals.SIGKILL || signal === osConstants.signals.SIGSTOP) return false;
+  const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1]?.trim();
+  const nspid = field('NSpid')?.split(/\s+/);
+  if (!nspid || nspid.length < 2 || nspid[nspid.length - 1] !== '1') return false;
+  const bit = 1n << BigInt(signal - 1);
+  const mask = (name: string) => BigInt(`0x${field(name) ?? '0'}`);
+  return (mask('SigCgt') & bit) === 0n;
+}

@@ -1,0 +1,99 @@
+/**
+ * What the daemon learns about its node at start (NodeFacts: shown by verbose Status and
+ * logged), and RuntimeReady / NetworkReady from real checks, re-evaluated on every Status call:
+ * the programs found at start still there, the daemon inside its user namespace, the CNI
+ * configuration usable.
+ */
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import { enableSubtreeControllers } from '../os/cgroup-delegation.js';
+import type { CgroupManager } from '../os/cgroup-manager.js';
+import { checkCniReady } from '../os/cni-config.js';
+import { findProgram, type Programs } from '../os/programs.js';
+import type { HealthCondition, RuntimeHealth } from './runtime-info.js';
+
+/** What the daemon learned about its host at start. */
+export interface NodeFacts {
+  inUserNamespace: boolean;
+  rootlesskitStateDir: string | null;
+  cgroupV2: boolean;
+  cgroupControllers: string[];
+  missingControllers: string[];
+  warnings: string[];
+}
+
+const CGROUP_ROOT = '/sys/fs/cgroup';
+
+export async function probeNodeFacts(
+  cgroups: Pick<CgroupManager, 'available' | 'controllers'>,
+  inUserNamespace: boolean,
+  logger: Logger,
+): Promise<NodeFacts> {
+  const warnings: string[] = [];
+  if (!inUserNamespace) {
+    warnings.push('the daemon is not in a user namespace; run it with `rootless-cri serve` from the host');
+  }
+  const controllers = [...cgroups.controllers];
+  if (!cgroups.available) {
+    warnings.push(`${CGROUP_ROOT} is not a cgroup v2 hierarchy inside the node: pods run without cgroups`);
+  }
+  const missing = ['cpu', 'memory', 'pids', 'io'].filter((c) => !controllers.includes(c));
+  if (cgroups.available && missing.length > 0) {
+    warnings.push(
+      `cgroup v2 controllers not delegated: ${missing.join(', ')}; their limits are dropped (rootless-cri doctor explains how to delegate them)`,
+    );
+  }
+  for (const w of warnings) logger.warn(w);
+  return {
+    inUserNamespace,
+    rootlesskitStateDir: process.env.ROOTLESSKIT_STATE_DIR ?? null,
+    cgroupV2: cgroups.available,
+    cgroupControllers: controllers,
+    missingControllers: missing,
+    warnings,
+  };
+}
+
+/**
+ * Lets the node's pods use every controller the node's cgroup has: our own processes live in
+ * leaves (daemon/, rootlesskit/), so the root may delegate. Returns the ones that failed.
+ */
+export async function delegateControllersToPods(): Promise<string[]> {
+  const { failed } = await enableSubtreeControllers(CGROUP_ROOT);
+  return failed;
+}
+
+export class NodeHealth implements RuntimeHealth {
+  constructor(
+    private readonly config: Pick<Config, 'network'>,
+    private readonly facts: NodeFacts,
+    private readonly programs: Programs,
+  ) {}
+
+  async check(): Promise<{ runtime: HealthCondition; network: HealthCondition }> {
+    const missing: string[] = [];
+    for (const role of ['crun', 'conmon'] as const) {
+      // Found at start; still there? (a package upgrade or removal under a running daemon)
+      if (findProgram(this.programs.path(role), []) === null) missing.push(this.programs.path(role));
+    }
+    let runtime: HealthCondition = { ready: true };
+    if (missing.length > 0) {
+      runtime = {
+        ready: false,
+        reason: 'RuntimeBinaryMissing',
+        message: `${missing.join(', ')} not found; install them (sudo apt-get install crun conmon) or set runtime.crun / runtime.conmon`,
+      };
+    } else if (!this.facts.inUserNamespace) {
+      runtime = {
+        ready: false,
+        reason: 'NotInUserNamespace',
+        message: 'the daemon is not inside the rootless node; start it with `rootless-cri serve`',
+      };
+    }
+    const cni = await checkCniReady(this.config.network.cniConfDir, this.config.network.cniBinDirs);
+    const network: HealthCondition = cni.ready
+      ? { ready: true }
+      : { ready: false, reason: cni.reason, message: cni.message };
+    return { runtime, network };
+  }
+}
