@@ -216,6 +216,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       node: facts,
       programs: programs.report(),
       recovery: core.recovery,
+      events: { subscribers: core.events.subscribers, dropped: core.events.dropped },
       listeners: { metrics: metricsServer ? `http://127.0.0.1:${metricsServer.port}/metrics` : null },
     }),
   });

@@ -18,6 +18,7 @@ import { conmonCgroupOf } from '../core/cgroup-layout.js';
 import { CONTAINER_RECORD_VERSION, type ContainerRecord, containerName } from '../core/container-store.js';
 import { statusOf } from '../core/container-view.js';
 import { describeUndoFailures, RollbackStack } from '../core/rollback.js';
+import { adjustSpec } from '../core/spec-adjust.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { ContainerDeps } from './container-deps.js';
 import { buildOciSpec, containerLogPath, type ImageRuntimeConfig } from './spec-builder.js';
@@ -133,6 +134,15 @@ export function createCreateContainer(deps: ContainerDeps) {
         hostFacts: deps.hostFacts,
         files: deps.files,
       });
+      step = 'adjusting the OCI spec';
+      const adjusted = await adjustSpec(deps.adjusters, built.spec, {
+        containerId: id,
+        config,
+        sandbox,
+        ...(signal ? { signal } : {}),
+      });
+      built.spec = adjusted.spec;
+      built.warnings.push(...adjusted.warnings);
       for (const warning of built.warnings) log.warn(warning);
       await deps.os.makeVolumeDirs(rootfs, built.imageVolumes);
       if (logPath !== '') await deps.os.prepareLogDirectory(logPath);

@@ -8,6 +8,7 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { RuntimeCore } from '../core/runtime-core.js';
+import type { SpecAdjuster } from '../core/spec-adjust.js';
 import type { Logger } from '../log.js';
 import { resolveInRoot } from '../os/in-root.js';
 import type { HostFacts, SpecFiles } from './spec-builder.js';
@@ -30,6 +31,8 @@ export interface ContainerDeps {
   undoTimeoutMs: number;
   /** Where writable layers live (FilesystemUsage.fs_id of the stats), '' when unknown. */
   writableLayerRoot: string;
+  /** Run over every new container's spec before it is created (NRI, CDI, hooks). */
+  adjusters: readonly SpecAdjuster[];
 }
 
 /** A Date as CRI nanoseconds. */

@@ -14,6 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import type { RuntimeHandlers } from '../api/handlers.js';
 import type { RuntimeCore } from '../core/runtime-core.js';
+import type { SpecAdjuster } from '../core/spec-adjust.js';
 import type { AttachTarget, ExecTarget } from '../core/stream-targets.js';
 import type { Logger } from '../log.js';
 import { ContainerAttachTarget } from './attach-target.js';
@@ -61,6 +62,8 @@ export interface ContainerServiceOptions {
   os?: ContainerOs;
   files?: SpecFiles;
   overrides?: Partial<Pick<ContainerDeps, 'newId' | 'undoTimeoutMs'>>;
+  /** The adjust stage between building a spec and creating the container (NRI, CDI). */
+  adjusters?: readonly SpecAdjuster[];
 }
 
 export interface ContainerService {
@@ -85,6 +88,7 @@ export function createContainerService(options: ContainerServiceOptions): Contai
     newId: options.overrides?.newId ?? newContainerId,
     undoTimeoutMs: options.overrides?.undoTimeoutMs ?? 60_000,
     writableLayerRoot: options.writableLayerRoot ?? '',
+    adjusters: options.adjusters ?? [],
   };
   // Mutations are tracked so that a daemon shutdown waits for them (never cuts a record write).
   const tracked = <A extends unknown[], R>(fn: (...args: A) => Promise<R>) => {

@@ -4,7 +4,41 @@
  */
 import { readFile } from 'node:fs/promises';
 import { arch, release } from 'node:os';
-import type { HostFacts } from './spec-builder.js';
+
+/** A device node of the node, for privileged containers. */
+export interface HostDevice {
+  path: string;
+  type: 'c' | 'b';
+  major: number;
+  minor: number;
+  fileMode: number;
+  uid: number;
+  gid: number;
+}
+
+/** Facts about the node, probed once when the daemon starts. */
+export interface HostFacts {
+  /** /sys/fs/cgroup inside the node is cgroup v2. */
+  cgroupV2: boolean;
+  /** Controllers delegated to pods (cgroup.subtree_control of the pods' parent). */
+  controllers: readonly string[];
+  /** /proc/sys/kernel/cap_last_cap. */
+  capLastCap: number;
+  /** process.arch. */
+  nodeArch: string;
+  /** os.release(), e.g. 6.1.0-18-amd64. */
+  kernelVersion: string;
+  /** The OCI runtime accepts the `rro` mount option (and the kernel has mount_setattr). */
+  recursiveReadOnlyMounts: boolean;
+  /** The daemon's own oom_score_adj: nobody below real root can go lower. */
+  oomScoreAdjMin: number;
+  /** Ids 0..idMapSize-1 are mapped in the node's user namespace. */
+  idMapSize: number;
+  /** The node's device nodes (privileged containers get them all). */
+  devices: readonly HostDevice[];
+  apparmor: boolean;
+  selinux: boolean;
+}
 
 async function text(p: string): Promise<string> {
   return readFile(p, 'utf8').catch(() => '');

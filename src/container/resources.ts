@@ -6,7 +6,7 @@
 import type { LinuxContainerResources__Output } from '../api/proto.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { OciResources } from '../os/oci-spec.js';
-import type { HostFacts } from './spec-builder.js';
+import type { HostFacts } from './host-facts.js';
 
 function int64(value: string | undefined, what: string): number {
   if (value === undefined || value === '') return 0;

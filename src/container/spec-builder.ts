@@ -26,7 +26,11 @@ import type {
   OciSpec,
 } from '../os/oci-spec.js';
 import { containerCapabilities } from './capabilities.js';
+import type { HostDevice, HostFacts } from './host-facts.js';
 import { criToOciResources } from './resources.js';
+
+export type { HostDevice, HostFacts };
+
 import { defaultSeccompProfile, translateSeccompProfile } from './seccomp.js';
 import {
   type GroupEntry,
@@ -75,41 +79,6 @@ export const ANNOTATIONS = {
   containerName: 'io.kubernetes.cri.container-name',
   imageName: 'io.kubernetes.cri.image-name',
 } as const;
-
-/** A device node of the node, for privileged containers. */
-export interface HostDevice {
-  path: string;
-  type: 'c' | 'b';
-  major: number;
-  minor: number;
-  fileMode: number;
-  uid: number;
-  gid: number;
-}
-
-/** Facts about the node, probed once when the daemon starts. */
-export interface HostFacts {
-  /** /sys/fs/cgroup inside the node is cgroup v2. */
-  cgroupV2: boolean;
-  /** Controllers delegated to pods (cgroup.subtree_control of the pods' parent). */
-  controllers: readonly string[];
-  /** /proc/sys/kernel/cap_last_cap. */
-  capLastCap: number;
-  /** process.arch. */
-  nodeArch: string;
-  /** os.release(), e.g. 6.1.0-18-amd64. */
-  kernelVersion: string;
-  /** The OCI runtime accepts the `rro` mount option (and the kernel has mount_setattr). */
-  recursiveReadOnlyMounts: boolean;
-  /** The daemon's own oom_score_adj: nobody below real root can go lower. */
-  oomScoreAdjMin: number;
-  /** Ids 0..idMapSize-1 are mapped in the node's user namespace. */
-  idMapSize: number;
-  /** The node's device nodes (privileged containers get them all). */
-  devices: readonly HostDevice[];
-  apparmor: boolean;
-  selinux: boolean;
-}
 
 /** The read-only file access the builder needs. */
 export interface SpecFiles {
@@ -559,22 +528,50 @@ function namespacesFor(input: SpecInput): {
 }
 
 /** Builds the OCI spec; throws InvalidArgument (etc.) naming the offending field. */
-export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
-  const { config, sandbox, hostFacts, files } = input;
-  const warnings: string[] = [];
-  const imageConfig: ImageRuntimeConfig = input.image.config.config ?? {};
-  const sc = config.linux?.security_context ?? null;
-  const privileged = sc?.privileged ?? false;
+/**
+ * The spec as the steps build it: the OCI document, and what the steps learn for the ones after
+ * them and for the caller.
+ */
+export interface SpecDraft {
+  spec: OciSpec;
+  /** What was requested but is not applied on this node. */
+  warnings: string[];
+  user: ResolvedUser;
+  imageVolumes: string[];
+  stopSignal: string;
+  /** Shared by the steps. */
+  privileged: boolean;
+  hostNetwork: boolean;
+  ipcMode: string;
+  haveCgroup: boolean;
+}
+
+/** One step of spec generation: reads the request, fills its part of the draft, may warn. */
+export type SpecOpt = (draft: SpecDraft, input: SpecInput) => Promise<string[]> | string[];
+
+function imageConfigOf(input: SpecInput): ImageRuntimeConfig {
+  return input.image.config.config ?? {};
+}
+
+function securityContextOf(input: SpecInput) {
+  return input.config.linux?.security_context ?? null;
+}
+
+/** The request as a whole: a name, and privileges the pod allows. */
+export const withValidRequest: SpecOpt = (draft, { config, sandbox }) => {
   if (!config.metadata || config.metadata.name === '') {
     throw new InvalidArgumentError('container metadata.name is required');
   }
-  if (privileged && !sandbox.config.linux?.security_context?.privileged) {
+  if (draft.privileged && !sandbox.config.linux?.security_context?.privileged) {
     throw new InvalidArgumentError('a privileged container needs a privileged pod sandbox');
   }
+  return [];
+};
 
-  // Process.
-  const args = buildArgs(config, imageConfig);
-  const env = buildEnv(imageConfig.Env ?? [], config.envs, sandbox.hostname);
+/** Command, environment, working directory, terminal, stop signal. */
+export const withProcess: SpecOpt = async (draft, input) => {
+  const { config, sandbox, files } = input;
+  const imageConfig = imageConfigOf(input);
   let cwd = config.working_dir !== '' ? config.working_dir : imageConfig.WorkingDir || '/';
   cwd = checkAbsolute(cwd, 'working directory');
   // CVE-2024-21626: a cwd under /proc (e.g. /proc/self/fd/7) can reach a leaked host fd.
@@ -582,28 +579,56 @@ export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
   if (isUnderProc(cwd) || isUnderProc(resolvedCwd.containerPath)) {
     throw new InvalidArgumentError(`working directory ${cwd} is under /proc; use a directory of the image`);
   }
+  draft.spec.process = {
+    ...draft.spec.process,
+    terminal: config.tty,
+    args: buildArgs(config, imageConfig),
+    env: buildEnv(imageConfig.Env ?? [], config.envs, sandbox.hostname),
+    cwd,
+  };
+  draft.stopSignal =
+    signalName(String(config.stop_signal ?? '')) ?? signalName(imageConfig.StopSignal) ?? 'SIGTERM';
+  return [];
+};
 
+/** uid, gid and groups, from the request or the image, resolved against the image's files. */
+export const withUser: SpecOpt = async (draft, input) => {
+  const sc = securityContextOf(input);
   const userString = sc ? requestedUserString(sc) : '';
   const ids = await readIdFiles(input);
   const user = resolveUser(
-    userString || imageConfig.User || '',
+    userString || imageConfigOf(input).User || '',
     sc?.supplemental_groups ?? [],
     ids.passwd,
     ids.group,
     String(sc?.supplemental_groups_policy ?? 'Merge') === 'Strict' ? 'Strict' : 'Merge',
   );
-  checkId(user.uid, 'uid', hostFacts);
-  for (const gid of user.additionalGids) checkId(gid, 'gid', hostFacts);
+  checkId(user.uid, 'uid', input.hostFacts);
+  for (const gid of user.additionalGids) checkId(gid, 'gid', input.hostFacts);
+  draft.user = user;
+  draft.spec.process.user = { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids };
+  return [];
+};
 
-  const capabilities = containerCapabilities(sc?.capabilities ?? null, privileged, hostFacts.capLastCap);
+/** Which of the pod's namespaces the container joins, and which it gets of its own. */
+export const withNamespaces: SpecOpt = (draft, input) => {
   const { namespaces, hostNetwork, ipcMode } = namespacesFor(input);
+  draft.spec.linux.namespaces = namespaces;
+  draft.hostNetwork = hostNetwork;
+  draft.ipcMode = ipcMode;
+  return [];
+};
 
-  // Mounts: defaults, then the pod's files, then the request's; a request mount replaces any
-  // default at or under its destination.
+/**
+ * Mounts: the defaults, then the pod's files, then the request's; a request mount replaces any
+ * default at or under its destination. The image's VOLUMEs are noted for the caller.
+ */
+export const withMounts: SpecOpt = async (draft, input) => {
+  const { config, sandbox, files, hostFacts } = input;
   const requested = await userMounts(config.mounts, files, hostFacts);
   const requestedPaths = requested.map((m) => m.containerPath);
   const overridden = (dest: string) => requestedPaths.some((p) => isUnder(dest, p));
-  const readonlyRootfs = sc?.readonly_rootfs ?? false;
+  const readonlyRootfs = securityContextOf(input)?.readonly_rootfs ?? false;
   const podBinds: BindRequest[] = [];
   const podFile = (containerPath: string, hostPath: string | null) => {
     if (hostPath !== null) {
@@ -618,9 +643,9 @@ export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
   };
   podFile('/etc/hosts', sandbox.files.hosts);
   podFile('/etc/resolv.conf', sandbox.files.resolvConf);
-  if (!hostNetwork) podFile('/etc/hostname', sandbox.files.hostname);
-  const shmSource = ipcMode === 'NODE' ? '/dev/shm' : sandbox.files.shm;
-  const mounts: OciMount[] = defaultMounts(privileged);
+  if (!draft.hostNetwork) podFile('/etc/hostname', sandbox.files.hostname);
+  const shmSource = draft.ipcMode === 'NODE' ? '/dev/shm' : sandbox.files.shm;
+  const mounts: OciMount[] = defaultMounts(draft.privileged);
   if (shmSource !== null) {
     podBinds.push({
       containerPath: '/dev/shm',
@@ -637,7 +662,7 @@ export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
       options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
     });
   }
-  const allMounts = [
+  draft.spec.mounts = [
     ...mounts.filter((m) => !overridden(m.destination)),
     ...podBinds.filter((b) => !overridden(b.containerPath)).map(bindMount),
     // Parents before children, so a mount at /a/b is not hidden by a later mount at /a.
@@ -645,14 +670,21 @@ export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
       .sort((a, b) => a.containerPath.split('/').length - b.containerPath.split('/').length)
       .map(bindMount),
   ];
-  let rootfsPropagation: string | undefined;
-  if (requested.some((m) => m.propagation === 'rshared')) rootfsPropagation = 'rshared';
-  else if (requested.some((m) => m.propagation === 'rslave')) rootfsPropagation = 'rslave';
+  draft.spec.root = { path: input.image.rootfs, readonly: readonlyRootfs };
+  if (requested.some((m) => m.propagation === 'rshared')) draft.spec.linux.rootfsPropagation = 'rshared';
+  else if (requested.some((m) => m.propagation === 'rslave')) draft.spec.linux.rootfsPropagation = 'rslave';
+  draft.imageVolumes = Object.keys(imageConfigOf(input).Volumes ?? {}).map(
+    // CVE-2022-23648: a VOLUME of /../../../etc must stay inside the rootfs.
+    (v) => path.posix.normalize(`/${v}`),
+  );
+  return [];
+};
 
-  // Devices.
+/** Device nodes: all of the node's for a privileged container, else the ones asked for. */
+export const withDevices: SpecOpt = async (draft, { config, files, hostFacts }) => {
   const devices: OciDevice[] = [];
-  const deviceRules: OciDeviceRule[] = [{ allow: privileged, access: 'rwm' }];
-  if (privileged) {
+  const deviceRules: OciDeviceRule[] = [{ allow: draft.privileged, access: 'rwm' }];
+  if (draft.privileged) {
     for (const d of hostFacts.devices) devices.push({ ...d });
   }
   for (const d of config.devices) {
@@ -674,7 +706,7 @@ export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
     const dev = await files.statDevice(hostPath);
     if (!dev) throw new InvalidArgumentError(`device host_path ${d.host_path} is not a device node`);
     devices.push({ path: containerPath, ...dev });
-    if (!privileged)
+    if (!draft.privileged) {
       deviceRules.push({
         allow: true,
         type: dev.type,
@@ -682,14 +714,40 @@ export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
         minor: dev.minor,
         access: permissions,
       });
+    }
   }
+  if (devices.length > 0) draft.spec.linux.devices = devices;
+  draft.spec.linux.resources = { ...draft.spec.linux.resources, devices: deviceRules };
+  return [];
+};
 
-  // Resources and cgroup.
-  const haveCgroup = hostFacts.cgroupV2 && sandbox.cgroupParent !== null;
-  const { resources, oomScoreAdj } = buildResources(input, warnings, haveCgroup);
+/** Limits the node can apply (the others dropped with a warning), oom_score_adj, the cgroup. */
+export const withResources: SpecOpt = (draft, input) => {
+  const { sandbox, hostFacts } = input;
+  draft.haveCgroup = hostFacts.cgroupV2 && sandbox.cgroupParent !== null;
+  const warnings: string[] = [];
+  const { resources, oomScoreAdj } = buildResources(input, warnings, draft.haveCgroup);
+  draft.spec.linux.resources = { ...resources, ...draft.spec.linux.resources };
+  if (oomScoreAdj !== undefined) draft.spec.process.oomScoreAdj = oomScoreAdj;
+  if (draft.haveCgroup) draft.spec.linux.cgroupsPath = `${sandbox.cgroupParent}/${input.containerId}`;
+  else if (!hostFacts.cgroupV2)
+    warnings.push('no cgroup v2 inside the node: the container runs without a cgroup');
+  return warnings;
+};
 
-  // Security.
-  const seccomp = await seccompFor(input, privileged, capabilities.bounding);
+/** Capabilities, no_new_privs, seccomp, masked and read-only /proc paths; LSMs are not enforced. */
+export const withSecurity: SpecOpt = async (draft, input) => {
+  const sc = securityContextOf(input);
+  const warnings: string[] = [];
+  const capabilities = containerCapabilities(
+    sc?.capabilities ?? null,
+    draft.privileged,
+    input.hostFacts.capLastCap,
+  );
+  draft.spec.process.capabilities = capabilities;
+  draft.spec.process.noNewPrivileges = sc?.no_new_privs ?? false;
+  const seccomp = await seccompFor(input, draft.privileged, capabilities.bounding);
+  if (seccomp) draft.spec.linux.seccomp = seccomp;
   const apparmor = sc?.apparmor ? String(sc.apparmor.profile_type) : sc?.apparmor_profile || '';
   if (apparmor !== '' && apparmor !== 'Unconfined' && apparmor !== 'unconfined') {
     warnings.push(
@@ -700,63 +758,75 @@ export async function buildOciSpec(input: SpecInput): Promise<SpecResult> {
   if (selinux && (selinux.user || selinux.role || selinux.type || selinux.level)) {
     warnings.push('SELinux options not enforced: rootless-cri does not apply SELinux labels');
   }
-  let maskedPaths: string[] | undefined;
-  let readonlyPaths: string[] | undefined;
-  if (!privileged) {
+  if (!draft.privileged) {
     // An empty list (kubelet's "Unmasked", or nothing set) means the defaults (catalog row 28).
-    maskedPaths = (sc?.masked_paths?.length ? sc.masked_paths : DEFAULT_MASKED_PATHS).map((p) =>
-      checkAbsolute(p, 'masked path'),
+    draft.spec.linux.maskedPaths = (sc?.masked_paths?.length ? sc.masked_paths : DEFAULT_MASKED_PATHS).map(
+      (p) => checkAbsolute(p, 'masked path'),
     );
-    readonlyPaths = (sc?.readonly_paths?.length ? sc.readonly_paths : DEFAULT_READONLY_PATHS).map((p) =>
-      checkAbsolute(p, 'read-only path'),
-    );
+    draft.spec.linux.readonlyPaths = (
+      sc?.readonly_paths?.length ? sc.readonly_paths : DEFAULT_READONLY_PATHS
+    ).map((p) => checkAbsolute(p, 'read-only path'));
   }
+  return warnings;
+};
 
+/** The annotations containerd and CRI-O set, so tools reading the bundle find the pod. */
+export const withAnnotations: SpecOpt = (draft, { config, sandbox, image }) => {
   const podMeta = sandbox.config.metadata;
-  const annotations: Record<string, string> = {
+  draft.spec.annotations = {
     [ANNOTATIONS.containerType]: 'container',
     [ANNOTATIONS.sandboxId]: sandbox.id,
     [ANNOTATIONS.sandboxName]: podMeta?.name ?? '',
     [ANNOTATIONS.sandboxNamespace]: podMeta?.namespace ?? '',
     [ANNOTATIONS.sandboxUid]: podMeta?.uid ?? '',
-    [ANNOTATIONS.containerName]: config.metadata.name,
-    [ANNOTATIONS.imageName]: input.image.name,
+    [ANNOTATIONS.containerName]: config.metadata!.name,
+    [ANNOTATIONS.imageName]: image.name,
   };
+  return [];
+};
 
-  const imageVolumes = Object.keys(imageConfig.Volumes ?? {}).map(
-    // CVE-2022-23648: a VOLUME of /../../../etc must stay inside the rootfs.
-    (v) => path.posix.normalize(`/${v}`),
-  );
+/** The steps, in order: later ones may read what earlier ones decided. */
+export const SPEC_STEPS: readonly (readonly [name: string, step: SpecOpt])[] = [
+  ['request', withValidRequest],
+  ['process', withProcess],
+  ['user', withUser],
+  ['namespaces', withNamespaces],
+  ['mounts', withMounts],
+  ['devices', withDevices],
+  ['resources', withResources],
+  ['security', withSecurity],
+  ['annotations', withAnnotations],
+];
 
-  const spec: OciSpec = {
-    ociVersion: '1.0.2',
-    process: {
-      terminal: config.tty,
-      user: { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids },
-      args,
-      env,
-      cwd,
-      capabilities,
-      noNewPrivileges: sc?.no_new_privs ?? false,
-      ...(oomScoreAdj !== undefined ? { oomScoreAdj } : {}),
+/** Builds the OCI spec of a container by running the steps in order over an empty draft. */
+export async function buildOciSpec(input: SpecInput, steps = SPEC_STEPS): Promise<SpecResult> {
+  const draft: SpecDraft = {
+    spec: {
+      ociVersion: '1.0.2',
+      process: {
+        terminal: false,
+        user: { uid: 0, gid: 0 },
+        args: [],
+        env: [],
+        cwd: '/',
+        capabilities: { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] },
+        noNewPrivileges: false,
+      },
+      root: { path: input.image.rootfs, readonly: false },
+      mounts: [],
+      annotations: {},
+      linux: { namespaces: [] },
     },
-    root: { path: input.image.rootfs, readonly: readonlyRootfs },
-    mounts: allMounts,
-    annotations,
-    linux: {
-      namespaces,
-      ...(devices.length > 0 ? { devices } : {}),
-      resources: { ...resources, devices: deviceRules },
-      ...(haveCgroup ? { cgroupsPath: `${sandbox.cgroupParent}/${input.containerId}` } : {}),
-      ...(seccomp ? { seccomp } : {}),
-      ...(maskedPaths ? { maskedPaths } : {}),
-      ...(readonlyPaths ? { readonlyPaths } : {}),
-      ...(rootfsPropagation ? { rootfsPropagation } : {}),
-    },
+    warnings: [],
+    user: { uid: 0, gid: 0, additionalGids: [], username: null },
+    imageVolumes: [],
+    stopSignal: 'SIGTERM',
+    privileged: securityContextOf(input)?.privileged ?? false,
+    hostNetwork: false,
+    ipcMode: 'POD',
+    haveCgroup: false,
   };
-  if (!haveCgroup && !hostFacts.cgroupV2)
-    warnings.push('no cgroup v2 inside the node: the container runs without a cgroup');
-  const stopSignal =
-    signalName(String(config.stop_signal ?? '')) ?? signalName(imageConfig.StopSignal) ?? 'SIGTERM';
+  for (const [, step] of steps) draft.warnings.push(...(await step(draft, input)));
+  const { spec, warnings, user, imageVolumes, stopSignal } = draft;
   return { spec, warnings, user, imageVolumes, stopSignal };
 }

@@ -9,7 +9,7 @@ import { InternalError } from '../errors.js';
 import type { ExitInfo, OciRuntime } from '../os/oci-runtime.js';
 import type { ContainerRecord } from './container-store.js';
 import { statusOf } from './container-view.js';
-import type { RuntimeCore } from './runtime-core.js';
+import type { CoreContext } from './core-context.js';
 
 export interface ObservedExit {
   exitCode: number;
@@ -30,7 +30,7 @@ export function describeContainer(record: ContainerRecord): string {
 }
 
 /** Whether the container's cgroup recorded an OOM kill (only where memory is delegated). */
-async function cgroupOomKilled(core: RuntimeCore, record: ContainerRecord): Promise<boolean> {
+async function cgroupOomKilled(core: CoreContext, record: ContainerRecord): Promise<boolean> {
   if (!record.cgroupPath) return false;
   const events = await core.cgroups.readFile(record.cgroupPath, 'memory.events');
   const match = events ? /^oom_kill (\d+)$/m.exec(events) : null;
@@ -39,7 +39,7 @@ async function cgroupOomKilled(core: RuntimeCore, record: ContainerRecord): Prom
 
 /** Moves a record to `exited` (caller holds the container's lock) and publishes the event. */
 export async function recordExit(
-  core: RuntimeCore,
+  core: CoreContext,
   record: ContainerRecord,
   exit: ObservedExit,
 ): Promise<ContainerRecord> {
@@ -74,7 +74,7 @@ export async function recordExit(
 
 /** Takes in an exit the monitor recorded that the record does not show yet. Caller holds the lock. */
 export async function observeExitLocked(
-  core: RuntimeCore,
+  core: CoreContext,
   record: ContainerRecord,
 ): Promise<ContainerRecord> {
   if (record.state !== 'running' && record.state !== 'created') return record;
@@ -84,7 +84,7 @@ export async function observeExitLocked(
 }
 
 /** observeExitLocked under the container's lock, re-reading the record inside it. */
-export async function observeExit(core: RuntimeCore, id: string): Promise<ContainerRecord | undefined> {
+export async function observeExit(core: CoreContext, id: string): Promise<ContainerRecord | undefined> {
   const before = core.containers.get(id);
   if (!before || (before.state !== 'running' && before.state !== 'created')) return before;
   return core.containerLocks.run(id, async () => {
@@ -98,7 +98,7 @@ export async function observeExit(core: RuntimeCore, id: string): Promise<Contai
  * and recorded as exited. Caller holds the lock. Returns null when the monitor is alive.
  */
 export async function settleDeadMonitor(
-  core: RuntimeCore,
+  core: CoreContext,
   record: ContainerRecord,
 ): Promise<ContainerRecord | null> {
   const alive = await core.runtime.monitorAlive(record.id);
@@ -179,7 +179,7 @@ export async function stopContainer(
 
 /** Stops the container (caller holds its lock); returns the exited record. */
 export async function stopContainerLocked(
-  core: RuntimeCore,
+  core: CoreContext,
   record: ContainerRecord,
   timeoutSeconds: number,
   abort?: AbortSignal,
@@ -222,7 +222,7 @@ export async function stopContainerLocked(
  * deletes it from the runtime, removes its writable layer and bundle, releases its image and
  * name and deletes its record. Each step tolerates what an interrupted removal already did.
  */
-export async function removeContainerLocked(core: RuntimeCore, record: ContainerRecord): Promise<void> {
+export async function removeContainerLocked(core: CoreContext, record: ContainerRecord): Promise<void> {
   if (record.state === 'running' || record.state === 'created') {
     await stopContainerLocked(core, record, 0);
   }

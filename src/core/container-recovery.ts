@@ -18,7 +18,7 @@
 import { describeError } from '../errors.js';
 import { recordExit, settleDeadMonitor } from './container-lifecycle.js';
 import type { ContainerRecord } from './container-store.js';
-import type { RuntimeCore } from './runtime-core.js';
+import type { CoreContext } from './core-context.js';
 
 export interface ContainerRecoveryReport {
   loaded: number;
@@ -31,7 +31,7 @@ export interface ContainerRecoveryReport {
 
 const CONTAINER_ID = /^[0-9a-f]{64}$/;
 
-async function undoCreating(core: RuntimeCore, record: ContainerRecord): Promise<void> {
+async function undoCreating(core: CoreContext, record: ContainerRecord): Promise<void> {
   await core.runtime.delete(record.id, true);
   await core.runtime.cleanup(record.id);
   await core.snapshotter.remove(record.id);
@@ -40,7 +40,7 @@ async function undoCreating(core: RuntimeCore, record: ContainerRecord): Promise
 }
 
 async function recoverOne(
-  core: RuntimeCore,
+  core: CoreContext,
   record: ContainerRecord,
 ): Promise<'rolledBack' | 'exitedWhileDown' | 'monitorDied' | 'running' | null> {
   if (record.state === 'creating') {
@@ -59,7 +59,7 @@ async function recoverOne(
   return record.state === 'running' ? 'running' : null;
 }
 
-export async function recoverContainers(core: RuntimeCore): Promise<ContainerRecoveryReport> {
+export async function recoverContainers(core: CoreContext): Promise<ContainerRecoveryReport> {
   const report: ContainerRecoveryReport = {
     loaded: 0,
     running: 0,
@@ -101,7 +101,7 @@ export async function recoverContainers(core: RuntimeCore): Promise<ContainerRec
  * One pass of the monitor check: exits the monitors recorded (should an event have been
  * missed) and monitors that died without recording one.
  */
-export async function checkContainers(core: RuntimeCore, checkMonitors: boolean): Promise<void> {
+export async function checkContainers(core: CoreContext, checkMonitors: boolean): Promise<void> {
   for (const record of core.containers.list()) {
     if (record.state !== 'running' && record.state !== 'created') continue;
     await core.containerLocks

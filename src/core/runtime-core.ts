@@ -29,6 +29,7 @@ import { recordExit, removeContainerLocked, stopContainerLocked } from './contai
 import { type ContainerRecoveryReport, checkContainers, recoverContainers } from './container-recovery.js';
 import { type ContainerRecord, ContainerStore, criContainerState } from './container-store.js';
 import { statusOf } from './container-view.js';
+import type { CoreContext, CoreObserver } from './core-context.js';
 import { type ContainerEventKind, EventBus } from './event-bus.js';
 import type { ContainerSnapshotter, ImageLookup } from './providers.js';
 import type { SandboxInfo } from './sandbox-info.js';
@@ -53,8 +54,7 @@ export interface ContainerView {
 }
 
 /** Hooks for metrics; every one optional. */
-export interface CoreObserver {
-  containerExited?(record: ContainerRecord): void;
+export interface RuntimeCoreObserver extends CoreObserver {
   recovered?(report: CoreRecoveryReport): void;
 }
 
@@ -79,14 +79,14 @@ export interface RuntimeCoreOptions {
   now?: () => bigint;
   /** How often monitors are checked for having died without an exit file (ms; 0 = never). */
   monitorCheckMs?: number;
-  observer?: CoreObserver;
+  observer?: RuntimeCoreObserver;
 }
 
 export function nowNanoseconds(): bigint {
   return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000)) * 1000n;
 }
 
-export class RuntimeCore {
+export class RuntimeCore implements CoreContext {
   readonly sandboxes: SandboxStore;
   readonly sandboxNames = new NameRegistrar('pod sandbox');
   readonly sandboxLocks = new KeyedMutex();
@@ -100,7 +100,7 @@ export class RuntimeCore {
   readonly snapshotter: ContainerSnapshotter;
   readonly logger: Logger;
   readonly now: () => bigint;
-  readonly observer: CoreObserver;
+  readonly observer: RuntimeCoreObserver;
   private readonly sandboxOs: Pick<SandboxOs, 'isPinned' | 'infraAlive'>;
   private readonly monitorCheckMs: number;
   private monitorTimer: NodeJS.Timeout | null = null;

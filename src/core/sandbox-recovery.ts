@@ -8,7 +8,7 @@
  * record never stops the start: it is moved aside and logged.
  */
 import type { SandboxOs } from '../os/sandbox-os.js';
-import type { RuntimeCore } from './runtime-core.js';
+import type { CoreContext } from './core-context.js';
 import { recoveredState, type SandboxRecord } from './sandbox-record.js';
 
 export interface RecoveryReport {
@@ -20,7 +20,7 @@ export interface RecoveryReport {
 }
 
 export async function recoverSandboxes(
-  core: RuntimeCore,
+  core: CoreContext,
   os: Pick<SandboxOs, 'isPinned' | 'infraAlive'>,
 ): Promise<RecoveryReport> {
   const { records, problems } = await core.sandboxes.load();

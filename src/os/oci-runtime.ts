@@ -377,6 +377,7 @@ export class CrunConmonRuntime implements OciRuntime {
   }
 
   async update(id: string, resources: OciResources): Promise<void> {
+    if (!this.known(id)) throw this.absent(id);
     const file = path.join(this.dir(id), 'resources.json');
     await writeFile(file, JSON.stringify(resources));
     const r = await this.crun(['update', `--resources=${file}`, id]);

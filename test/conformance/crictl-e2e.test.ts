@@ -203,7 +203,7 @@ describe('crictl end to end from the host', () => {
     expect(after.status.state).toBe('CONTAINER_RUNNING');
   });
 
-  it('events stream container lifecycle changes', async () => {
+  it('events stream container and sandbox lifecycle changes', async () => {
     const events = spawn(
       'bash',
       [
@@ -219,9 +219,30 @@ describe('crictl end to end from the host', () => {
       out += d.toString();
     });
     try {
-      await sleep(1000);
+      // The stream is open once the daemon counts a subscriber (verbose Status, crictl info).
+      await waitFor(async () => {
+        const info = JSON.parse(await crictl(['info', '-o', 'json'])) as {
+          events?: { subscribers?: number };
+        };
+        return (info.events?.subscribers ?? 0) >= 1;
+      });
       await crictl(['stop', serverId]);
       await waitFor(async () => out.includes(serverId) && /CONTAINER_STOPPED_EVENT/.test(out));
+      // Sandbox events: container_id is the pod's id (as containerd sends them).
+      const config = await writeJson('events-pod.json', {
+        metadata: { name: 'events-pod', namespace: 'e2e', uid: 'uid-events-pod', attempt: 0 },
+        log_directory: '',
+        linux: {},
+      });
+      const eventsPod = await crictl(['runp', config]);
+      await crictl(['stopp', eventsPod]);
+      await crictl(['rmp', eventsPod]);
+      await waitFor(async () => {
+        const mine = out.split('\n').filter((line) => line.includes(eventsPod));
+        return ['CREATED', 'STARTED', 'STOPPED', 'DELETED'].every((kind) =>
+          mine.some((line) => line.includes(`CONTAINER_${kind}_EVENT`)),
+        );
+      });
     } finally {
       process.kill(-events.pid!, 'SIGTERM');
     }

@@ -1,3 +1,4 @@
+import { InternalError, InvalidArgumentError } from '../../src/errors.js';
 import type {
   InfraProcess,
   NamespacePaths,
@@ -65,7 +66,10 @@ export class FakeSandboxOs implements SandboxOs {
     await this.enter('createPodNamespaces', [request]);
     const { pins, settings } = request;
     const hasSettings = settings.loopbackUp || settings.hostname !== null || settings.sysctls.length > 0;
-    if (pins.length === 0 && hasSettings) throw new Error('settings without pod namespaces');
+    if (pins.length === 0 && hasSettings) {
+      throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
+    }
+    checkSysctls(settings);
     for (const p of pins) {
       if (this.pinned.has(p.path)) throw new Error(`${p.path} exists`);
       this.pinned.add(p.path);
@@ -107,6 +111,21 @@ export class FakeSandboxOs implements SandboxOs {
 
   async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {
     await this.enter('configureNamespaces', [ns, settings]);
+    if (!ns.net && !ns.ipc && !ns.uts) {
+      throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
+    }
+    checkSysctls(settings);
     this.configured.push({ ns, settings });
+  }
+}
+
+/** The kernel's answer to a value it cannot parse, as the real node gives it. */
+function checkSysctls(settings: NamespaceSettings): void {
+  for (const s of settings.sysctls) {
+    if (/bogus/.test(s.value)) {
+      throw new InvalidArgumentError(
+        `sysctl ${s.key}=${JSON.stringify(s.value)} was refused by the kernel inside the pod`,
+      );
+    }
   }
 }

@@ -295,6 +295,61 @@ describe('CreateContainer failures leave nothing behind', () => {
     });
   }
 
+  it('runs the adjust stage between building the spec and creating the container; a failing adjuster rolls back', async () => {
+    const seen: string[] = [];
+    const service = createContainerService({
+      core: w.core,
+      logger: silentLogger(),
+      hostFacts: w.facts,
+      os: w.os,
+      overrides: { undoTimeoutMs: 1000 },
+      adjusters: [
+        {
+          name: 'first',
+          async adjust(spec, context) {
+            seen.push(`first ${context.config.metadata!.name} ${context.sandbox.id.slice(0, 4)}`);
+            return {
+              spec: { ...spec, process: { ...spec.process, env: [...spec.process.env, 'ADJUSTED=1'] } },
+              warnings: ['added ADJUSTED'],
+            };
+          },
+        },
+        {
+          name: 'second',
+          async adjust(spec) {
+            seen.push(`second ${spec.process.env.includes('ADJUSTED=1')}`);
+            if (seen.length > 2) throw new FailedPreconditionError('plugin refused the container');
+            return {
+              spec: { ...spec, annotations: { ...spec.annotations, 'example.com/x': 'y' } },
+              warnings: [],
+            };
+          },
+        },
+      ],
+    });
+    const r = await service.handlers.CreateContainer!(
+      { pod_sandbox_id: POD, config: config(), sandbox_config: null },
+      ctx as never,
+    );
+    expect(seen).toEqual(['first app aaaa', 'second true']);
+    const created = w.runtime.calls.find((c) => c.method === 'create')!.args[0] as {
+      spec: { process: { env: string[] }; annotations: Record<string, string> };
+    };
+    expect(created.spec.process.env).toContain('ADJUSTED=1');
+    expect(created.spec.annotations['example.com/x']).toBe('y');
+    const info = JSON.parse((await status(r.container_id!, true)).info!.info!) as { warnings: string[] };
+    expect(info.warnings).toContain('first: added ADJUSTED');
+    // The second time the second adjuster refuses: nothing of that container is left.
+    await service.handlers.RemoveContainer!({ container_id: r.container_id! }, ctx as never);
+    await expect(
+      service.handlers.CreateContainer!(
+        { pod_sandbox_id: POD, config: config(), sandbox_config: null },
+        ctx as never,
+      ),
+    ).rejects.toMatchObject({ kind: 'FailedPrecondition' });
+    expect(await leftovers()).toEqual([]);
+  });
+
   it('bad input is rejected with a clear error and nothing leaked (catalog 17, 20, 22, 23, 26, 27)', async () => {
     const bad: [Partial<ContainerConfig__Output>, object, RegExp][] = [
       [{ log_path: '../../../.bashrc' }, {}, /leaves the pod's log_directory/],

@@ -1,0 +1,36 @@
+/**
+ * What the core's transition and recovery functions need of the runtime core: its stores,
+ * locks, names, event bus and the adapters it was built with. RuntimeCore implements it; the
+ * functions take this interface so that they and the class do not import each other.
+ */
+import type { Logger } from '../log.js';
+import type { CgroupManager } from '../os/cgroup-manager.js';
+import type { OciRuntime } from '../os/oci-runtime.js';
+import type { KeyedMutex } from '../store/keyed-mutex.js';
+import type { NameRegistrar } from '../store/name-registrar.js';
+import type { ContainerRecord, ContainerStore } from './container-store.js';
+import type { EventBus } from './event-bus.js';
+import type { ContainerSnapshotter, ImageLookup } from './providers.js';
+import type { SandboxStore } from './sandbox-store.js';
+
+/** Hooks for metrics; every one optional. */
+export interface CoreObserver {
+  containerExited?(record: ContainerRecord): void;
+}
+
+export interface CoreContext {
+  readonly sandboxes: SandboxStore;
+  readonly sandboxNames: NameRegistrar;
+  readonly sandboxLocks: KeyedMutex;
+  readonly containers: ContainerStore;
+  readonly containerNames: NameRegistrar;
+  readonly containerLocks: KeyedMutex;
+  readonly events: EventBus;
+  readonly runtime: OciRuntime;
+  readonly cgroups: CgroupManager;
+  readonly images: ImageLookup;
+  readonly snapshotter: ContainerSnapshotter;
+  readonly logger: Logger;
+  readonly now: () => bigint;
+  readonly observer: CoreObserver;
+}
