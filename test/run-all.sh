@@ -22,6 +22,11 @@ die() { echo "run-all: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 step "install: host setup, test user $TEST_USER, crictl/critest, build, app copy in $APP"
 bash deploy/install.sh --user "$TEST_USER" --app-dir "$APP" || die "deploy/install.sh failed"
 export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER
+# Everything below (npx, biome, tsc, vitest and the daemons the tests start) runs on the pinned
+# Node.js that install.sh installed, whatever node is on PATH.
+NODE_BIN=$(bash deploy/install-node.sh --check) || die "the pinned Node.js is not installed"
+export PATH="$NODE_BIN:$PATH"
+step "Node.js $(node --version) ($(command -v node)), npm $(npm --version)"
 ROOTLESS_CRI_TEST_BUSYBOX=$(bash test/setup/fetch-test-busybox.sh) || die "cannot fetch Debian's busybox for the test images"
 export ROOTLESS_CRI_TEST_BUSYBOX
 
