@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_USER=${ROOTLESS_CRI_DEMO_USER:-rcri-demo}
-APP=/opt/rootless-cri/users/$DEMO_USER
+APP=${ROOTLESS_CRI_DEMO_APP:-/opt/rootless-cri/users/$DEMO_USER}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
