@@ -59,6 +59,7 @@ fi
 # a host without one gets Debian's.
 if ! command -v npm >/dev/null 2>&1; then
   log "no npm on this host: installing Debian's npm to fetch the pinned Node.js"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 
