@@ -6,7 +6,8 @@
  * rounds alternating so machine noise hits all alike:
  *   - vs `skopeo copy docker://… oci:DIR` + `umoci unpack --rootless` of the same image;
  *   - vs single-core `gzip -dc` of the same layer blobs to /dev/null (the decompression floor);
- * and the same image with zstd layers (`large-zstd`) vs single-core `zstd -dc` of its blobs.
+ * and the same image with zstd layers (`large-zstd`) vs single-core `zstd -dc` of its blobs, and
+ * vs `zstd -dc | tar -x` of them (decompression is so cheap that writing the files is the floor).
  * MB/s are uncompressed layer bytes (the tar streams) per second. Needs root (the daemon runs
  * as the test user; the bridge uses nsenter).
  */
@@ -65,6 +66,7 @@ export async function benchPull(): Promise<void> {
     gzip: [] as number[],
     oursZstd: [] as number[],
     zstd: [] as number[],
+    zstdTar: [] as number[],
   };
   try {
     await pushCatalogue(registry.url, [large!, largeZstd!]);
@@ -114,6 +116,19 @@ export async function benchPull(): Promise<void> {
       seconds.zstd.push(
         await timed(() => execFileAsync('sh', ['-c', 'zstd -qdc "$@" > /dev/null', 'zstd', ...zstdBlobs])),
       );
+      const untarred = path.join(work, `untar-${round}`);
+      seconds.zstdTar.push(
+        await timed(() =>
+          execFileAsync('sh', [
+            '-c',
+            'dir=$1; shift; mkdir "$dir" && for b in "$@"; do zstd -qdc "$b" | tar -x -C "$dir"; done',
+            'untar',
+            untarred,
+            ...zstdBlobs,
+          ]),
+        ),
+      );
+      await rm(untarred, { recursive: true, force: true });
     }
   } finally {
     await bridge?.close();
@@ -126,6 +141,7 @@ export async function benchPull(): Promise<void> {
   const gz = median(seconds.gzip);
   const oursZstd = median(seconds.oursZstd);
   const zs = median(seconds.zstd);
+  const zt = median(seconds.zstdTar);
   const rate = (s: number) => `${(mb / s).toFixed(0)} MB/s`;
   console.log(
     `pull: ${image.layers.length}-layer image, ${mb.toFixed(0)} MB uncompressed (${(compressed / 1e6).toFixed(0)} MB gzip), ${ROUNDS} rounds, medians`,
@@ -144,5 +160,7 @@ export async function benchPull(): Promise<void> {
     `  rootless-cri PullImage (daemon, download+verify+unpack)  ${oursZstd.toFixed(2)} s  ${rate(oursZstd)}`,
   );
   console.log(`  zstd -dc of the layer blobs (one core, no writes)       ${zs.toFixed(2)} s  ${rate(zs)}`);
+  console.log(`  zstd -dc | tar -x of the layer blobs (writes the files)  ${zt.toFixed(2)} s  ${rate(zt)}`);
   console.log(`  ratio vs zstd -dc floor: ${(zs / oursZstd).toFixed(2)}x`);
+  console.log(`  ratio vs zstd -dc | tar -x: ${(zt / oursZstd).toFixed(2)}x`);
 }
