@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # npm, tsc, biome and vitest run on the pinned Node.js (deploy/install-node.sh), not on
 # whatever node is on PATH; installing it the first time needs root.
-WITH_NODE = PATH="$$(bash deploy/install-node.sh)":"$$PATH"
+WITH_NODE = node_bin=$$(bash deploy/install-node.sh) && PATH="$$node_bin:$$PATH"
 
 help:
 	@echo "make demo   - set up this host (as root), start rootless-cri as an unprivileged user, show crictl"
