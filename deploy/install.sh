@@ -95,6 +95,13 @@ if [ "$(id -u)" -eq 0 ]; then
       sh "$app/bin/rootless-cri"
     echo "install: $user runs it as $home/.local/bin/rootless-cri (on PATH in deploy/run-as-user.sh)"
   fi
+  # Earlier installs pointed the host-wide link at <app>/dist/src/cli.js, run by whatever node was
+  # on PATH; such a link would keep running an old app on an old Node.js, so it goes.
+  legacy=$(readlink /usr/local/bin/rootless-cri 2>/dev/null || true)
+  case "$legacy" in
+    */dist/src/cli.js) rm -f /usr/local/bin/rootless-cri
+      echo "install: removed the old host-wide link /usr/local/bin/rootless-cri -> $legacy" ;;
+  esac
   if [ "$global_link" = 1 ]; then
     ln -sfn "$app/bin/rootless-cri" /usr/local/bin/rootless-cri
     echo "install: /usr/local/bin/rootless-cri -> $app/bin/rootless-cri (--global-link)"
