@@ -3,6 +3,9 @@
 #   make test   everything CI runs (.ci/run calls this), ending with "N passed, N failed"
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
+# npm, tsc, biome and vitest run on the pinned Node.js (deploy/install-node.sh), not on
+# whatever node is on PATH; installing it the first time needs root.
+WITH_NODE = node_bin=$$(bash deploy/install-node.sh) && PATH="$$node_bin:$$PATH"
 
 help:
 	@echo "make demo   - set up this host (as root), start rootless-cri as an unprivileged user, show crictl"
@@ -10,14 +13,14 @@ help:
 	@echo "make build  - npm install + compile TypeScript and native helpers"
 
 node_modules: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	$(WITH_NODE) npm ci --no-audit --no-fund
 	@touch node_modules
 
 build: node_modules
-	npm run build
+	$(WITH_NODE) npm run build
 
 lint: node_modules
-	npx biome check .
+	$(WITH_NODE) npx biome check .
 
 setup-host:
 	bash deploy/setup-host.sh --user $${ROOTLESS_CRI_TEST_USER:-rcri-test}

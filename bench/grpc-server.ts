@@ -40,7 +40,7 @@ async function main(): Promise<void> {
     process.on('SIGTERM', () => server.forceShutdown());
   } else {
     // Info level, as the daemon runs by default: Version calls are logged at debug.
-    const logger = createLogger({ level: 'info', pretty: false });
+    const logger = createLogger({ level: 'info' });
     const readiness = new ReadinessGate();
     const handlers = createRuntimeInfoHandlers({
       health: { check: async () => ({ runtime: { ready: true }, network: { ready: true } }) },

@@ -5,7 +5,9 @@
  * (reached through the test bridge into the node's netns). Two ratios from the same run,
  * rounds alternating so machine noise hits all alike:
  *   - vs `skopeo copy docker://… oci:DIR` + `umoci unpack --rootless` of the same image;
- *   - vs single-core `gzip -dc` of the same layer blobs to /dev/null (the decompression floor).
+ *   - vs single-core `gzip -dc` of the same layer blobs to /dev/null (the decompression floor);
+ * and the same image with zstd layers (`large-zstd`) vs single-core `zstd -dc` of its blobs, and
+ * vs `zstd -dc | tar -x` of them (decompression is so cheap that writing the files is the floor).
  * MB/s are uncompressed layer bytes (the tar streams) per second. Needs root (the daemon runs
  * as the test user; the bridge uses nsenter).
  */
@@ -40,24 +42,40 @@ export async function benchPull(): Promise<void> {
     'rootless-cri',
     'test-images',
   );
-  const [large] = (await buildCatalogue({ cacheDir, names: ['large'] })).images;
+  for (const tool of ['skopeo', 'umoci', 'zstd', 'gzip']) {
+    await execFileAsync('sh', ['-c', `command -v ${tool}`]).catch(() => {
+      throw new Error(`the pull bench compares with ${tool}: apt-get install skopeo umoci zstd`);
+    });
+  }
+  const [large, largeZstd] = (await buildCatalogue({ cacheDir, names: ['large', 'large-zstd'] })).images;
   const image = large!.image;
-  const reference = (host: string) => `${host}/${large!.entry.repository}:${large!.entry.tags[0]}`;
+  const zstdImage = largeZstd!.image;
+  const reference = (host: string, entry = large!.entry) => `${host}/${entry.repository}:${entry.tags[0]}`;
   const uncompressed = image.layers.reduce((n, l) => n + l.uncompressedSize, 0);
   const compressed = image.layers.reduce((n, l) => n + l.size, 0);
+  const zstdCompressed = zstdImage.layers.reduce((n, l) => n + l.size, 0);
   const mb = uncompressed / 1e6;
 
   const registry = await startRegistry();
   const work = await mkdtemp(path.join(os.tmpdir(), 'rcri-bench-pull-'));
   let daemon: TestDaemon | undefined;
   let bridge: Awaited<ReturnType<typeof exposeInNode>> | undefined;
-  const seconds = { ours: [] as number[], skopeoUmoci: [] as number[], gzip: [] as number[] };
+  const seconds = {
+    ours: [] as number[],
+    skopeoUmoci: [] as number[],
+    gzip: [] as number[],
+    oursZstd: [] as number[],
+    zstd: [] as number[],
+    zstdTar: [] as number[],
+  };
   try {
-    await pushCatalogue(registry.url, [large!]);
+    await pushCatalogue(registry.url, [large!, largeZstd!]);
     daemon = await TestDaemon.start();
     bridge = await exposeInNode(await daemon.nodePid(), registry.port);
     const ref = reference(registry.host);
     const blobs = image.layers.map((l) => blobPath(image.layoutDir, l.digest));
+    const zstdRef = reference(registry.host, largeZstd!.entry);
+    const zstdBlobs = zstdImage.layers.map((l) => blobPath(zstdImage.layoutDir, l.digest));
     for (let round = 0; round < ROUNDS; round++) {
       seconds.ours.push(
         await timed(() =>
@@ -87,6 +105,30 @@ export async function benchPull(): Promise<void> {
       seconds.gzip.push(
         await timed(() => execFileAsync('sh', ['-c', 'gzip -dc "$@" > /dev/null', 'gzip', ...blobs])),
       );
+
+      seconds.oursZstd.push(
+        await timed(() =>
+          daemon!.client.image('PullImage', { image: { image: zstdRef } }, { timeoutMs: 600_000 }),
+        ),
+      );
+      await daemon.client.image('RemoveImage', { image: { image: zstdRef } });
+      // zstd decompresses on one thread (-T only affects compression).
+      seconds.zstd.push(
+        await timed(() => execFileAsync('sh', ['-c', 'zstd -qdc "$@" > /dev/null', 'zstd', ...zstdBlobs])),
+      );
+      const untarred = path.join(work, `untar-${round}`);
+      seconds.zstdTar.push(
+        await timed(() =>
+          execFileAsync('sh', [
+            '-c',
+            'dir=$1; shift; mkdir "$dir" && for b in "$@"; do zstd -qdc "$b" | tar -x -C "$dir"; done',
+            'untar',
+            untarred,
+            ...zstdBlobs,
+          ]),
+        ),
+      );
+      await rm(untarred, { recursive: true, force: true });
     }
   } finally {
     await bridge?.close();
@@ -97,6 +139,9 @@ export async function benchPull(): Promise<void> {
   const ours = median(seconds.ours);
   const su = median(seconds.skopeoUmoci);
   const gz = median(seconds.gzip);
+  const oursZstd = median(seconds.oursZstd);
+  const zs = median(seconds.zstd);
+  const zt = median(seconds.zstdTar);
   const rate = (s: number) => `${(mb / s).toFixed(0)} MB/s`;
   console.log(
     `pull: ${image.layers.length}-layer image, ${mb.toFixed(0)} MB uncompressed (${(compressed / 1e6).toFixed(0)} MB gzip), ${ROUNDS} rounds, medians`,
@@ -108,4 +153,14 @@ export async function benchPull(): Promise<void> {
   console.log(`  gzip -dc of the layer blobs (one core, no writes)       ${gz.toFixed(2)} s  ${rate(gz)}`);
   console.log(`  ratio vs skopeo+umoci: ${(su / ours).toFixed(2)}x faster  (aim: >= 1.0x)`);
   console.log(`  ratio vs gzip -dc floor: ${(gz / ours).toFixed(2)}x  (aim: >= 0.7x)`);
+  console.log(
+    `same image with zstd layers (${(zstdCompressed / 1e6).toFixed(0)} MB zstd), ${ROUNDS} rounds, medians`,
+  );
+  console.log(
+    `  rootless-cri PullImage (daemon, download+verify+unpack)  ${oursZstd.toFixed(2)} s  ${rate(oursZstd)}`,
+  );
+  console.log(`  zstd -dc of the layer blobs (one core, no writes)       ${zs.toFixed(2)} s  ${rate(zs)}`);
+  console.log(`  zstd -dc | tar -x of the layer blobs (writes the files)  ${zt.toFixed(2)} s  ${rate(zt)}`);
+  console.log(`  ratio vs zstd -dc floor: ${(zs / oursZstd).toFixed(2)}x`);
+  console.log(`  ratio vs zstd -dc | tar -x: ${(zt / oursZstd).toFixed(2)}x`);
 }

@@ -7,6 +7,8 @@
 #
 # The command starts in <subtree>/launch, a leaf cgroup, with HOME, USER and
 # XDG_RUNTIME_DIR=/run/user/UID set like a login would; rootless-cri moves itself from there.
+# PATH starts with ~/.local/bin (where deploy/install.sh links the user's own `rootless-cri`)
+# and, run from an installed app dir, the app's pinned Node.js.
 set -euo pipefail
 user="${1:?usage: run-as-user.sh NAME [--env K=V]... -- COMMAND...}"
 shift
@@ -32,7 +34,11 @@ if [ -r "$marker" ]; then
     echo $$ >"$sub/launch/cgroup.procs"
   fi
 fi
+# An app dir installed by deploy/install.sh has <app>/node -> the pinned Node.js.
+node_path=""
+app=$(dirname "$(dirname "$(readlink -f "$0")")")
+[ -x "$app/node/bin/node" ] && node_path="$app/node/bin:"
 cd /
 exec setpriv --reuid="$uid" --regid="$gid" --init-groups --reset-env \
   env HOME="$home" USER="$user" LOGNAME="$user" XDG_RUNTIME_DIR="/run/user/$uid" \
-  PATH="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" "${envs[@]}" "$@"
+  PATH="$home/.local/bin:${node_path}/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" "${envs[@]}" "$@"

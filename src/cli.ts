@@ -40,6 +40,9 @@ global flags:
   --log-level LEVEL   trace, debug, info, warn, error
 `;
 
+/** The Node.js LTS line deploy/install-node.sh pins. */
+const MIN_NODE_MAJOR = 24;
+
 const GLOBAL_OPTIONS = {
   config: { type: 'string' },
   'root-dir': { type: 'string' },
@@ -65,6 +68,15 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'version') {
     process.stdout.write(`rootless-cri ${packageVersion()}\nCRI API: v1\n`);
     return 0;
+  }
+  // <app>/bin/rootless-cri runs the Node.js the app was installed with; started any other way on
+  // an older one, the daemon would lack what it relies on (zstd layers need node:zlib's zstd).
+  if (Number(process.versions.node.split('.')[0]) < MIN_NODE_MAJOR) {
+    process.stderr.write(
+      `rootless-cri needs Node.js >= ${MIN_NODE_MAJOR}, this is ${process.version}: run <app>/bin/rootless-cri ` +
+        '(deploy/install.sh), which uses the Node.js the app was installed with\n',
+    );
+    return 1;
   }
   const overrides: ConfigOverrides = {};
   if (values['root-dir']) overrides.root_dir = values['root-dir'];

@@ -4,23 +4,15 @@ export type { Logger } from 'pino';
 
 export interface LogOptions {
   level?: string;
-  /** Pretty, human-oriented output; default: when stderr is a TTY. */
-  pretty?: boolean;
 }
 
 /**
- * The daemon's logger: JSON lines on stderr (what journald and log shippers want),
- * pretty-printed when a person is watching a terminal.
+ * The daemon's logger: JSON lines on stderr, what journald, kubelet's log collection and log
+ * shippers read; also on a terminal (a person pipes it through `npx pino-pretty`), so the
+ * daemon carries no pretty-printer and starts no transport thread.
  */
 export function createLogger(options: LogOptions = {}): Logger {
   const level = options.level ?? process.env.ROOTLESS_CRI_LOG_LEVEL ?? 'info';
-  const pretty = options.pretty ?? process.stderr.isTTY === true;
-  if (pretty) {
-    return pino({
-      level,
-      transport: { target: 'pino-pretty', options: { destination: 2, colorize: true } },
-    });
-  }
   return pino({ level, base: { pid: process.pid } }, pino.destination({ dest: 2, sync: false }));
 }
 

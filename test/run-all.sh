@@ -6,9 +6,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 TEST_USER=${ROOTLESS_CRI_TEST_USER:-rcri-test}
+# A second user, for the test of two users' nodes side by side (two-users.test.ts).
+TEST_USER2=${ROOTLESS_CRI_TEST_USER2:-rcri-test2}
 # Go builds crictl/critest and the tests' Go client; on these machines it lives here.
 case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) export PATH="$PATH:/usr/local/go/bin" ;; esac
-APP=/opt/rootless-cri-test/app
+# The test user's own app dir (deploy/install.sh's default for --user): a make test of another
+# checkout with other users, or make demo, installs elsewhere and links nothing host-wide.
+APP=/opt/rootless-cri/users/$TEST_USER
 REPORT_DIR=${ROOTLESS_CRI_REPORT_DIR:-$repo/.work/reports}
 mkdir -p "$REPORT_DIR"
 rm -f "$REPORT_DIR"/critest-*
@@ -21,7 +25,13 @@ die() { echo "run-all: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 
 step "install: host setup, test user $TEST_USER, crictl/critest, build, app copy in $APP"
 bash deploy/install.sh --user "$TEST_USER" --app-dir "$APP" || die "deploy/install.sh failed"
-export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER
+bash deploy/setup-host.sh --user "$TEST_USER2" --no-packages || die "cannot set up the second test user $TEST_USER2"
+export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER ROOTLESS_CRI_TEST_USER2=$TEST_USER2
+# Everything below (npx, biome, tsc, vitest and the daemons the tests start) runs on the pinned
+# Node.js that install.sh installed, whatever node is on PATH.
+NODE_BIN=$(bash deploy/install-node.sh --check) || die "the pinned Node.js is not installed"
+export PATH="$NODE_BIN:$PATH"
+step "Node.js $(node --version) ($(command -v node)), npm $(npm --version)"
 ROOTLESS_CRI_TEST_BUSYBOX=$(bash test/setup/fetch-test-busybox.sh) || die "cannot fetch Debian's busybox for the test images"
 export ROOTLESS_CRI_TEST_BUSYBOX
 

@@ -13,7 +13,6 @@ import {
   InternalError,
   InvalidArgumentError,
   ResourceExhaustedError,
-  UnimplementedError,
 } from '../errors.js';
 import { nativeHelperPath } from '../os/native-helpers.js';
 import { type ChildProcessByStdio, start } from '../os/process-runner.js';
@@ -124,16 +123,13 @@ export function defaultHelperPath(): string {
   return nativeHelperPath('layer-unpack');
 }
 
-function decompressorFor(compression: Compression, options: UnpackLayerOptions): Transform | undefined {
+function decompressorFor(compression: Compression): Transform | undefined {
   if (compression === 'none') return undefined;
   if (compression === 'gzip') return zlib.createGunzip({ chunkSize: DECOMPRESS_CHUNK });
-  // node:zlib gained zstd in Node 22.15; Node 20 has none, and no dependency is allowed for it.
-  const createZstd = (zlib as unknown as { createZstdDecompress?: () => Transform }).createZstdDecompress;
-  if (typeof createZstd === 'function') return createZstd();
-  throw new UnimplementedError(
-    `layer ${options.layerDigest} is zstd-compressed (${options.mediaType}) and this Node.js ${process.version} ` +
-      'has no zstd decompressor; use Node.js >= 22.15 or an image with gzip layers',
-  );
+  // zstd and zstd:chunked alike: libzstd's streaming decoder reads concatenated frames and
+  // skips skippable ones (where zstd:chunked keeps its table of contents and tar-split data),
+  // so what comes out is the layer tar that diff_id names.
+  return zlib.createZstdDecompress({ chunkSize: DECOMPRESS_CHUNK });
 }
 
 function helperArgs(options: UnpackLayerOptions): string[] {
@@ -226,7 +222,7 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<UnpackLa
     );
   }
   const args = helperArgs(options);
-  const decompressor = decompressorFor(compression, options);
+  const decompressor = decompressorFor(compression);
   throwIfAborted(options.signal);
   // Created here, never reused: the directory removed on failure is always one we made.
   await mkdir(dirname(options.destDir), { recursive: true });

@@ -13,27 +13,28 @@ import { execa } from 'execa';
 import { CriClient } from './cri-client.js';
 
 export const TEST_USER = process.env.ROOTLESS_CRI_TEST_USER ?? 'rcri-test';
+/** A second unprivileged user (run-all.sh sets it up), for nodes of two users side by side. */
+export const SECOND_TEST_USER = process.env.ROOTLESS_CRI_TEST_USER2 ?? 'rcri-test2';
 /** Where the built app lives; it must be readable by the test user (run-all.sh installs a copy). */
 export const APP_DIR = process.env.ROOTLESS_CRI_APP ?? path.resolve(import.meta.dirname, '../..');
 const RUN_AS_USER = path.join(APP_DIR, 'deploy/run-as-user.sh');
 const CLI = path.join(APP_DIR, 'dist/src/cli.js');
 
 export interface UserInfo {
+  name: string;
   uid: number;
   gid: number;
   home: string;
 }
 
-export async function testUser(): Promise<UserInfo> {
+export async function testUser(name = TEST_USER): Promise<UserInfo> {
   const passwd = await readFile('/etc/passwd', 'utf8');
-  const line = passwd.split('\n').find((l) => l.startsWith(`${TEST_USER}:`));
+  const line = passwd.split('\n').find((l) => l.startsWith(`${name}:`));
   if (!line) {
-    throw new Error(
-      `test user ${TEST_USER} does not exist; run \`sudo deploy/setup-host.sh --user ${TEST_USER}\``,
-    );
+    throw new Error(`test user ${name} does not exist; run \`sudo deploy/setup-host.sh --user ${name}\``);
   }
   const f = line.split(':');
-  return { uid: Number(f[2]), gid: Number(f[3]), home: f[5]! };
+  return { name, uid: Number(f[2]), gid: Number(f[3]), home: f[5]! };
 }
 
 export interface RunResult {
@@ -50,6 +51,8 @@ export interface TestDaemonOptions {
    * node's --copy-up=/run turns into a symlink) instead of the temp root.
    */
   runDirInXdgRuntimeDir?: boolean;
+  /** The unprivileged user the daemon runs as (default TEST_USER). */
+  user?: string;
 }
 
 export class TestDaemon {
@@ -73,7 +76,7 @@ export class TestDaemon {
   }
 
   static async start(options: TestDaemonOptions = {}): Promise<TestDaemon> {
-    const user = await testUser();
+    const user = await testUser(options.user);
     const filesBefore = await userFilesOutside(user, null);
     const tmp = await mkdtemp('/tmp/rcri-it-');
     const runDir = options.runDirInXdgRuntimeDir
@@ -124,7 +127,7 @@ export class TestDaemon {
     try {
       const child = spawn(
         'bash',
-        [RUN_AS_USER, TEST_USER, '--', process.execPath, CLI, '--config', this.configFile, 'serve'],
+        [RUN_AS_USER, this.user.name, '--', process.execPath, CLI, '--config', this.configFile, 'serve'],
         { stdio: ['ignore', logFd, logFd], detached: true },
       );
       this.supervisor = child;
@@ -161,9 +164,9 @@ export class TestDaemon {
     return text.split('\n').slice(-lines).join('\n');
   }
 
-  /** Runs a command as the test user on the host. */
+  /** Runs a command as this daemon's user on the host. */
   async asUser(command: string[], input?: string): Promise<RunResult> {
-    const r = await execa('bash', [RUN_AS_USER, TEST_USER, '--', ...command], {
+    const r = await execa('bash', [RUN_AS_USER, this.user.name, '--', ...command], {
       reject: false,
       input,
       timeout: 120_000,

@@ -4,7 +4,7 @@ import { mkdtemp, readFile, readlink, rm, stat, unlink, writeFile } from 'node:f
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { gunzipSync } from 'node:zlib';
+import { gunzipSync, zstdDecompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   blobPath,
@@ -25,7 +25,9 @@ import {
   LAYERED_IMAGE_EXPECTED,
   largeImageSpec,
   TEST_IMAGES,
+  ZSTD_INDEX_HTML,
 } from '../fixtures/test-images.js';
+import { OCI_LAYER_ZSTD_MEDIA_TYPE, ZSTD_CHUNKED_ANNOTATIONS } from '../fixtures/zstd-chunked.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -255,16 +257,49 @@ describe('catalogue', () => {
       expect(parsed.rootfs.diff_ids).toHaveLength(image.layers.length);
       const manifest = JSON.parse((await readBlob(image, image.manifest.digest)).toString()) as {
         config: { digest: string };
-        layers: { digest: string; size: number }[];
+        layers: { digest: string; size: number; mediaType: string }[];
       };
       expect(manifest.config.digest).toBe(image.config.digest);
       for (const [index, layer] of image.layers.entries()) {
         const blob = await readBlob(image, layer.digest);
         expect(sha256(blob)).toBe(layer.digest);
         expect(manifest.layers[index]).toMatchObject({ digest: layer.digest, size: blob.length });
-        expect(sha256(gunzipSync(blob))).toBe(parsed.rootfs.diff_ids[index]);
+        const tar = layer.mediaType.endsWith('+zstd') ? zstdDecompressSync(blob) : gunzipSync(blob);
+        expect(sha256(tar)).toBe(parsed.rootfs.diff_ids[index]);
       }
     }
+  });
+
+  it('builds the zstd image: a zstd:chunked base (skippable TOC and footer, annotated) and a zstd top layer', async () => {
+    const { image } = catalogue.images.find((i) => i.entry.name === 'zstd')!;
+    const manifest = JSON.parse((await readBlob(image, image.manifest.digest)).toString()) as {
+      layers: { mediaType: string; annotations?: Record<string, string> }[];
+    };
+    expect(manifest.layers.map((l) => l.mediaType)).toEqual([
+      OCI_LAYER_ZSTD_MEDIA_TYPE,
+      OCI_LAYER_ZSTD_MEDIA_TYPE,
+    ]);
+    const [base, top] = image.layers;
+    const chunked = await readBlob(image, base!.digest);
+    // Last frame: skippable (magic 0x184D2A50, length 64) holding the footer that ends in the magic.
+    const footerFrame = chunked.subarray(chunked.length - 72);
+    expect(footerFrame.readUInt32LE(0)).toBe(0x184d2a50);
+    expect(footerFrame.readUInt32LE(4)).toBe(64);
+    expect(footerFrame.subarray(64).toString('latin1')).toBe('GNUlInUx');
+    // The footer and the annotation point at the same zstd-compressed TOC, one frame per tar entry.
+    const tocOffset = Number(footerFrame.readBigUInt64LE(8));
+    const tocLength = Number(footerFrame.readBigUInt64LE(16));
+    const annotations = manifest.layers[0]!.annotations!;
+    expect(annotations[ZSTD_CHUNKED_ANNOTATIONS.manifestPosition]).toMatch(
+      new RegExp(`^${tocOffset}:${tocLength}:\\d+:1$`),
+    );
+    const tocBlob = chunked.subarray(tocOffset, tocOffset + tocLength);
+    expect(annotations[ZSTD_CHUNKED_ANNOTATIONS.manifestChecksum]).toBe(sha256(tocBlob));
+    const toc = JSON.parse(zstdDecompressSync(tocBlob).toString()) as { entries: unknown[] };
+    expect(toc.entries.length).toBeGreaterThan(100); // busybox and its applet links
+    expect(manifest.layers[1]!.annotations).toBeUndefined();
+    const topTar = zstdDecompressSync(await readBlob(image, top!.digest));
+    expect(topTar.toString('latin1')).toContain(ZSTD_INDEX_HTML);
   });
 
   it('sets the configs critest checks', async () => {
