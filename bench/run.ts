@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: figures as ratios against a floor measured in the same run.
- * Suites: rpc (below), pods, pull, streaming, containers, critest (bench/<suite>.ts; all but
+ * Suites: rpc (below), pods, pull, streaming, containers, critest, exits (bench/<suite>.ts; all but
  * rpc need root: they run a real daemon as the test user).
  *
  * rpc: Version round trip over a unix socket, sequential, through the real rootless-cri server
@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { CriClient } from '../test/harness/cri-client.js';
 import { benchContainers } from './containers.js';
 import { benchCritest } from './critest.js';
+import { benchExits } from './exits.js';
 import { benchPods } from './pods.js';
 import { benchPull } from './pull.js';
 import { percentile } from './stats.js';
@@ -98,3 +99,4 @@ if (want('pull')) await benchPull();
 if (want('containers')) await benchContainers();
 if (want('streaming')) await benchStreaming();
 if (want('critest')) await benchCritest();
+if (want('exits')) await benchExits();

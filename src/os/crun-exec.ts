@@ -27,7 +27,13 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CriError, DeadlineExceededError, FailedPreconditionError, InternalError } from '../errors.js';
+import {
+  CancelledError,
+  CriError,
+  DeadlineExceededError,
+  FailedPreconditionError,
+  InternalError,
+} from '../errors.js';
 import type { Logger } from '../log.js';
 import type { OciProcess, OciSpec } from './oci-spec.js';
 import { collectStream, type ProcessHandle, start } from './process-runner.js';
@@ -149,9 +155,10 @@ export class CrunExec {
     const base = await this.baseProcess(bundleDir, id);
     const prepared = await this.prepare(bundleDir, id, { ...base, terminal: false, ...process });
     const started = performance.now();
+    // Not given the abort signal: on abort the session is killed by killSession, which needs
+    // crun alive to read the exec'd pid safely.
     const handle = start(this.options.crunPath, this.crunArgs(prepared, [], id), {
       stdio: ['ignore', 'pipe', 'pipe'],
-      ...(options.signal ? { signal: options.signal } : {}),
     });
     const stdout = collectStream(handle.stdout, EXEC_OUTPUT_CAP);
     const stderr = collectStream(handle.stderr, EXEC_OUTPUT_CAP);
@@ -159,14 +166,20 @@ export class CrunExec {
     const deadline = new Promise<'deadline'>((resolve) => {
       timer = setTimeout(() => resolve('deadline'), options.timeoutMs);
     });
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<'aborted'>((resolve) => {
+      onAbort = () => resolve('aborted');
+      if (options.signal?.aborted) resolve('aborted');
+      else options.signal?.addEventListener('abort', onAbort, { once: true });
+    });
     try {
       await handle.spawned;
-      const outcome = await Promise.race([handle.exited, deadline]);
-      if (outcome === 'deadline' || options.signal?.aborted) {
+      const outcome = await Promise.race([handle.exited, deadline, aborted]);
+      if (outcome === 'deadline' || outcome === 'aborted') {
         await this.killSession(handle, prepared.pidFile);
-        if (options.signal?.aborted) {
-          const reason: unknown = options.signal.reason;
-          throw reason instanceof CriError ? reason : new DeadlineExceededError('ExecSync was cancelled');
+        if (outcome === 'aborted') {
+          const reason: unknown = options.signal?.reason;
+          throw reason instanceof CriError ? reason : new CancelledError('ExecSync was cancelled');
         }
         const elapsed = Math.round(performance.now() - started);
         throw new DeadlineExceededError(
@@ -174,13 +187,14 @@ export class CrunExec {
         );
       }
       // The exec'd process exited: output it wrote is in the pipes; anything it left running
-      // in the background (holding them open) goes with the rest of the session.
+      // in the background (holding them open) goes with the rest of its session.
       await Promise.race([Promise.all([stdout, stderr]), sleep(EXIT_DRAIN_MS)]);
-      handle.kill('SIGKILL');
+      await this.killLeftovers(handle, prepared.pidFile);
       const [out, err] = await Promise.all([stdout, stderr]);
       return { exitCode: exitCodeOf(outcome.exitCode, outcome.signal), stdout: out, stderr: err };
     } finally {
       clearTimeout(timer);
+      if (onAbort) options.signal?.removeEventListener('abort', onAbort);
       handle.stdout?.destroy();
       handle.stderr?.destroy();
       await prepared.cleanup();
@@ -290,23 +304,17 @@ export class CrunExec {
   }
 
   /**
-   * Kills an exec session: the exec'd process (by the pid crun wrote; with a tty it leads
-   * its own session) and crun's process group (crun, and without a tty the process and all
-   * it forked). crun writes the pid just after starting the process: wait for it briefly.
+   * Kills an exec session while it runs: the exec'd process and its process group (crun
+   * makes it the leader of a session of its own, so what it forks follows it), then crun's own
+   * group. crun writes the pid just after starting the process: wait for it briefly.
    */
   private async killSession(handle: ProcessHandle, pidFile: string): Promise<void> {
     const deadline = Date.now() + 2_000;
     for (;;) {
-      const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
-      if (Number.isSafeInteger(pid) && pid > 0) {
+      const pid = await readPid(pidFile);
+      if (pid !== null) {
         // While crun runs, it is the parent of this pid, so the pid cannot have been reused.
-        if (!handle.done) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // already gone
-          }
-        }
+        if (!handle.done) signalTree(pid);
         break;
       }
       if (handle.done || Date.now() >= deadline) break;
@@ -314,6 +322,39 @@ export class CrunExec {
     }
     handle.kill('SIGKILL');
     await handle.exited;
+  }
+
+  /**
+   * After the exec'd process exited: what it left in its process group (background children
+   * holding the output pipes) and crun's group. The group outlives its leader while members
+   * remain, so it is still addressed by the leader's pid.
+   */
+  private async killLeftovers(handle: ProcessHandle, pidFile: string): Promise<void> {
+    const pid = await readPid(pidFile);
+    if (pid !== null) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        // nobody left in it
+      }
+    }
+    handle.kill('SIGKILL');
+  }
+}
+
+async function readPid(pidFile: string): Promise<number | null> {
+  const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
+}
+
+/** SIGKILL to a process and to the process group it leads (if it leads one). */
+function signalTree(pid: number): void {
+  for (const target of [-pid, pid]) {
+    try {
+      process.kill(target, 'SIGKILL');
+    } catch {
+      // gone, or not a group leader
+    }
   }
 }
 

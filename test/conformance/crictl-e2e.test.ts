@@ -237,12 +237,18 @@ describe('crictl end to end from the host', () => {
       const eventsPod = await crictl(['runp', config]);
       await crictl(['stopp', eventsPod]);
       await crictl(['rmp', eventsPod]);
-      await waitFor(async () => {
-        const mine = out.split('\n').filter((line) => line.includes(eventsPod));
-        return ['CREATED', 'STARTED', 'STOPPED', 'DELETED'].every((kind) =>
-          mine.some((line) => line.includes(`CONTAINER_${kind}_EVENT`)),
-        );
-      });
+      // crictl prints each event as an indented JSON object, one after the other.
+      const kindsFor = (id: string) =>
+        jsonObjects(out)
+          .filter((e) => e.containerId === id)
+          .map((e) => String(e.containerEventType));
+      await waitFor(async () => kindsFor(eventsPod).length >= 4);
+      expect(kindsFor(eventsPod)).toEqual([
+        'CONTAINER_CREATED_EVENT',
+        'CONTAINER_STARTED_EVENT',
+        'CONTAINER_STOPPED_EVENT',
+        'CONTAINER_DELETED_EVENT',
+      ]);
     } finally {
       process.kill(-events.pid!, 'SIGTERM');
     }
@@ -259,6 +265,30 @@ describe('crictl end to end from the host', () => {
     expect(await crictl(['images', '-q'])).toBe('');
   });
 });
+
+/** The complete JSON objects in a stream of concatenated (indented) objects. */
+function jsonObjects(text: string): Record<string, unknown>[] {
+  const objects: Record<string, unknown>[] = [];
+  let depth = 0;
+  let start = -1;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === '{') {
+      if (depth === 0) start = i;
+      depth++;
+    } else if (c === '}') {
+      depth--;
+      if (depth === 0 && start >= 0)
+        objects.push(JSON.parse(text.slice(start, i + 1)) as Record<string, unknown>);
+    }
+  }
+  return objects;
+}
 
 async function waitFor(check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

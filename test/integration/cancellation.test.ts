@@ -15,7 +15,7 @@ import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeRegistry } from '../fakes/fake-registry.js';
+import { FakeRegistry, sha256 } from '../fakes/fake-registry.js';
 import { exposeInNode, type NodeBridge } from '../fixtures/hostile-registry.js';
 import { type RunningRegistry, startRegistry } from '../fixtures/registry.js';
 import { buildCatalogue, pushCatalogue } from '../fixtures/test-images.js';
@@ -73,10 +73,10 @@ function pod(name: string) {
 beforeAll(async () => {
   scripts = await mkdtemp('/tmp/rcri-cancel-');
   await chmod(scripts, 0o755);
-  // A CNI plugin that hangs in ADD for pods named "slow", and is the bridge plugin otherwise.
+  // A CNI plugin that hangs in ADD for pods named "hang-me", and is the bridge plugin otherwise.
   await writeScript(
     'slow-bridge',
-    `#!/bin/sh\ncase "$CNI_COMMAND:$CNI_ARGS" in ADD:*K8S_POD_NAME=slow*) sleep ${HANG};; esac\nexec /usr/lib/cni/bridge "$@"\n`,
+    `#!/bin/sh\ncase "$CNI_COMMAND:$CNI_ARGS" in ADD:*K8S_POD_NAME=hang-me*) sleep ${HANG};; esac\nexec /usr/lib/cni/bridge "$@"\n`,
   );
   const confDir = path.join(scripts, 'cni');
   await mkdir(confDir);
@@ -108,7 +108,6 @@ beforeAll(async () => {
       '',
     ].join('\n'),
   );
-  const { chownSync } = await import('node:fs');
   const built = await buildCatalogue({
     cacheDir: path.join(process.env.XDG_CACHE_HOME ?? '/root/.cache', 'rootless-cri', 'test-images'),
     names: ['busybox'],
@@ -126,7 +125,6 @@ beforeAll(async () => {
       mirrorConfig(registry.url),
     ].join('\n'),
   });
-  chownSync(scripts, daemon.user.uid, daemon.user.gid);
   bridges = [
     await exposeInNode(await daemon.nodePid(), registry.port),
     await exposeInNode(await daemon.nodePid(), Number(stalling.host.split(':')[1])),
@@ -145,7 +143,7 @@ afterAll(async () => {
 describe('a client deadline mid-way through a long RPC', () => {
   it('RunPodSandbox: the hanging CNI plugin is killed and the sandbox rolled back', async () => {
     const err = await daemon.client
-      .runtime('RunPodSandbox', { config: pod('slow') } as never, { timeoutMs: 3_000 })
+      .runtime('RunPodSandbox', { config: pod('hang-me') } as never, { timeoutMs: 3_000 })
       .catch((e: unknown) => e);
     expect(grpcCode(err)).toBe(status.DEADLINE_EXCEEDED);
     await until(
@@ -160,7 +158,7 @@ describe('a client deadline mid-way through a long RPC', () => {
     );
     expect(await readdir(path.join(daemon.runDir, 'netns')).catch(() => [])).toEqual([]);
     // The same pod can be made at once, and is removable.
-    const ok = await daemon.client.runtime('RunPodSandbox', { config: pod('slow-ok') } as never);
+    const ok = await daemon.client.runtime('RunPodSandbox', { config: pod('after-hang') } as never);
     await daemon.client.runtime('StopPodSandbox', { pod_sandbox_id: ok.pod_sandbox_id });
     await daemon.client.runtime('RemovePodSandbox', { pod_sandbox_id: ok.pod_sandbox_id });
   });
@@ -268,8 +266,17 @@ describe('a client deadline mid-way through a long RPC', () => {
 
   it('PullImage: a stalled download is dropped, with no blob, layer or temp file left', async () => {
     // A real gzip stream, of which only the header is ever sent: nothing is wrong, it just stops.
-    const blob = gzipSync(randomBytes(64 * 1024));
-    const image = stalling.pushImage('stall/me', 'v1', { layers: [blob] });
+    const raw = randomBytes(64 * 1024);
+    const blob = gzipSync(raw);
+    const image = stalling.pushImage('stall/me', 'v1', {
+      layers: [blob],
+      config: {
+        architecture: 'amd64',
+        os: 'linux',
+        config: {},
+        rootfs: { type: 'layers', diff_ids: [sha256(raw)] },
+      },
+    });
     const layer = image.layers[0]!.digest;
     stalling.intercept((_req, res, url) => {
       if (!url.pathname.endsWith(`/blobs/${layer}`)) return false;
