@@ -30,6 +30,7 @@ import { type ExitInfo, type ExitListener, ExitWatcher } from './exit-watcher.js
 import { nativeHelperPath } from './native-helpers.js';
 import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
 import { CommandFailedError, type RunResult, run } from './process-runner.js';
+import { killTree } from './process-tree.js';
 import type { StdioOptions, StreamSession } from './stream-session.js';
 
 export type { ExecResult, ExitInfo, ExitListener };
@@ -237,8 +238,13 @@ export class CrunConmonRuntime implements OciRuntime {
       },
     );
     let timer: NodeJS.Timeout | undefined;
-    const onAbort = () => conmon.handle.kill('SIGKILL');
-    signal?.addEventListener('abort', onAbort, { once: true });
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () =>
+        reject(signal?.reason instanceof Error ? signal.reason : new DeadlineExceededError('cancelled'));
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+    aborted.catch(() => undefined);
     try {
       await conmon.handle.spawned;
       if (options.conmonCgroup) {
@@ -249,6 +255,7 @@ export class CrunConmonRuntime implements OciRuntime {
       const timeoutMs = this.options.createTimeoutMs ?? 120_000;
       const report = await Promise.race([
         conmon.report,
+        aborted,
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () =>
@@ -268,13 +275,16 @@ export class CrunConmonRuntime implements OciRuntime {
         'conmon exited without a message';
       throw new FailedPreconditionError(`cannot create container ${id}: ${detail.trim()}`);
     } catch (err) {
-      // conmon and crun may have left a half-created container: remove it.
+      // conmon daemonized (its children are not in our process group): kill it and the runtime
+      // it started by its pid file, then remove what crun may have made.
       conmon.handle.kill('SIGKILL');
+      const conmonPid = Number((await readFile(conmonFiles(dir).pidFile, 'utf8').catch(() => '')).trim());
+      if (Number.isSafeInteger(conmonPid) && conmonPid > 0) await killTree(conmonPid);
       await this.crun(['delete', '--force', id]).catch(() => undefined);
       throw err;
     } finally {
       clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
       conmon.detach();
     }
   }

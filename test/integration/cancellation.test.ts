@@ -145,7 +145,7 @@ describe('a client deadline mid-way through a long RPC', () => {
     const err = await daemon.client
       .runtime('RunPodSandbox', { config: pod('hang-me') } as never, { timeoutMs: 3_000 })
       .catch((e: unknown) => e);
-    expect(grpcCode(err)).toBe(status.DEADLINE_EXCEEDED);
+    expect(grpcCode(err), String(err)).toBe(status.DEADLINE_EXCEEDED);
     await until(
       'the plugin',
       () => processes(`sleep ${HANG}`),
@@ -176,7 +176,7 @@ describe('a client deadline mid-way through a long RPC', () => {
       await daemon.client.runtime('RemovePodSandbox', { pod_sandbox_id: podId });
     });
 
-    const container = (name: string, command: string[], env: { key: string; value: string }[] = []) => ({
+    const container = (name: string, command: string[], env: { key: string; value: Buffer }[] = []) => ({
       pod_sandbox_id: podId,
       config: { metadata: { name, attempt: 0 }, image: { image: BUSYBOX }, command, envs: env },
       sandbox_config: sandboxConfig,
@@ -186,13 +186,13 @@ describe('a client deadline mid-way through a long RPC', () => {
       const err = await daemon.client
         .runtime(
           'CreateContainer',
-          container('slow', ['sleep', '60'], [{ key: 'RCRI_SLOW_CREATE', value: '1' }]) as never,
+          container('slow', ['sleep', '60'], [{ key: 'RCRI_SLOW_CREATE', value: Buffer.from('1') }]) as never,
           {
             timeoutMs: 3_000,
           },
         )
         .catch((e: unknown) => e);
-      expect(grpcCode(err)).toBe(status.DEADLINE_EXCEEDED);
+      expect(grpcCode(err), String(err)).toBe(status.DEADLINE_EXCEEDED);
       await until(
         'the runtime',
         () => processes(`sleep ${HANG}`),
@@ -233,7 +233,7 @@ describe('a client deadline mid-way through a long RPC', () => {
       const err = await daemon.client
         .runtime('StopContainer', { container_id: id, timeout: '120' }, { timeoutMs: 2_000 })
         .catch((e: unknown) => e);
-      expect(grpcCode(err)).toBe(status.DEADLINE_EXCEEDED);
+      expect(grpcCode(err), String(err)).toBe(status.DEADLINE_EXCEEDED);
       const exited = await until(
         'the container',
         async () => (await daemon.client.runtime('ContainerStatus', { container_id: id })).status!,
@@ -252,7 +252,7 @@ describe('a client deadline mid-way through a long RPC', () => {
       const err = await daemon.client
         .runtime('ExecSync', { container_id: id, cmd: ['sleep', HANG], timeout: '0' }, { timeoutMs: 2_000 })
         .catch((e: unknown) => e);
-      expect(grpcCode(err)).toBe(status.DEADLINE_EXCEEDED);
+      expect(grpcCode(err), String(err)).toBe(status.DEADLINE_EXCEEDED);
       await until(
         'the exec',
         () => processes(`sleep ${HANG}`),
@@ -291,7 +291,7 @@ describe('a client deadline mid-way through a long RPC', () => {
     const err = await daemon.client
       .image('PullImage', { image: { image: `${stalling.host}/stall/me:v1` } }, { timeoutMs: 3_000 })
       .catch((e: unknown) => e);
-    expect(grpcCode(err)).toBe(status.DEADLINE_EXCEEDED);
+    expect(grpcCode(err), String(err)).toBe(status.DEADLINE_EXCEEDED);
     await until(
       'the download',
       async () => (await readdir(path.join(imageDir, 'content', 'ingest')).catch(() => [])).length,
