@@ -41,7 +41,7 @@ async function writeScript(name: string, text: string): Promise<string> {
 
 /** The test user's processes whose command line contains `pattern` (host view). */
 async function processes(pattern: string): Promise<string[]> {
-  const r = await daemon.asUser(['pgrep', '-af', pattern]);
+  const r = await daemon.asUser(['pgrep', '-u', String(daemon.user.uid), '-af', pattern]);
   return r.stdout.split('\n').filter((l) => l.trim() !== '' && !l.includes('pgrep'));
 }
 
