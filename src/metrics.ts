@@ -26,7 +26,9 @@ const DURATION_BUCKETS = [
  */
 export function createMetrics(): DaemonMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  // prom-client samples the event-loop delay every 10 ms by default: 100 wake-ups a second
+  // that were most of an idle daemon's CPU. Once a second still shows lag.
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 1000 });
   const requests = new Counter({
     name: 'rootless_cri_grpc_requests_total',
     help: 'CRI gRPC requests handled, by method and gRPC status code.',
