@@ -98,22 +98,22 @@ export async function recoverContainers(core: CoreContext): Promise<ContainerRec
 }
 
 /**
- * One pass of the monitor check: exits the monitors recorded (should an event have been
- * missed) and monitors that died without recording one.
+ * One pass of the monitor check: monitors that died without recording an exit. It runs every
+ * few seconds over every running container, so the common case costs no file I/O (the runtime
+ * answers liveness from a cached pid); only a container whose monitor looks dead is taken under
+ * its lock and settled. Exits themselves arrive as events (the exit watcher, with its rescans).
  */
-export async function checkContainers(core: CoreContext, checkMonitors: boolean): Promise<void> {
+export async function checkContainers(core: CoreContext): Promise<void> {
   for (const record of core.containers.list()) {
     if (record.state !== 'running' && record.state !== 'created') continue;
+    if ((await core.runtime.monitorAlive(record.id).catch(() => true)) === true) continue;
     await core.containerLocks
       .run(record.id, async () => {
         const current = core.containers.get(record.id);
         if (!current || (current.state !== 'running' && current.state !== 'created')) return;
         const info = await core.runtime.exitInfo(current.id);
-        if (info) {
-          await recordExit(core, current, info);
-          return;
-        }
-        if (checkMonitors) await settleDeadMonitor(core, current);
+        if (info) await recordExit(core, current, info);
+        else await settleDeadMonitor(core, current);
       })
       .catch((err: unknown) => core.logger.warn({ container: record.id, err }, 'container check failed'));
   }

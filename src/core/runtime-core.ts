@@ -268,7 +268,7 @@ export class RuntimeCore implements CoreContext {
   private scheduleMonitorCheck(): void {
     if (this.closed || this.monitorCheckMs <= 0) return;
     this.monitorTimer = setTimeout(async () => {
-      await checkContainers(this, true).catch(() => undefined);
+      await checkContainers(this).catch(() => undefined);
       this.scheduleMonitorCheck();
     }, this.monitorCheckMs);
     this.monitorTimer.unref();
@@ -276,7 +276,7 @@ export class RuntimeCore implements CoreContext {
 
   /** For tests: one pass of the monitor check. */
   checkNow(): Promise<void> {
-    return checkContainers(this, true);
+    return checkContainers(this);
   }
 
   // ---- recovery -----------------------------------------------------------------------------

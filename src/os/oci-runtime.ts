@@ -139,10 +139,14 @@ export interface CrunConmonOptions {
 }
 
 const ID = /^[0-9a-zA-Z][0-9a-zA-Z_.-]{0,127}$/;
+/** How long a conmon identified by pid and start time is trusted on a signal-0 probe alone. */
+const MONITOR_REVERIFY_MS = 60_000;
 
 export class CrunConmonRuntime implements OciRuntime {
   readonly paths: RuntimePaths;
   private readonly exits: ExitWatcher;
+  /** conmons identified by monitorAlive: pid, start time, when last verified. */
+  private readonly monitors = new Map<string, { pid: number; startTime: string; verifiedAt: number }>();
   private readonly execs: CrunExec;
 
   constructor(private readonly options: CrunConmonOptions) {
@@ -443,13 +447,37 @@ export class CrunConmonRuntime implements OciRuntime {
   }
 
   async monitorAlive(id: string): Promise<boolean | null> {
+    // The monitor check asks this every few seconds for every running container: once a conmon
+    // was identified (pid file, then /proc/<pid>/stat), a signal-0 probe answers; its identity
+    // (start time, so a reused pid is not mistaken for it) is checked again once a minute.
+    const known = this.monitors.get(id);
+    if (known && Date.now() - known.verifiedAt < MONITOR_REVERIFY_MS) {
+      try {
+        process.kill(known.pid, 0);
+        return true;
+      } catch {
+        this.monitors.delete(id);
+        return false;
+      }
+    }
     const text = await readFile(this.paths.conmonPidFile(id), 'utf8').catch(() => null);
     if (text === null) return null;
     const pid = Number.parseInt(text.trim(), 10);
     if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
     // A reused pid belongs to another program: conmon's comm is "conmon".
-    const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => null);
-    return comm !== null && comm.trim() === 'conmon';
+    const comm = stat?.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    if (stat === undefined || stat === null || comm !== 'conmon') {
+      this.monitors.delete(id);
+      return false;
+    }
+    const startTime = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+    if (known && known.pid === pid && known.startTime !== startTime) {
+      this.monitors.delete(id);
+      return false;
+    }
+    this.monitors.set(id, { pid, startTime, verifiedAt: Date.now() });
+    return true;
   }
 
   async cleanup(id: string): Promise<void> {
@@ -457,6 +485,7 @@ export class CrunConmonRuntime implements OciRuntime {
     await rm(path.join(this.options.exitDir, id), { force: true });
     await rm(path.join(this.options.socketDir, id), { recursive: true, force: true });
     this.exits.forget(id);
+    this.monitors.delete(id);
   }
 }
 
