@@ -89,9 +89,53 @@ export class InternalError extends CriError {
   }
 }
 
-/** The kind of any thrown value: CriErrors keep theirs, everything else is Internal. */
+/** System errors that say what kind of failure they are, wherever they surface. */
+const ERRNO_KINDS: Readonly<Record<string, ErrorKind>> = {
+  ENOSPC: 'ResourceExhausted',
+  EDQUOT: 'ResourceExhausted',
+  EMFILE: 'ResourceExhausted',
+  ENFILE: 'ResourceExhausted',
+  ENAMETOOLONG: 'InvalidArgument',
+};
+
+/** The first system error (errno code) in a chain of causes, if any. */
+export function systemErrorIn(err: unknown): NodeJS.ErrnoException | undefined {
+  let current: unknown = err;
+  for (let depth = 0; current instanceof Error && depth < 8; depth++) {
+    const code = (current as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return current as NodeJS.ErrnoException;
+    current = current.cause;
+  }
+  return undefined;
+}
+
+/**
+ * The kind of any thrown value: CriErrors keep theirs, except that an Internal one caused by a
+ * full disk (ENOSPC, EDQUOT), exhausted descriptors or a name too long takes that cause's kind;
+ * a plain system error is classified by its code; everything else is Internal.
+ */
 export function errorKind(err: unknown): ErrorKind {
-  return err instanceof CriError ? err.kind : 'Internal';
+  if (err instanceof CriError && err.kind !== 'Internal') return err.kind;
+  const code = systemErrorIn(err)?.code;
+  return (code && ERRNO_KINDS[code]) || 'Internal';
+}
+
+/** A message for a system error the caller can act on (the path, and what to do). */
+export function describeSystemError(err: NodeJS.ErrnoException): string | undefined {
+  const where = err.path ? ` (${err.path})` : '';
+  switch (err.code) {
+    case 'ENOSPC':
+      return `no space left on the filesystem${where}; free space there (remove unused images or containers, rotate logs) and retry`;
+    case 'EDQUOT':
+      return `the disk quota is exhausted${where}; free space or raise the quota and retry`;
+    case 'EMFILE':
+    case 'ENFILE':
+      return `too many open files in the daemon${where}; raise its file descriptor limit (LimitNOFILE) or retry later`;
+    case 'ENAMETOOLONG':
+      return `a file name is too long${where}`;
+    default:
+      return undefined;
+  }
 }
 
 /** A one-line description of any thrown value, including the chain of causes. */

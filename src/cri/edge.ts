@@ -21,7 +21,15 @@ import type {
 } from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import type { CallContext, SendMessage, ServerStreamHandler, UnaryHandler } from '../api/handlers.js';
-import { CancelledError, CriError, DeadlineExceededError, describeError } from '../errors.js';
+import {
+  CancelledError,
+  CriError,
+  DeadlineExceededError,
+  describeError,
+  describeSystemError,
+  errorKind,
+  systemErrorIn,
+} from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RpcMetrics } from '../metrics.js';
 import { grpcStatusFor, grpcStatusName } from './status-codes.js';
@@ -193,9 +201,18 @@ function finishCall(options: EdgeOptions, ctx: CallState, outcome: Outcome): voi
   }
 }
 
+/** What a client is told: the error's message (a full disk said plainly), at most 2 KiB. */
+export const MAX_DETAILS = 2048;
+
 function messageOf(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
+  let text = err instanceof Error ? err.message : String(err);
+  const system = systemErrorIn(err);
+  const plain = system && errorKind(err) !== 'Internal' ? describeSystemError(system) : undefined;
+  if (plain && !(err instanceof CriError && err.kind !== 'Internal')) text = `${text}: ${plain}`;
+  if (text.length > MAX_DETAILS) {
+    text = `${text.slice(0, MAX_DETAILS - 40)}... (${text.length - MAX_DETAILS + 40} more characters)`;
+  }
+  return text;
 }
 
 /** The code to record for a call whose client has gone: grpc-js already answered it. */

@@ -1,5 +1,5 @@
 import { status } from '@grpc/grpc-js';
-import { CriError, type ErrorKind } from '../errors.js';
+import { type ErrorKind, errorKind } from '../errors.js';
 
 /**
  * The one table from error kind to gRPC status code. `satisfies Record<ErrorKind, ...>`
@@ -19,9 +19,9 @@ export const GRPC_STATUS_BY_KIND = {
   Internal: status.INTERNAL,
 } as const satisfies Record<ErrorKind, status>;
 
-/** The gRPC status code for any thrown value: CriErrors by kind, anything else INTERNAL. */
+/** The gRPC status code for any thrown value, by its kind (src/errors.ts errorKind). */
 export function grpcStatusFor(err: unknown): status {
-  return err instanceof CriError ? GRPC_STATUS_BY_KIND[err.kind] : status.INTERNAL;
+  return GRPC_STATUS_BY_KIND[errorKind(err)];
 }
 
 /** `status.NOT_FOUND` → "NOT_FOUND": the label used in logs and metrics. */

@@ -103,4 +103,39 @@ describe('error kinds through a real server', () => {
     expect(grpcCode(err)).toBe(status.INTERNAL);
     expect((err as { details: string }).details).toBe('index 7 out of range');
   });
+
+  it('a full disk, a quota, exhausted descriptors and a long name get their own codes and a plain message', async () => {
+    const enospc = Object.assign(
+      new Error("ENOSPC: no space left on device, open '/data/rootless-cri/x.json'"),
+      {
+        code: 'ENOSPC',
+        path: '/data/rootless-cri/x.json',
+      },
+    );
+    toThrow = new errors.InternalError('cannot save the container record', { cause: enospc });
+    const full = await client.runtime('Version', {}).catch((e: unknown) => e);
+    expect(grpcCode(full)).toBe(status.RESOURCE_EXHAUSTED);
+    expect((full as { details: string }).details).toMatch(
+      /no space left on the filesystem \(\/data\/rootless-cri\/x\.json\)/,
+    );
+    toThrow = Object.assign(new Error('EDQUOT: disk quota exceeded'), { code: 'EDQUOT' });
+    expect(grpcCode(await client.runtime('Version', {}).catch((e: unknown) => e))).toBe(
+      status.RESOURCE_EXHAUSTED,
+    );
+    toThrow = Object.assign(new Error('ENAMETOOLONG: name too long'), { code: 'ENAMETOOLONG' });
+    expect(grpcCode(await client.runtime('Version', {}).catch((e: unknown) => e))).toBe(
+      status.INVALID_ARGUMENT,
+    );
+    // A kind chosen on purpose wins over its cause.
+    toThrow = new errors.NotFoundError('gone', { cause: enospc });
+    expect(grpcCode(await client.runtime('Version', {}).catch((e: unknown) => e))).toBe(status.NOT_FOUND);
+  });
+
+  it('a message longer than 2 KiB is cut, saying how much was left out', async () => {
+    toThrow = new errors.InvalidArgumentError(`bad: ${'x'.repeat(11_000)}`);
+    const err = await client.runtime('Version', {}).catch((e: unknown) => e);
+    const details = (err as { details: string }).details;
+    expect(details.length).toBeLessThanOrEqual(2048);
+    expect(details).toMatch(/\.\.\. \(\d+ more characters\)$/);
+  });
 });
