@@ -249,6 +249,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       config: { ...config, podCidr },
       node: facts,
       listeners: { metrics: metricsServer ? `http://127.0.0.1:${metricsServer.port}/metrics` : null },
+      quarantine: { images: images.quarantined() },
     }),
   });
   // Each capability is a service: its handlers, a recovery step run before the readiness gate
@@ -257,7 +258,9 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     { name: 'runtime-info', handlers: runtimeInfo },
     {
       name: 'image-fs-info',
-      handlers: { ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }) },
+      handlers: {
+        ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image'), logger }),
+      },
     },
   ];
   // Registries are reached from the host's network namespace when the supervisor offers it.

@@ -12,7 +12,9 @@ import {
   UnavailableError,
 } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
+import { removeTree } from '../os/remove-tree.js';
 import { type Digest, digestHex, parseDigest, sha256Digest } from './digest.js';
+import type { Quarantine } from './quarantine.js';
 import { abortError, formatBytes } from './registry-client.js';
 import { describeEndpoint, type RegistryEndpoint } from './registry-hosts.js';
 
@@ -37,6 +39,8 @@ export interface ContentStoreOptions {
   downloadConcurrency?: number;
   /** How often an ongoing download reports progress (default 5 s). */
   progressIntervalMs?: number;
+  /** Where leftovers that cannot be removed go (default: they are only logged). */
+  quarantine?: Quarantine;
 }
 
 /** A stream of blob bytes, or a function that opens one (called only if a download is needed). */
@@ -99,6 +103,7 @@ export class ContentStore {
   readonly events = new EventEmitter();
   private readonly logger: Logger;
   private readonly progressIntervalMs: number;
+  private readonly quarantine: Quarantine | undefined;
   private readonly flights = new Map<Digest, Flight>();
 
   constructor(options: ContentStoreOptions) {
@@ -106,6 +111,7 @@ export class ContentStore {
     this.ingestDir = join(options.root, 'content', 'ingest');
     this.logger = options.logger ?? silentLogger();
     this.progressIntervalMs = options.progressIntervalMs ?? 5000;
+    this.quarantine = options.quarantine;
     this.downloads = new DownloadLimiter(options.downloadConcurrency ?? 3);
   }
 
@@ -114,7 +120,13 @@ export class ContentStore {
     await mkdir(this.blobsDir, { recursive: true, mode: 0o700 });
     await mkdir(this.ingestDir, { recursive: true, mode: 0o700 });
     const leftovers = await readdir(this.ingestDir);
-    for (const name of leftovers) await rm(join(this.ingestDir, name), { force: true, recursive: true });
+    for (const name of leftovers) {
+      const path = join(this.ingestDir, name);
+      await removeTree(path).catch(async (err: unknown) => {
+        if (this.quarantine) await this.quarantine.moveAside(path, 'unfinished download', err);
+        else this.logger.warn({ path, err: String(err) }, 'cannot remove an unfinished download');
+      });
+    }
     if (leftovers.length > 0) {
       this.logger.info({ count: leftovers.length }, 'removed unfinished downloads left by a previous run');
     }

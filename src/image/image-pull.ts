@@ -254,7 +254,17 @@ async function fetchLayers(
   if (signal?.aborted) onAbort();
   const inner = controller.signal;
   let firstError: unknown;
-  const branch = async (layer: LayerRecord) => {
+  const branches: Promise<void>[] = [];
+  // A layer whose entry has a parent only the layers below have looks it up in them
+  // (layer-unpack.ts), so each unpack learns where they are and when they are complete.
+  const lowersOf = (index: number) => {
+    if (index === 0) return undefined;
+    const ready = Promise.all(branches.slice(0, index));
+    ready.catch(() => {});
+    const dirs = layers.slice(0, index).map((l) => deps.layers.path(l.chainId));
+    return { dirs: dirs.reverse(), ready };
+  };
+  const branch = async (layer: LayerRecord, index: number) => {
     try {
       const blobPath = deps.content.path(layer.digest);
       if ((await deps.layers.has(layer.chainId)) && !(await deps.content.has(layer.digest))) {
@@ -267,8 +277,14 @@ async function fetchLayers(
         );
       }
       // A layer still to unpack reads its blob while it downloads (see LayerStore.unpack).
+      const lowers = lowersOf(index);
       await deps.layers.ensure(
-        { ...layer, blobPath, fetch: (s, tee) => fetchForUnpack(deps, session, layer, s, tee) },
+        {
+          ...layer,
+          blobPath,
+          fetch: (s, tee) => fetchForUnpack(deps, session, layer, s, tee),
+          ...(lowers === undefined ? {} : { lowers }),
+        },
         inner,
       );
     } catch (err) {
@@ -278,7 +294,8 @@ async function fetchLayers(
       throw err;
     }
   };
-  const results = await Promise.allSettled(layers.map(branch));
+  for (const [index, layer] of layers.entries()) branches.push(branch(layer, index));
+  const results = await Promise.allSettled(branches);
   signal?.removeEventListener('abort', onAbort);
   if (signal?.aborted) throw abortError(signal, what);
   const failed = results.find((r) => r.status === 'rejected');
