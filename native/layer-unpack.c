@@ -6,9 +6,13 @@
  * Safe by construction (no path string is ever trusted to stay inside the layer):
  *  - Names are cleaned lexically as if rooted at "/" (".." never climbs above the root),
  *    like containerd's filepath.Join("/", name). The parent directory is then opened with
- *    openat2(RESOLVE_IN_ROOT), so symlinks met on the way are resolved inside the layer
- *    too (the fs.RootPath/securejoin semantics), and the final component is created
- *    relative to that parent fd with O_EXCL/O_NOFOLLOW-style calls.
+ *    openat2(RESOLVE_IN_ROOT|RESOLVE_NO_SYMLINKS) when it is a plain directory chain of the
+ *    layer; otherwise it is resolved through the merged view of the layer over the layers
+ *    below (see "the merged view"), one name at a time relative to directory fds, symlinks
+ *    resolved by this code inside the root (the fs.RootPath/securejoin semantics). The
+ *    final component is created relative to that parent fd with O_EXCL/O_NOFOLLOW calls.
+ *  - An entry's path may not exceed --max-path bytes, cleaned or resolved, so every file
+ *    of a layer stays reachable by path on the host (and removable, see remove-tree.c).
  *  - Nothing is cached between entries: every entry re-resolves its parent, so an entry
  *    that swaps a directory for a symlink cannot redirect later ones (CVE-2025-47290).
  *  - Metadata is applied on an fd we created, or with AT_SYMLINK_NOFOLLOW; symlinks are
