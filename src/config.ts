@@ -79,6 +79,13 @@ export interface Config {
     snapshotter: Snapshotter;
     fuseOverlayfs: string;
     maxConcurrentDownloads: number;
+    /** Of those, from one registry host. */
+    maxConcurrentDownloadsPerRegistry: number;
+    /** A download must deliver `downloadMinBytesPerWindow` in every window of this length. */
+    downloadProgressWindowSeconds: number;
+    downloadMinBytesPerWindow: number;
+    /** A whole pull's time limit; 0: none. */
+    pullDeadlineSeconds: number;
     maxManifestBytes: number;
     maxConfigBytes: number;
     registries: Record<string, RegistryConfig>;
@@ -125,6 +132,10 @@ export interface ConfigOverrides {
   'image.snapshotter'?: Snapshotter;
   'image.fuse_overlayfs'?: string;
   'image.max_concurrent_downloads'?: number;
+  'image.max_concurrent_downloads_per_registry'?: number;
+  'image.download_progress_window_seconds'?: number;
+  'image.download_min_bytes_per_window'?: number;
+  'image.pull_deadline_seconds'?: number;
   'image.max_manifest_bytes'?: number;
   'image.max_config_bytes'?: number;
   'streaming.address'?: string;
@@ -437,6 +448,10 @@ const SCHEMA = table({
     snapshotter: oneOf(SNAPSHOTTERS),
     fuse_overlayfs: program(),
     max_concurrent_downloads: integer(1, 64),
+    max_concurrent_downloads_per_registry: integer(1, 64),
+    download_progress_window_seconds: integer(1, 3600),
+    download_min_bytes_per_window: integer(0, 1024 * 1024 * 1024),
+    pull_deadline_seconds: integer(0, 7 * 24 * 3600),
     max_manifest_bytes: integer(1024, 64 * 1024 * 1024),
     max_config_bytes: integer(1024, 256 * 1024 * 1024),
     registry: mapOf(
@@ -703,6 +718,12 @@ export function resolveConfig(
       snapshotter: image.snapshotter ?? 'fuse-overlayfs',
       fuseOverlayfs: image.fuse_overlayfs ?? 'fuse-overlayfs',
       maxConcurrentDownloads: image.max_concurrent_downloads ?? 3,
+      // One registry may use all but one slot, so another registry always has one.
+      maxConcurrentDownloadsPerRegistry:
+        image.max_concurrent_downloads_per_registry ?? Math.max(1, (image.max_concurrent_downloads ?? 3) - 1),
+      downloadProgressWindowSeconds: image.download_progress_window_seconds ?? 30,
+      downloadMinBytesPerWindow: image.download_min_bytes_per_window ?? 16 * 1024,
+      pullDeadlineSeconds: image.pull_deadline_seconds ?? 3600,
       maxManifestBytes: image.max_manifest_bytes ?? 4 * 1024 * 1024,
       maxConfigBytes: image.max_config_bytes ?? 8 * 1024 * 1024,
       registries,

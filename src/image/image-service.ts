@@ -131,6 +131,7 @@ export function createImageService(options: ImageServiceOptions): ImageService {
     root: imageDir,
     logger,
     downloadConcurrency: config.image.maxConcurrentDownloads,
+    downloadConcurrencyPerRegistry: config.image.maxConcurrentDownloadsPerRegistry,
     quarantine,
   });
   let idMap = options.idMap;
@@ -150,6 +151,10 @@ export function createImageService(options: ImageServiceOptions): ImageService {
     hosts: registryHosts(config),
     maxManifestBytes: config.image.maxManifestBytes,
     maxConfigBytes: config.image.maxConfigBytes,
+    progressFloor: {
+      windowMs: config.image.downloadProgressWindowSeconds * 1000,
+      minBytes: config.image.downloadMinBytesPerWindow,
+    },
     logger,
     ...(options.lookup === undefined ? {} : { lookup: options.lookup }),
     ...(options.dial === undefined ? {} : { dial: options.dial }),
@@ -167,6 +172,7 @@ export function createImageService(options: ImageServiceOptions): ImageService {
       active,
       logger,
       collectGarbage: gc,
+      pullDeadlineMs: config.image.pullDeadlineSeconds * 1000,
     }),
     ImageStatus: createImageStatusHandler({ store, readConfig }),
     ListImages: createListImagesHandler(store),

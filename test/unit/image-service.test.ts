@@ -62,6 +62,10 @@ function config(extra: Partial<Config['image']> = {}): Pick<Config, 'rootDir' | 
       snapshotter: 'fuse-overlayfs',
       fuseOverlayfs: 'fuse-overlayfs',
       maxConcurrentDownloads: 3,
+      maxConcurrentDownloadsPerRegistry: 2,
+      downloadProgressWindowSeconds: 30,
+      downloadMinBytesPerWindow: 16384,
+      pullDeadlineSeconds: 3600,
       maxManifestBytes: 4 * 1024 * 1024,
       maxConfigBytes: 8 * 1024 * 1024,
       registries: {
