@@ -425,8 +425,14 @@ describe('DownloadSlots', () => {
     // Two more waiters from each host: turns alternate, the slow host never above 2.
     const order: string[] = [];
     const more = [
-      slots.acquire(undefined, 'fast:1').then((r) => (order.push('fast'), r)),
-      slots.acquire(undefined, 'other:1').then((r) => (order.push('other'), r)),
+      slots.acquire(undefined, 'fast:1').then((r) => {
+        order.push('fast');
+        return r;
+      }),
+      slots.acquire(undefined, 'other:1').then((r) => {
+        order.push('other');
+        return r;
+      }),
     ];
     fast();
     const first = await Promise.race(more);
