@@ -355,7 +355,7 @@ describe('download slots in the content store (row 48)', () => {
     expect((await c).downloaded).toBe(true);
     first.abort(new CancelledError('client went away'));
     expect(await caught(a)).toBeInstanceOf(CancelledError);
-    expect(counter.closed).toBe(1);
+    await until(() => counter.closed === 1);
     // The queued download got the slot and opened its source.
     await until(() => counter.opened === 2);
     expect(store.downloads.state().hosts['slow:1']).toEqual({ running: 1, waiting: 0 });
