@@ -1,8 +1,13 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 import { FailedPreconditionError } from './errors.js';
 import type { Logger } from './log.js';
+import {
+  ConnectionGuard,
+  type ConnectionLimits,
+  DEFAULT_CONNECTION_LIMITS,
+} from './streaming/connection-guard.js';
 
 /** What the gRPC edge records per call; prom-client stays out of src/cri/. */
 export interface RpcMetrics {
@@ -73,11 +78,15 @@ export interface MetricsServerOptions {
   port: number;
   registry: Registry;
   logger: Logger;
+  /** Caps and timeouts for its connections (default DEFAULT_CONNECTION_LIMITS). */
+  connectionLimits?: Partial<ConnectionLimits>;
 }
 
 export interface MetricsServer {
   port: number;
   address: string;
+  /** Serves a connection accepted on the host's side of the published port. */
+  accept(socket: Socket): void;
   close(): Promise<void>;
 }
 
@@ -111,6 +120,16 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   });
   // Scrapers keep connections open; without this close() would wait for them.
   server.keepAliveTimeout = 5_000;
+  // Reachable by every local user: the same caps as streaming (no request upgrades here, so
+  // the handshake timeout bounds every connection).
+  const guard = new ConnectionGuard(
+    { ...DEFAULT_CONNECTION_LIMITS, ...options.connectionLimits },
+    logger,
+    'metrics',
+  );
+  server.on('connection', (socket: Socket) => {
+    guard.admit(socket);
+  });
   await new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
       reject(
@@ -124,6 +143,8 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     server.once('error', onError);
     server.listen(options.port, host, () => {
       server.off('error', onError);
+      // Accept failures (EMFILE) must not become an uncaught exception; libuv goes on.
+      server.on('error', (err) => logger.warn({ err }, 'metrics server error (accepting goes on)'));
       resolve();
     });
   });
@@ -132,6 +153,9 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   return {
     port,
     address: host,
+    accept: (socket) => {
+      server.emit('connection', socket);
+    },
     close: () =>
       new Promise<void>((resolve, reject) => {
         server.close((err) => (err ? reject(err) : resolve()));

@@ -22,6 +22,10 @@ die() { echo "run-all: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 step "install: host setup, test user $TEST_USER, crictl/critest, build, app copy in $APP"
 bash deploy/install.sh --user "$TEST_USER" --app-dir "$APP" || die "deploy/install.sh failed"
 export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER
+# A second unprivileged user: the "another local user" of the connection-flood test.
+ATTACKER_USER=${ROOTLESS_CRI_ATTACKER_USER:-rcri-test2}
+bash deploy/setup-host.sh --user "$ATTACKER_USER" --no-packages >/dev/null || die "cannot create the user $ATTACKER_USER"
+export ROOTLESS_CRI_ATTACKER_USER=$ATTACKER_USER
 ROOTLESS_CRI_TEST_BUSYBOX=$(bash test/setup/fetch-test-busybox.sh) || die "cannot fetch Debian's busybox for the test images"
 export ROOTLESS_CRI_TEST_BUSYBOX
 

@@ -14,6 +14,7 @@ import type { Logger } from '../log.js';
 import { preflightSocket } from '../socket-file.js';
 import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from './cgroup-delegation.js';
 import { startHostDialer } from './host-dialer.js';
+import { serveHostListeners } from './host-listeners.js';
 import {
   findNode,
   isAlive,
@@ -99,8 +100,10 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
   const dialer = await startHostDialer(hostDialerPath(options.runDir), logger);
 
   const [cmd, ...args] = options.daemonCommand;
+  // fd 3 is an IPC channel (it survives nsenter's exec): the daemon asks through it for its
+  // host listeners (see host-listeners.ts).
   const child = spawn(options.nsenter ?? 'nsenter', [...nsenterArgs(node.childPid), cmd!, ...args], {
-    stdio: 'inherit',
+    stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
     env: {
       ...process.env,
       PATH: withSbin(process.env.PATH),
@@ -112,6 +115,7 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
+  serveHostListeners(child, logger);
 
   // nsenter forks once to enter the pid namespace: the daemon is its child.
   let daemonPid: number | null = null;

@@ -37,9 +37,12 @@ export interface DaemonStreamingOptions {
   /** Replace the real targets (tests). */
   targets?: { exec?: ExecTarget; attach?: AttachTarget; portForward?: PortForwardTarget };
   execLauncher?: ExecLauncher;
-  /** Passed to the streaming server (tests: short timeouts). */
+  /** Passed to the streaming server (tests: short timeouts; the config: connection limits). */
   serverOptions?: Partial<
-    Pick<StreamingServiceOptions, 'tokenTtlMs' | 'clientCloseTimeoutMs' | 'streamCreationTimeoutMs'>
+    Pick<
+      StreamingServiceOptions,
+      'tokenTtlMs' | 'clientCloseTimeoutMs' | 'streamCreationTimeoutMs' | 'connectionLimits'
+    >
   >;
 }
 
@@ -47,6 +50,8 @@ export interface DaemonStreamingOptions {
 export interface StreamingListener {
   port: number;
   address: string;
+  /** Serves a connection accepted on the host's side of the published port. */
+  accept(socket: import('node:net').Socket): void;
   close(): Promise<void>;
 }
 
@@ -111,6 +116,7 @@ export function createDaemonStreaming(options: DaemonStreamingOptions): DaemonSt
       return {
         port: started.port,
         address: options.address,
+        accept: (socket) => started.accept(socket),
         close: async () => {
           if (service === started) service = null;
           await started.close();
