@@ -384,7 +384,11 @@ static size_t path_len(char *const *c, size_t n) {
 /* Opens one lower layer directory (--lower), in order: top first. */
 static int add_lower(const char *path) {
   int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) FAIL_SYS("cannot open the lower layer %.200s", path);
+  if (fd < 0) {
+    /* Not the layer's fault: its own kind, never "invalid archive". */
+    set_error("lowers", errno, "cannot open the lower layer %.200s", path);
+    return -1;
+  }
   int *grown = realloc(lower_fds, (n_lowers + 1) * sizeof(*grown));
   if (grown == NULL) {
     close(fd);

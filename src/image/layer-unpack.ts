@@ -248,6 +248,8 @@ function reportError(report: HelperReport, options: UnpackLayerOptions): CriErro
       return new InvalidArgumentError(`${layer} cannot be unpacked: ${why}`);
     case 'needs_lowers':
       return new LowerLayersPendingError(`${layer} cannot be unpacked yet: ${why}`);
+    case 'lowers':
+      return new FailedPreconditionError(`${layer} cannot be unpacked: ${why}; pull the image again`);
     case 'limit':
       return new ResourceExhaustedError(
         `${layer} exceeds an unpack limit: ${why}; raise the image unpack limits only for trusted images`,
