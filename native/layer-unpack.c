@@ -6,9 +6,13 @@
  * Safe by construction (no path string is ever trusted to stay inside the layer):
  *  - Names are cleaned lexically as if rooted at "/" (".." never climbs above the root),
  *    like containerd's filepath.Join("/", name). The parent directory is then opened with
- *    openat2(RESOLVE_IN_ROOT), so symlinks met on the way are resolved inside the layer
- *    too (the fs.RootPath/securejoin semantics), and the final component is created
- *    relative to that parent fd with O_EXCL/O_NOFOLLOW-style calls.
+ *    openat2(RESOLVE_IN_ROOT|RESOLVE_NO_SYMLINKS) when it is a plain directory chain of the
+ *    layer; otherwise it is resolved through the merged view of the layer over the layers
+ *    below (see "the merged view"), one name at a time relative to directory fds, symlinks
+ *    resolved by this code inside the root (the fs.RootPath/securejoin semantics). The
+ *    final component is created relative to that parent fd with O_EXCL/O_NOFOLLOW calls.
+ *  - An entry's path may not exceed --max-path bytes, cleaned or resolved, so every file
+ *    of a layer stays reachable by path on the host (and removable, see remove-tree.c).
  *  - Nothing is cached between entries: every entry re-resolves its parent, so an entry
  *    that swaps a directory for a symlink cannot redirect later ones (CVE-2025-47290).
  *  - Metadata is applied on an fd we created, or with AT_SYMLINK_NOFOLLOW; symlinks are
@@ -36,9 +40,9 @@
 #define MAX_XATTRS 128
 
 static struct {
-  uint64_t max_bytes, max_entries, max_depth, uid_max, gid_max;
+  uint64_t max_bytes, max_entries, max_depth, max_path, uid_max, gid_max;
   int64_t squash; /* -1: out-of-range IDs are an error */
-} opt = {UINT64_C(16) << 30, 2000000, 256, 65535, 65535, -1};
+} opt = {UINT64_C(16) << 30, 2000000, 256, 3840, 65535, 65535, -1};
 
 static struct {
   unsigned char buf[1 << 20];
@@ -275,33 +279,425 @@ static char *join(char **parts, size_t n) {
   return s;
 }
 
-/* The parent directory of an entry, creating missing directories (0755) as tar does. */
-static int open_parent(char **parts, size_t n, const char *name) {
+/* ---- the merged view: this layer over its lower layers ------------------------------ */
+/*
+ * Parent components are resolved the way rootless containerd resolves them: it applies a
+ * layer onto the mounted overlay of the layers below (archive.Apply on the merged root), so
+ * fs.RootPath follows a symlink that a LOWER layer has (lib -> usr/lib) inside the root,
+ * and "lib/libfoo.so" lands in usr/lib. Only implicit parents are resolved: an entry's own
+ * name is never followed, so an explicit "lib/" directory entry still replaces the link.
+ * Layers are unpacked apart here, so the overlay's lookup is done by hand over fds:
+ *  - a name is looked up top layer first; the first layer that has it decides what it is
+ *    (a whiteout hides it, a symlink is followed, a file ends the path); a directory merges
+ *    with the directories of the same name below it, down to the first opaque one, the
+ *    first non-directory, or the first layer whose parent does not exist;
+ *  - symlink targets are resolved by this code, in the root of the merged view (an
+ *    absolute target starts again at its root, ".." stops there), never by the kernel:
+ *    every lookup is one name relative to a directory fd, with O_NOFOLLOW, on the layer's
+ *    own filesystem;
+ *  - directories missing in this layer are created in it, taking owner and mode from the
+ *    merged directory below (what an overlay copy-up does); one created where this layer
+ *    has a whiteout is marked opaque, since the whiteout was hiding the lower content.
+ * The lower layers are named with --lower (top first). With --lowers-pending instead, they
+ * are not complete yet: an entry that needs them ends the unpack with kind "needs_lowers",
+ * and the caller unpacks again once they are (never blocking a download on them). A layer
+ * whose every parent is in the layer itself never needs them.
+ */
+
+struct layer_dir {
+  int fd;
+  bool upper; /* the layer being unpacked */
+};
+
+/* One merged directory: the layers where it exists as a directory, top first. */
+struct stack {
+  struct layer_dir *d;
+  size_t n, cap;
+};
+
+/* A path as components, each owned (malloc'd) by the array. */
+struct path {
+  char **c;
+  size_t n, cap;
+};
+
+static bool lowers_pending;
+static int *lower_fds;
+static size_t n_lowers;
+static dev_t root_dev;
+
+#define MAX_SYMLINKS 40
+
+static void stack_clear(struct stack *s) {
+  for (size_t i = 0; i < s->n; i++) close(s->d[i].fd);
+  s->n = 0;
+}
+
+static void stack_free(struct stack *s) {
+  stack_clear(s);
+  free(s->d);
+  s->d = NULL, s->cap = 0;
+}
+
+static int stack_push(struct stack *s, int fd, bool upper) {
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 8;
+    struct layer_dir *d = realloc(s->d, cap * sizeof(*d));
+    if (d == NULL) {
+      close(fd);
+      FAIL_SYS("allocating");
+    }
+    s->d = d, s->cap = cap;
+  }
+  s->d[s->n++] = (struct layer_dir){fd, upper};
+  return 0;
+}
+
+static void path_free(struct path *p) {
+  for (size_t i = 0; i < p->n; i++) free(p->c[i]);
+  free(p->c);
+  memset(p, 0, sizeof(*p));
+}
+
+static int path_push(struct path *p, const char *c) {
+  if (p->n == p->cap) {
+    size_t cap = p->cap ? p->cap * 2 : 16;
+    char **grown = realloc(p->c, cap * sizeof(*grown));
+    if (grown == NULL) FAIL_SYS("allocating");
+    p->c = grown, p->cap = cap;
+  }
+  if ((p->c[p->n] = strdup(c)) == NULL) FAIL_SYS("allocating");
+  p->n++;
+  return 0;
+}
+
+static void path_pop(struct path *p) {
+  if (p->n > 0) free(p->c[--p->n]);
+}
+
+static size_t path_len(char *const *c, size_t n) {
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) len += strlen(c[i]) + (i > 0);
+  return len;
+}
+
+/* Opens one lower layer directory (--lower), in order: top first. */
+static int add_lower(const char *path) {
+  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    /* Not the layer's fault: its own kind, never "invalid archive". */
+    set_error("lowers", errno, "cannot open the lower layer %.200s", path);
+    return -1;
+  }
+  int *grown = realloc(lower_fds, (n_lowers + 1) * sizeof(*grown));
+  if (grown == NULL) {
+    close(fd);
+    FAIL_SYS("allocating");
+  }
+  lower_fds = grown;
+  lower_fds[n_lowers++] = fd;
+  return 0;
+}
+
+/* The merged root: this layer, then every lower layer. */
+static int stack_root(struct stack *s) {
+  stack_clear(s);
+  int fd = openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) FAIL_SYS("cannot open the layer root");
+  TRY(stack_push(s, fd, true));
+  for (size_t i = 0; i < n_lowers; i++) {
+    if ((fd = openat(lower_fds[i], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+      FAIL_SYS("cannot open a lower layer");
+    TRY(stack_push(s, fd, false));
+  }
+  return 0;
+}
+
+static bool is_whiteout(const struct stat *st) { return S_ISCHR(st->st_mode) && st->st_rdev == makedev(0, 0); }
+
+static bool is_opaque(int dir_fd) {
+  char v[2];
+  return (fgetxattr(dir_fd, "user.overlay.opaque", v, sizeof(v)) == 1 && v[0] == 'y') ||
+         (fgetxattr(dir_fd, "trusted.overlay.opaque", v, sizeof(v)) == 1 && v[0] == 'y');
+}
+
+enum lookup { L_ABSENT, L_DIR, L_SYMLINK, L_OTHER };
+
+/*
+ * Looks `name` up in the merged directory `s`. L_DIR fills `next` with its layers;
+ * L_SYMLINK sets *target (malloc'd). *upper_whiteout tells that this layer hides the name.
+ */
+static int merged_lookup(struct stack *s, const char *name, struct stack *next, char **target,
+                         bool *upper_whiteout) {
+  stack_clear(next);
+  for (size_t i = 0; i < s->n; i++) {
+    struct stat st;
+    if (fstatat(s->d[i].fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+      if (errno == ENOENT) continue;
+      FAIL_SYS("cannot look up \"%.200s\"", name);
+    }
+    if (next->n == 0) {
+      if (is_whiteout(&st)) {
+        if (upper_whiteout != NULL) *upper_whiteout = s->d[i].upper;
+        return L_ABSENT;
+      }
+      if (S_ISLNK(st.st_mode)) {
+        char *buf = malloc(PATH_MAX);
+        if (buf == NULL) FAIL_SYS("allocating");
+        ssize_t len = readlinkat(s->d[i].fd, name, buf, PATH_MAX);
+        if (len < 0 || len >= PATH_MAX) {
+          free(buf);
+          FAIL_SYS("cannot read symlink \"%.200s\"", name);
+        }
+        buf[len] = '\0';
+        *target = buf;
+        return L_SYMLINK;
+      }
+      if (!S_ISDIR(st.st_mode)) return L_OTHER;
+    } else if (!S_ISDIR(st.st_mode)) {
+      break; /* a non-directory below a directory is hidden by it and ends the merge */
+    }
+    if (st.st_dev != root_dev && s->d[i].upper) FAIL("\"%.200s\" is a mount point", name);
+    int fd = openat(s->d[i].fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) FAIL_SYS("cannot open directory \"%.200s\"", name);
+    TRY(stack_push(next, fd, s->d[i].upper));
+    if (is_opaque(fd)) break;
+  }
+  return next->n > 0 ? L_DIR : L_ABSENT;
+}
+
+/* The merged directory at `p` (which must resolve without symlinks); *absent when it is not there. */
+static int stack_walk(struct stack *s, const struct path *p, bool *absent) {
+  struct stack next = {0};
+  int rc = stack_root(s);
+  *absent = false;
+  for (size_t i = 0; rc == 0 && i < p->n; i++) {
+    char *target = NULL;
+    int kind = merged_lookup(s, p->c[i], &next, &target, NULL);
+    free(target);
+    if (kind < 0) rc = -1;
+    else if (kind == L_DIR) {
+      struct stack t = *s;
+      *s = next, next = t;
+    } else {
+      *absent = true;
+      break;
+    }
+  }
+  stack_free(&next);
+  if (rc < 0 || *absent) stack_clear(s);
+  return rc;
+}
+
+/*
+ * Resolves the parent components parts[0..n) of entry `name` in the merged view into `out`
+ * (symlink-free, in-root). Components the merged view lacks are kept as names: they are
+ * created in this layer by open_dir_in_layer.
+ */
+static int resolve_parent(char **parts, size_t n, const char *name, struct path *out) {
+  struct path pending = {0}; /* components still to walk, last one first */
+  struct stack cur = {0}, next = {0};
+  int links = 0, rc = -1;
+  bool absent = false;
+  for (size_t i = n; i > 0; i--)
+    if (path_push(&pending, parts[i - 1]) < 0) goto out;
+  if (stack_root(&cur) < 0) goto out;
+  while (pending.n > 0) {
+    _cleanup_free_ char *c = pending.c[--pending.n];
+    if (strcmp(c, ".") == 0) continue;
+    if (strcmp(c, "..") == 0) {
+      path_pop(out);
+      if (stack_walk(&cur, out, &absent) < 0) goto out;
+      continue;
+    }
+    if (out->n >= opt.max_depth) {
+      set_error("limit", 0, "path of \"%.200s\" is deeper than the limit of %" PRIu64 " components", name,
+                opt.max_depth);
+      goto out;
+    }
+    if (absent) {
+      if (path_push(out, c) < 0) goto out;
+      continue;
+    }
+    _cleanup_free_ char *target = NULL;
+    bool upper_whiteout = false;
+    int kind = merged_lookup(&cur, c, &next, &target, &upper_whiteout);
+    if (kind < 0) goto out;
+    if (kind == L_ABSENT && lowers_pending && !upper_whiteout) {
+      /* Not in this layer (nor hidden by it): the layers below decide, and they are not there yet. */
+      set_error("needs_lowers", 0, "\"%.200s\" needs the layers below this one", name);
+      goto out;
+    }
+    if (kind == L_OTHER) {
+      set_error("invalid_archive", 0, "cannot unpack \"%.200s\": its parent \"%.200s\" is not a directory", name, c);
+      goto out;
+    }
+    if (kind == L_SYMLINK) {
+      if (++links > MAX_SYMLINKS) {
+        set_error("invalid_archive", 0, "cannot unpack \"%.200s\": too many levels of symbolic links", name);
+        goto out;
+      }
+      /* Its components go first; an absolute target starts again at the merged root. */
+      struct path parsed = {0};
+      for (char *save = NULL, *t = strtok_r(target, "/", &save); t != NULL; t = strtok_r(NULL, "/", &save))
+        if (path_push(&parsed, t) < 0) {
+          path_free(&parsed);
+          goto out;
+        }
+      for (size_t i = parsed.n; i > 0; i--)
+        if (path_push(&pending, parsed.c[i - 1]) < 0) {
+          path_free(&parsed);
+          goto out;
+        }
+      path_free(&parsed);
+      if (target[0] == '/') {
+        while (out->n > 0) path_pop(out);
+        if (stack_root(&cur) < 0) goto out;
+      }
+      continue;
+    }
+    if (path_push(out, c) < 0) goto out;
+    if (kind == L_ABSENT) {
+      absent = true;
+      stack_clear(&cur);
+    } else {
+      struct stack t = cur;
+      cur = next, next = t;
+    }
+  }
+  rc = 0;
+out:
+  path_free(&pending);
+  stack_free(&cur);
+  stack_free(&next);
+  return rc;
+}
+
+/* Steps the lower view `below` one name down; it ends empty where the name is no directory. */
+static int below_step(struct stack *below, struct stack *next, const char *c, struct stat *dir_stat) {
+  if (below->n == 0) return 0;
+  char *target = NULL;
+  int kind = merged_lookup(below, c, next, &target, NULL);
+  free(target);
+  if (kind < 0) return -1;
+  struct stack t = *below;
+  *below = *next, *next = t;
+  if (kind != L_DIR) stack_clear(below);
+  if (kind == L_DIR && dir_stat != NULL && fstat(below->d[0].fd, dir_stat) < 0) FAIL_SYS("cannot stat \"%.200s\"", c);
+  return kind == L_DIR;
+}
+
+/*
+ * Opens the directory `p` of this layer, creating what is missing (see the section comment
+ * for owner, mode and opacity). With create false, a missing directory fails with ENOENT.
+ */
+static int open_dir_in_layer(const struct path *p, bool create, const char *name) {
+  int fd = openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) FAIL_SYS("cannot open the layer root");
+  struct stack below = {0}, next = {0}; /* the lower layers' merged directory at the same path */
+  bool below_walked = false;
+  for (size_t i = 0; i < p->n; i++) {
+    const char *c = p->c[i];
+    struct stat st;
+    bool missing = false, was_whiteout = false;
+    if (fstatat(fd, c, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+      if (errno != ENOENT) {
+        set_error("system", errno, "cannot look up \"%.200s\"", c);
+        goto fail;
+      }
+      missing = true;
+    } else if (create && is_whiteout(&st)) {
+      was_whiteout = true;
+    } else if (!S_ISDIR(st.st_mode)) {
+      set_error("invalid_archive", 0, "cannot unpack \"%.200s\": its parent \"%.200s\" is not a directory", name, c);
+      goto fail;
+    } else if (st.st_dev != root_dev) {
+      set_error("invalid_archive", 0, "cannot unpack \"%.200s\": \"%.200s\" is a mount point", name, c);
+      goto fail;
+    }
+    if (missing && !create) {
+      close(fd);
+      stack_free(&below), stack_free(&next);
+      errno = ENOENT;
+      return -1;
+    }
+    if (!below_walked && missing && n_lowers > 0) {
+      /* The lower layers' view of p[0..i): the merged walk without this layer's own part. */
+      struct path prefix = {.c = p->c, .n = i};
+      bool gone = false;
+      if (stack_walk(&below, &prefix, &gone) < 0) goto fail;
+      if (below.n > 0 && below.d[0].upper) {
+        close(below.d[0].fd);
+        memmove(below.d, below.d + 1, --below.n * sizeof(*below.d));
+      }
+      below_walked = true;
+    }
+    struct stat from;
+    int lower_dir = below_walked ? below_step(&below, &next, c, &from) : 0;
+    if (lower_dir < 0) goto fail;
+    if (was_whiteout && unlinkat(fd, c, 0) < 0) {
+      set_error("system", errno, "cannot replace the whiteout \"%.200s\"", c);
+      goto fail;
+    }
+    if ((missing || was_whiteout) && mkdirat(fd, c, 0755) < 0) {
+      set_error("system", errno, "cannot create the parent directory of \"%.200s\"", name);
+      goto fail;
+    }
+    int sub = openat(fd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0) {
+      set_error("system", errno, "cannot open the parent directory of \"%.200s\"", name);
+      goto fail;
+    }
+    close(fd);
+    fd = sub;
+    /* A copy-up takes the owner and mode of the directory below (never its opacity). */
+    if (missing && lower_dir == 1 &&
+        (fchown(fd, from.st_uid, from.st_gid) < 0 || fchmod(fd, from.st_mode & 07777) < 0)) {
+      set_error("system", errno, "cannot copy the owner and mode of \"%.200s\" from the layer below", c);
+      goto fail;
+    }
+    /* The whiteout hid what the layers below have here; the new directory must too. */
+    if (was_whiteout) {
+      if (fsetxattr(fd, "user.overlay.opaque", "y", 1, 0) < 0) {
+        set_error("system", errno, "cannot mark \"%.200s\" opaque (user xattrs needed)", c);
+        goto fail;
+      }
+      (void)fsetxattr(fd, "trusted.overlay.opaque", "y", 1, 0);
+    }
+  }
+  stack_free(&below), stack_free(&next);
+  return fd;
+fail:
+  close(fd);
+  stack_free(&below), stack_free(&next);
+  return -1;
+}
+
+/*
+ * The parent directory of an entry, in this layer: resolved through the merged view (see
+ * above) and created as needed. `resolved` receives the path it was found at.
+ * Fast path: when every component is a real directory of this layer, the merged view is
+ * exactly this layer's directory (the top layer decides), one openat2 call.
+ */
+static int open_parent(char **parts, size_t n, const char *name, struct path *resolved) {
   _cleanup_free_ char *path = join(parts, n);
   if (path == NULL) FAIL_SYS("allocating");
-  int fd = open_in_root(path, O_PATH | O_DIRECTORY, 0);
-  if (fd >= 0 || errno != ENOENT) {
-    if (fd < 0) FAIL_SYS("cannot open the parent directory of \"%.200s\"", name);
+  int fd = open_in_root(path, O_RDONLY | O_DIRECTORY, RESOLVE_NO_SYMLINKS);
+  if (fd >= 0) {
+    for (size_t i = 0; i < n; i++)
+      if (path_push(resolved, parts[i]) < 0) {
+        close(fd);
+        return -1;
+      }
     return fd;
   }
-  _cleanup_fd_ int prev = open_in_root("", O_PATH | O_DIRECTORY, 0);
-  for (size_t i = 0; i < n; i++) {
-    _cleanup_free_ char *prefix = join(parts, i + 1);
-    if (prev < 0) FAIL_SYS("cannot open the layer root");
-    if (prefix == NULL) FAIL_SYS("allocating");
-    int next = open_in_root(prefix, O_PATH | O_DIRECTORY, 0);
-    if (next < 0 && errno == ENOENT) {
-      if (mkdirat(prev, parts[i], 0755) < 0 && errno != EEXIST)
-        FAIL_SYS("cannot create the parent directory of \"%.200s\"", name);
-      next = openat(prev, parts[i], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    }
-    if (next < 0) FAIL_SYS("cannot open the parent directory of \"%.200s\"", name);
-    close(prev);
-    prev = next;
-  }
-  int fd_out = prev;
-  prev = -1;
-  return fd_out;
+  if (errno != ENOENT && errno != ELOOP && errno != ENOTDIR && errno != EXDEV)
+    FAIL_SYS("cannot open the parent directory of \"%.200s\"", name);
+  TRY(resolve_parent(parts, n, name, resolved));
+  if (path_len(resolved->c, resolved->n) > opt.max_path)
+    FAIL_KIND("path_length", "\"%.100s\" resolves to a path longer than the limit of %" PRIu64 " bytes", name,
+              opt.max_path);
+  return open_dir_in_layer(resolved, true, name);
 }
 
 static int remove_tree(int dir_fd, const char *name, int depth) {
@@ -413,18 +809,43 @@ static int whiteout(int parent, const char *base, const char *name) {
   return 0;
 }
 
+/*
+ * The target of a hardlink entry: its parent resolved like an entry's (through the merged
+ * view, containerd's hardlinkRootPath), the target itself never followed. It must be in
+ * this layer: a link cannot reach into the layers below.
+ */
+static int open_link_target(char **parts, size_t n, const char *name, const char *link) {
+  _cleanup_free_ char *target_path = join(parts, n);
+  if (target_path == NULL) FAIL_SYS("allocating");
+  int fd = open_in_root(target_path, O_PATH | O_NOFOLLOW, RESOLVE_NO_SYMLINKS);
+  if (fd >= 0) return fd;
+  if (errno != ENOENT && errno != ELOOP && errno != ENOTDIR)
+    FAIL_SYS("cannot open the target of hardlink \"%.200s\"", name);
+  struct path resolved = {0};
+  int parent = resolve_parent(parts, n - 1, name, &resolved);
+  if (parent == 0) parent = open_dir_in_layer(&resolved, false, name);
+  path_free(&resolved);
+  if (parent >= 0) {
+    fd = openat(parent, parts[n - 1], O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    close(parent);
+    if (fd >= 0) return fd;
+  }
+  if (errno == ENOENT || errno == ENOTDIR) {
+    g_error[0] = '\0'; /* the lookup's own error gives way to the plain answer */
+    FAIL("hardlink \"%.200s\" points at \"%.200s\", which is not in this layer", name, link);
+  }
+  if (g_error[0] == '\0') FAIL_SYS("cannot open the target of hardlink \"%.200s\"", name);
+  return -1;
+}
+
 static int hardlink(int parent, const char *base, struct entry *e, const char *name) {
   char *parts[4096];
   size_t n;
   _cleanup_free_ char *copy = strdup(e->link != NULL ? e->link : "");
   if (copy == NULL) FAIL_SYS("allocating");
   TRY(clean_path(copy, parts, opt.max_depth, &n));
-  _cleanup_free_ char *target_path = join(parts, n);
-  if (target_path == NULL) FAIL_SYS("allocating");
-  _cleanup_fd_ int target = n == 0 ? -1 : open_in_root(target_path, O_PATH | O_NOFOLLOW, 0);
-  if (n > 0 && target < 0 && (errno == ENOENT || errno == ENOTDIR))
-    FAIL("hardlink \"%.200s\" points at \"%.200s\", which is not in this layer", name, e->link);
-  if (n > 0 && target < 0) FAIL_SYS("cannot open the target of hardlink \"%.200s\"", name);
+  _cleanup_fd_ int target = -1;
+  if (n > 0) TRY(target = open_link_target(parts, n, name, e->link));
   struct stat tst, cur;
   if (n == 0 || fstat(target, &tst) < 0 || S_ISDIR(tst.st_mode))
     FAIL("hardlink \"%.200s\" points at a directory", name);
@@ -446,8 +867,12 @@ static int process_entry(struct entry *e, const char *name) {
   _cleanup_free_ char *copy = strdup(name);
   if (copy == NULL) FAIL_SYS("allocating");
   TRY(clean_path(copy, parts, opt.max_depth, &n));
+  if (path_len(parts, n) > opt.max_path)
+    FAIL_KIND("path_length", "\"%.100s...\" is %zu bytes long, over the limit of %" PRIu64 " bytes", name,
+              path_len(parts, n), opt.max_path);
   TRY(map_ids(e, name));
   bool is_dir = e->type == '5';
+  struct path where __attribute__((cleanup(path_free))) = {0}; /* the entry's resolved path */
 
   if (n == 0) {
     if (!is_dir) {
@@ -467,13 +892,20 @@ static int process_entry(struct entry *e, const char *name) {
       }
     const char *base = parts[n - 1];
     _cleanup_fd_ int parent = -1;
-    TRY(parent = open_parent(parts, n - 1, name));
+    TRY(parent = open_parent(parts, n - 1, name, &where));
+    TRY(path_push(&where, base));
+    if (path_len(where.c, where.n) > opt.max_path)
+      FAIL_KIND("path_length", "\"%.100s\" resolves to a path longer than the limit of %" PRIu64 " bytes", name,
+                opt.max_path);
     if (strncmp(base, ".wh.", 4) == 0) return whiteout(parent, base, name);
     if (e->type == '1') return hardlink(parent, base, e, name);
     if (e->type == '3' || e->type == '4') {
       warn("skipped device node \"%.200s\": devices cannot be created without privileges", name);
       return 0;
     }
+    /* A directory replacing this layer's own whiteout must keep hiding what lies below. */
+    struct stat old;
+    bool over_whiteout = is_dir && fstatat(parent, base, &old, AT_SYMLINK_NOFOLLOW) == 0 && is_whiteout(&old);
     int kept;
     TRY(kept = make_room(parent, base, is_dir));
     _cleanup_fd_ int fd = -1;
@@ -487,6 +919,11 @@ static int process_entry(struct entry *e, const char *name) {
       case '5':
         if (!kept && mkdirat(parent, base, 0700) < 0) FAIL_SYS("cannot create directory \"%.200s\"", name);
         fd = openat(parent, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0 && over_whiteout) {
+          if (fsetxattr(fd, "user.overlay.opaque", "y", 1, 0) < 0)
+            FAIL_SYS("cannot mark \"%.200s\" opaque (user xattrs needed)", name);
+          (void)fsetxattr(fd, "trusted.overlay.opaque", "y", 1, 0);
+        }
         break;
       case '6':
         if (mknodat(parent, base, S_IFIFO | 0600, 0) < 0) FAIL_SYS("cannot create fifo \"%.200s\"", name);
@@ -513,7 +950,7 @@ static int process_entry(struct entry *e, const char *name) {
       dir_times = realloc(dir_times, cap_dir_times * sizeof(*dir_times));
       if (dir_times == NULL) FAIL_SYS("allocating");
     }
-    dir_times[n_dir_times] = (struct dir_time){join(parts, n), e->mtime};
+    dir_times[n_dir_times] = (struct dir_time){n == 0 ? join(parts, 0) : join(where.c, where.n), e->mtime};
     if (dir_times[n_dir_times++].path == NULL) FAIL_SYS("allocating");
   }
   return 0;
@@ -639,14 +1076,26 @@ int main(int argc, char **argv) {
       {"max-bytes", required_argument, 0, 'b'}, {"max-entries", required_argument, 0, 'e'},
       {"max-depth", required_argument, 0, 'd'}, {"uid-max", required_argument, 0, 'u'},
       {"gid-max", required_argument, 0, 'g'},   {"squash-ids", required_argument, 0, 's'},
-      {"whiteout-format", required_argument, 0, 'w'}, {0, 0, 0, 0}};
+      {"whiteout-format", required_argument, 0, 'w'}, {"max-path", required_argument, 0, 'p'},
+      {"lower", required_argument, 0, 'l'},           {"lowers-pending", no_argument, 0, 'P'},
+      {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", long_opts, NULL)) != -1;) {
     char *end = NULL;
     errno = 0;
+    if (c == 'l') {
+      if (add_lower(optarg) < 0) report_failure_and_exit(2);
+      continue;
+    }
+    if (c == 'P') {
+      lowers_pending = true;
+      continue;
+    }
     unsigned long long v = c == 'w' || c == '?' ? 0 : strtoull(optarg, &end, 10);
     if (c == '?' || (c != 'w' && (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-'))) {
       set_error("usage", 0, "usage: layer-unpack [--max-bytes N] [--max-entries N] [--max-depth N] [--uid-max N] "
-                            "[--gid-max N] [--squash-ids ID] [--whiteout-format overlay] DEST < layer.tar");
+                            "[--gid-max N] [--squash-ids ID] [--max-path N] [--lower DIR]... [--lowers-pending] "
+                            "[--whiteout-format overlay] "
+                            "DEST < layer.tar");
       report_failure_and_exit(2);
     }
     if (c == 'w' && strcmp(optarg, "overlay") != 0) {
@@ -656,6 +1105,7 @@ int main(int argc, char **argv) {
     if (c == 'b') opt.max_bytes = v;
     if (c == 'e') opt.max_entries = v;
     if (c == 'd') opt.max_depth = v > 4096 ? 4096 : v;
+    if (c == 'p') opt.max_path = v > PATH_MAX - 1 ? PATH_MAX - 1 : v;
     if (c == 'u') opt.uid_max = v;
     if (c == 'g') opt.gid_max = v;
     if ((c == 's' || c == 'u' || c == 'g') && v >= UINT32_MAX) { /* (uid_t)-1 means "unchanged" */
@@ -686,6 +1136,12 @@ int main(int argc, char **argv) {
     report_failure_and_exit(1);
   }
   close(probe);
+  struct stat root_st;
+  if (fstat(root_fd, &root_st) < 0) {
+    set_error("system", errno, "cannot stat destination %.200s", argv[optind]);
+    report_failure_and_exit(1);
+  }
+  root_dev = root_st.st_dev;
 
   umask(022); /* implicit parent directories are 0755 whatever the caller's umask */
   uint64_t entries = 0;

@@ -28,6 +28,8 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 /** rootlesskit port drivers that have the API the daemon publishes ports through. */
 export const PORT_DRIVERS = ['builtin', 'slirp4netns'] as const;
 export type PortDriver = (typeof PORT_DRIVERS)[number];
+export const PUBLISH_MODES = ['handoff', 'port-driver'] as const;
+export type PublishListenersMode = (typeof PUBLISH_MODES)[number];
 
 export const SNAPSHOTTERS = ['fuse-overlayfs', 'overlay'] as const;
 export type Snapshotter = (typeof SNAPSHOTTERS)[number];
@@ -55,6 +57,8 @@ export interface Config {
     nsenter: string;
     slirp4netnsMtu: number;
     portDriver: PortDriver;
+    /** How the daemon's own listeners reach the host (src/rootless/published-listeners.ts). */
+    publishListeners: PublishListenersMode;
     copyUp: string[];
     stateDir: string;
     disableHostLoopback: boolean;
@@ -78,6 +82,13 @@ export interface Config {
     snapshotter: Snapshotter;
     fuseOverlayfs: string;
     maxConcurrentDownloads: number;
+    /** Of those, from one registry host. */
+    maxConcurrentDownloadsPerRegistry: number;
+    /** A download must deliver `downloadMinBytesPerWindow` in every window of this length. */
+    downloadProgressWindowSeconds: number;
+    downloadMinBytesPerWindow: number;
+    /** A whole pull's time limit; 0: none. */
+    pullDeadlineSeconds: number;
     maxManifestBytes: number;
     maxConfigBytes: number;
     registries: Record<string, RegistryConfig>;
@@ -85,6 +96,13 @@ export interface Config {
   streaming: {
     address: string;
     port: number;
+    /** For streaming and /metrics (src/streaming/connection-guard.ts). */
+    connectionLimits: {
+      maxConnections: number;
+      maxPerSource: number;
+      handshakeTimeoutMs: number;
+      idleTimeoutMs: number;
+    };
   };
   metrics: {
     enabled: boolean;
@@ -108,6 +126,7 @@ export interface ConfigOverrides {
   'node.nsenter'?: string;
   'node.slirp4netns_mtu'?: number;
   'node.port_driver'?: PortDriver;
+  'node.publish_listeners'?: PublishListenersMode;
   'node.copy_up'?: string[];
   'node.state_dir'?: string;
   'node.disable_host_loopback'?: boolean;
@@ -123,10 +142,18 @@ export interface ConfigOverrides {
   'image.snapshotter'?: Snapshotter;
   'image.fuse_overlayfs'?: string;
   'image.max_concurrent_downloads'?: number;
+  'image.max_concurrent_downloads_per_registry'?: number;
+  'image.download_progress_window_seconds'?: number;
+  'image.download_min_bytes_per_window'?: number;
+  'image.pull_deadline_seconds'?: number;
   'image.max_manifest_bytes'?: number;
   'image.max_config_bytes'?: number;
   'streaming.address'?: string;
   'streaming.port'?: number;
+  'streaming.max_connections'?: number;
+  'streaming.max_connections_per_source'?: number;
+  'streaming.handshake_timeout_seconds'?: number;
+  'streaming.idle_timeout_seconds'?: number;
   'metrics.enabled'?: boolean;
   'metrics.address'?: string;
   'metrics.port'?: number;
@@ -411,6 +438,7 @@ const SCHEMA = table({
     nsenter: program(),
     slirp4netns_mtu: integer(1280, 65520),
     port_driver: oneOf(PORT_DRIVERS),
+    publish_listeners: oneOf(PUBLISH_MODES),
     copy_up: list(absolutePath()),
     state_dir: absolutePath(),
     disable_host_loopback: boolean(),
@@ -434,6 +462,10 @@ const SCHEMA = table({
     snapshotter: oneOf(SNAPSHOTTERS),
     fuse_overlayfs: program(),
     max_concurrent_downloads: integer(1, 64),
+    max_concurrent_downloads_per_registry: integer(1, 64),
+    download_progress_window_seconds: integer(1, 3600),
+    download_min_bytes_per_window: integer(0, 1024 * 1024 * 1024),
+    pull_deadline_seconds: integer(0, 7 * 24 * 3600),
     max_manifest_bytes: integer(1024, 64 * 1024 * 1024),
     max_config_bytes: integer(1024, 256 * 1024 * 1024),
     registry: mapOf(
@@ -448,6 +480,10 @@ const SCHEMA = table({
   streaming: table({
     address: ipAddress(),
     port: integer(0, 65535),
+    max_connections: integer(1, 65536),
+    max_connections_per_source: integer(1, 65536),
+    handshake_timeout_seconds: integer(1, 3600),
+    idle_timeout_seconds: integer(0, 7 * 24 * 3600),
   }),
   metrics: table({
     enabled: boolean(),
@@ -676,6 +712,7 @@ export function resolveConfig(
       nsenter: node.nsenter ?? 'nsenter',
       slirp4netnsMtu: node.slirp4netns_mtu ?? 65520,
       portDriver: node.port_driver ?? 'builtin',
+      publishListeners: node.publish_listeners ?? 'handoff',
       copyUp: node.copy_up ?? ['/etc', '/run', '/var/lib'],
       stateDir: node.state_dir ?? join(runDir, 'node'),
       disableHostLoopback: node.disable_host_loopback ?? true,
@@ -699,6 +736,12 @@ export function resolveConfig(
       snapshotter: image.snapshotter ?? 'fuse-overlayfs',
       fuseOverlayfs: image.fuse_overlayfs ?? 'fuse-overlayfs',
       maxConcurrentDownloads: image.max_concurrent_downloads ?? 3,
+      // One registry may use all but one slot, so another registry always has one.
+      maxConcurrentDownloadsPerRegistry:
+        image.max_concurrent_downloads_per_registry ?? Math.max(1, (image.max_concurrent_downloads ?? 3) - 1),
+      downloadProgressWindowSeconds: image.download_progress_window_seconds ?? 30,
+      downloadMinBytesPerWindow: image.download_min_bytes_per_window ?? 16 * 1024,
+      pullDeadlineSeconds: image.pull_deadline_seconds ?? 3600,
       maxManifestBytes: image.max_manifest_bytes ?? 4 * 1024 * 1024,
       maxConfigBytes: image.max_config_bytes ?? 8 * 1024 * 1024,
       registries,
@@ -706,6 +749,12 @@ export function resolveConfig(
     streaming: {
       address: streaming.address ?? '127.0.0.1',
       port: streaming.port ?? 0,
+      connectionLimits: {
+        maxConnections: streaming.max_connections ?? 256,
+        maxPerSource: streaming.max_connections_per_source ?? 64,
+        handshakeTimeoutMs: (streaming.handshake_timeout_seconds ?? 10) * 1000,
+        idleTimeoutMs: (streaming.idle_timeout_seconds ?? 4 * 3600) * 1000,
+      },
     },
     metrics: {
       enabled: metrics.enabled ?? true,

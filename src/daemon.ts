@@ -4,7 +4,7 @@
  * RPC modules over it, recovers state in order (node → sandboxes → containers → images) and
  * serves CRI on the unix socket. The only place where the layers meet.
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { CriHandlers } from './api/handlers.js';
 import type { Config } from './config.js';
@@ -19,15 +19,18 @@ import { createImageFsInfoHandler } from './image/image-fs-info.js';
 import { createImageService } from './image/image-service.js';
 import { OverlaySnapshotter } from './image/overlay-snapshotter.js';
 import type { Logger } from './log.js';
-import { createMetrics, type MetricsServer, startMetricsServer } from './metrics.js';
+import { createMetrics } from './metrics.js';
 import { NodeCgroupManager } from './os/cgroup-manager.js';
 import { hostDialer } from './os/host-dialer.js';
+import { type MetricsServer, startMetricsServer } from './os/metrics-server.js';
 import { CrunConmonRuntime } from './os/oci-runtime.js';
-import { type PortManager, RootlesskitPortManager } from './os/port-manager.js';
+import { RootlesskitPortManager } from './os/port-manager.js';
 import { Programs } from './os/programs.js';
 import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
+import { ipcHostListeners } from './rootless/host-listeners.js';
 import { inUserNamespace } from './rootless/node.js';
+import { ListenerPublisher, startPublished } from './rootless/published-listeners.js';
 import { writePidFile } from './rootless/supervisor.js';
 import { delegateControllersToPods, NodeHealth, probeNodeFacts } from './runtime-info/node-health.js';
 import { createRuntimeInfoHandlers } from './runtime-info/runtime-info.js';
@@ -35,85 +38,6 @@ import { createDaemonStreaming } from './streaming/streaming-wiring.js';
 import { packageVersion } from './version.js';
 
 export type { NodeFacts } from './runtime-info/node-health.js';
-
-/**
- * HTTP listeners of the daemon listen on 127.0.0.1 inside the node and are published on the
- * host's 127.0.0.1 at the same port. The ids of what we published are recorded so that a
- * daemon killed with -9 removes them when it starts again.
- */
-class DaemonPorts {
-  private readonly file: string;
-  private ids: number[] = [];
-
-  constructor(
-    runDir: string,
-    private readonly ports: PortManager | null,
-    private readonly logger: Logger,
-  ) {
-    this.file = path.join(runDir, 'daemon-ports.json');
-  }
-
-  async removeStale(): Promise<void> {
-    if (!this.ports) return;
-    const stale = JSON.parse(await readFile(this.file, 'utf8').catch(() => '[]')) as number[];
-    for (const id of stale) {
-      await this.ports
-        .remove(id)
-        .catch((err) => this.logger.warn({ err, id }, 'could not remove a stale published port'));
-    }
-    await this.save();
-  }
-
-  /** Publishes 127.0.0.1:port of the node on the host's 127.0.0.1:port. */
-  async publish(port: number): Promise<void> {
-    if (!this.ports) return;
-    const published = await this.ports.add({
-      protocol: 'tcp',
-      parentIP: '127.0.0.1',
-      parentPort: port,
-      childIP: '127.0.0.1',
-      childPort: port,
-    });
-    this.ids.push(published.id);
-    await this.save();
-  }
-
-  async unpublishAll(): Promise<void> {
-    if (!this.ports) return;
-    for (const id of this.ids) await this.ports.remove(id).catch(() => undefined);
-    this.ids = [];
-    await this.save();
-  }
-
-  private async save(): Promise<void> {
-    const tmp = `${this.file}.tmp`;
-    await writeFile(tmp, JSON.stringify(this.ids), { mode: 0o600 });
-    await rename(tmp, this.file);
-  }
-}
-
-/**
- * Starts an HTTP listener inside the node and publishes it on the host at the same port. With
- * port 0 a free port is picked; if that number is taken on the host, another one is tried.
- */
-async function startPublished(
-  start: (port: number) => Promise<MetricsServer>,
-  wantedPort: number,
-  ports: DaemonPorts,
-  logger: Logger,
-): Promise<MetricsServer> {
-  for (let attempt = 0; ; attempt++) {
-    const server = await start(wantedPort);
-    try {
-      await ports.publish(server.port);
-      return server;
-    } catch (err) {
-      await server.close();
-      if (wantedPort !== 0 || attempt >= 4) throw err;
-      logger.debug({ err, port: server.port }, 'port taken on the host; trying another');
-    }
-  }
-}
 
 export async function runDaemon(config: Config, logger: Logger): Promise<number> {
   logger.info({ version: packageVersion(), socket: config.socket }, 'rootless-cri starting');
@@ -142,9 +66,18 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   }
   const stateDir = facts.rootlesskitStateDir;
   const portManager = stateDir ? new RootlesskitPortManager(path.join(stateDir, 'api.sock')) : null;
-  if (!portManager) logger.warn('no rootlesskit API: listeners are not published on the host');
-  const daemonPorts = new DaemonPorts(config.runDir, portManager, logger);
-  await daemonPorts.removeStale();
+  const metrics = createMetrics();
+  // The daemon's own listeners on the host: handed over by the supervisor, or rootlesskit's
+  // port driver (see src/rootless/published-listeners.ts).
+  const publisher = new ListenerPublisher({
+    runDir: config.runDir,
+    source: ipcHostListeners(logger),
+    ports: portManager,
+    mode: config.node.publishListeners,
+    logger,
+    metrics: metrics.registry,
+  });
+  await publisher.removeStale();
 
   // ---- OS adapters -------------------------------------------------------------------------
   const ociRuntime = new CrunConmonRuntime({
@@ -197,9 +130,9 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     address: config.streaming.address,
     logger,
     targets: { exec: containers.exec, attach: containers.attach, portForward: pods.portForward },
+    serverOptions: { connectionLimits: config.streaming.connectionLimits },
   });
 
-  const metrics = createMetrics();
   const readiness = new ReadinessGate();
   let podCidr = config.network.podCidr;
   let metricsServer: MetricsServer | null = null;
@@ -217,12 +150,17 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       programs: programs.report(),
       recovery: core.recovery,
       events: { subscribers: core.events.subscribers, dropped: core.events.dropped },
-      listeners: { metrics: metricsServer ? `http://127.0.0.1:${metricsServer.port}/metrics` : null },
+      listeners: {
+        metrics: metricsServer ? `http://127.0.0.1:${metricsServer.port}/metrics` : null,
+        published: publisher.status(),
+        streamingConnections: streaming.service?.connectionStats() ?? null,
+      },
+      quarantine: { images: images.quarantined() },
     }),
   });
   const handlers: CriHandlers = {
     ...runtimeInfo,
-    ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image') }),
+    ImageFsInfo: createImageFsInfoHandler({ imageDir: path.join(config.rootDir, 'image'), logger }),
     ...images.handlers,
     ...pods.handlers,
     ...containers.handlers,
@@ -232,10 +170,17 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
 
   if (config.metrics.enabled) {
     metricsServer = await startPublished(
+      'metrics',
       (port) =>
-        startMetricsServer({ address: config.metrics.address, port, registry: metrics.registry, logger }),
+        startMetricsServer({
+          address: config.metrics.address,
+          port,
+          registry: metrics.registry,
+          logger,
+          connectionLimits: config.streaming.connectionLimits,
+        }),
       config.metrics.port,
-      daemonPorts,
+      publisher,
       logger,
     );
     logger.info({ port: metricsServer.port }, 'metrics published on 127.0.0.1 (node and host)');
@@ -243,9 +188,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   // Listens on 127.0.0.1 in the node and is published on the host's 127.0.0.1 at the same port,
   // so the URLs Exec/Attach/PortForward return work from both sides.
   const streamingServer = await startPublished(
+    'streaming',
     (port) => streaming.listen(port),
     config.streaming.port,
-    daemonPorts,
+    publisher,
     logger,
   );
   logger.info({ port: streamingServer.port }, 'streaming published on 127.0.0.1 (node and host)');
@@ -279,12 +225,12 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       logger.info({ signal }, 'rootless-cri stopping');
       try {
         await server.close(5_000);
+        await publisher.close();
         await streaming.close();
         await images.close();
         // Pods and containers keep running: conmon and the infra processes outlive the daemon.
         await core.close();
         await metricsServer?.close();
-        await daemonPorts.unpublishAll();
         resolve(0);
       } catch (err) {
         logger.error({ err: describeError(err) }, 'shutdown failed');

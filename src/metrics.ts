@@ -1,8 +1,4 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
-import { FailedPreconditionError } from './errors.js';
-import type { Logger } from './log.js';
 
 /** What the gRPC edge records per call; prom-client stays out of src/cri/. */
 export interface RpcMetrics {
@@ -65,79 +61,5 @@ export function createMetrics(): DaemonMetrics {
         histogram.observe(durationSeconds);
       },
     },
-  };
-}
-
-export interface MetricsServerOptions {
-  /** Listen address; default 127.0.0.1 (published on the host by the port driver). */
-  address?: string;
-  /** 0 picks a free port; the real one is in the result. */
-  port: number;
-  registry: Registry;
-  logger: Logger;
-}
-
-export interface MetricsServer {
-  port: number;
-  address: string;
-  close(): Promise<void>;
-}
-
-/** Serves GET /metrics in the Prometheus text format; everything else is 404. */
-export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
-  const { registry, logger } = options;
-  const host = options.address ?? '127.0.0.1';
-  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('not found; try /metrics\n');
-      return;
-    }
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain; charset=utf-8' });
-      res.end('method not allowed\n');
-      return;
-    }
-    registry.metrics().then(
-      (body) => {
-        res.writeHead(200, { 'content-type': registry.contentType });
-        res.end(req.method === 'HEAD' ? undefined : body);
-      },
-      (err: unknown) => {
-        logger.error({ err }, 'collecting metrics failed');
-        res
-          .writeHead(500, { 'content-type': 'text/plain; charset=utf-8' })
-          .end('collecting metrics failed\n');
-      },
-    );
-  });
-  // Scrapers keep connections open; without this close() would wait for them.
-  server.keepAliveTimeout = 5_000;
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException) => {
-      reject(
-        new FailedPreconditionError(
-          `cannot serve metrics on ${host}:${options.port} (${err.code ?? err.message}); ` +
-            'choose another metrics port, or 0 for a free one',
-          { cause: err },
-        ),
-      );
-    };
-    server.once('error', onError);
-    server.listen(options.port, host, () => {
-      server.off('error', onError);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
-  logger.info({ address: host, port }, 'metrics server listening');
-  return {
-    port,
-    address: host,
-    close: () =>
-      new Promise<void>((resolve, reject) => {
-        server.close((err) => (err ? reject(err) : resolve()));
-        server.closeAllConnections();
-      }),
   };
 }

@@ -32,6 +32,8 @@ export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER ROOTLESS_CRI_TEST
 NODE_BIN=$(bash deploy/install-node.sh --check) || die "the pinned Node.js is not installed"
 export PATH="$NODE_BIN:$PATH"
 step "Node.js $(node --version) ($(command -v node)), npm $(npm --version)"
+# The second user is also the "another local user" of the connection-flood test.
+export ROOTLESS_CRI_ATTACKER_USER=$TEST_USER2
 ROOTLESS_CRI_TEST_BUSYBOX=$(bash test/setup/fetch-test-busybox.sh) || die "cannot fetch Debian's busybox for the test images"
 export ROOTLESS_CRI_TEST_BUSYBOX
 

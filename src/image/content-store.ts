@@ -12,7 +12,10 @@ import {
   UnavailableError,
 } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
+import { removeTree } from '../os/remove-tree.js';
 import { type Digest, digestHex, parseDigest, sha256Digest } from './digest.js';
+import { DownloadSlots } from './download-slots.js';
+import type { Quarantine } from './quarantine.js';
 import { abortError, formatBytes } from './registry-client.js';
 import { describeEndpoint, type RegistryEndpoint } from './registry-hosts.js';
 
@@ -26,7 +29,9 @@ import { describeEndpoint, type RegistryEndpoint } from './registry-hosts.js';
  * `sha256/`.
  *
  * Concurrent ingests of one digest share a single download; a download is cancelled only
- * when every caller waiting for it has given up.
+ * when every caller waiting for it has given up. A download that asks for a slot (`slot`)
+ * waits for one of `downloads` (fair per registry host, see download-slots.ts) before it
+ * opens its source, and holds it until it ends; a cancel gives it back at once.
  */
 
 export interface ContentStoreOptions {
@@ -35,8 +40,12 @@ export interface ContentStoreOptions {
   logger?: Logger;
   /** Parallel layer downloads allowed through `downloads` (default 3). */
   downloadConcurrency?: number;
+  /** Of those, how many may come from one registry host (default: all). */
+  downloadConcurrencyPerRegistry?: number;
   /** How often an ongoing download reports progress (default 5 s). */
   progressIntervalMs?: number;
+  /** Where leftovers that cannot be removed go (default: they are only logged). */
+  quarantine?: Quarantine;
 }
 
 /** A stream of blob bytes, or a function that opens one (called only if a download is needed). */
@@ -49,6 +58,8 @@ export interface IngestOptions {
   signal?: AbortSignal | undefined;
   /** Where the bytes come from, for messages: `registry 127.0.0.1:5000`. */
   origin?: string;
+  /** A download started by this call waits for a slot of `downloads` for this registry host. */
+  slot?: { host: string };
 }
 
 export interface IngestResult {
@@ -94,11 +105,12 @@ const TEE_HIGH_WATER_MARK = 1024 * 1024;
 export class ContentStore {
   readonly blobsDir: string;
   readonly ingestDir: string;
-  readonly downloads: DownloadLimiter;
+  readonly downloads: DownloadSlots;
   /** Emits 'progress' (IngestProgress) for ongoing downloads. */
   readonly events = new EventEmitter();
   private readonly logger: Logger;
   private readonly progressIntervalMs: number;
+  private readonly quarantine: Quarantine | undefined;
   private readonly flights = new Map<Digest, Flight>();
 
   constructor(options: ContentStoreOptions) {
@@ -106,7 +118,11 @@ export class ContentStore {
     this.ingestDir = join(options.root, 'content', 'ingest');
     this.logger = options.logger ?? silentLogger();
     this.progressIntervalMs = options.progressIntervalMs ?? 5000;
-    this.downloads = new DownloadLimiter(options.downloadConcurrency ?? 3);
+    this.quarantine = options.quarantine;
+    this.downloads = new DownloadSlots(
+      options.downloadConcurrency ?? 3,
+      options.downloadConcurrencyPerRegistry ?? options.downloadConcurrency ?? 3,
+    );
   }
 
   /** Creates the directories and removes temp files a crashed run left behind. */
@@ -114,7 +130,13 @@ export class ContentStore {
     await mkdir(this.blobsDir, { recursive: true, mode: 0o700 });
     await mkdir(this.ingestDir, { recursive: true, mode: 0o700 });
     const leftovers = await readdir(this.ingestDir);
-    for (const name of leftovers) await rm(join(this.ingestDir, name), { force: true, recursive: true });
+    for (const name of leftovers) {
+      const path = join(this.ingestDir, name);
+      await removeTree(path).catch(async (err: unknown) => {
+        if (this.quarantine) await this.quarantine.moveAside(path, 'unfinished download', err);
+        else this.logger.warn({ path, err: String(err) }, 'cannot remove an unfinished download');
+      });
+    }
     if (leftovers.length > 0) {
       this.logger.info({ count: leftovers.length }, 'removed unfinished downloads left by a previous run');
     }
@@ -207,7 +229,7 @@ export class ContentStore {
         controller,
         waiters: 0,
         settled: false,
-        promise: this.download(checked, size, source, options.origin, controller.signal, tee),
+        promise: this.download(checked, size, source, options, controller.signal, tee),
       };
       started.promise = started.promise.finally(() => {
         started.settled = true;
@@ -391,10 +413,11 @@ export class ContentStore {
     digest: Digest,
     size: number,
     source: BlobSource,
-    givenOrigin: string | undefined,
+    options: IngestOptions,
     signal: AbortSignal,
     tee?: PassThrough,
   ): Promise<IngestResult> {
+    const givenOrigin = options.origin;
     const temp = join(this.ingestDir, randomBytes(16).toString('hex'));
     const target = this.path(digest);
     let origin = givenOrigin ?? originOf(source);
@@ -411,10 +434,19 @@ export class ContentStore {
     };
     const timer = setInterval(report, this.progressIntervalMs);
     timer.unref();
-    const onAbort = () => stream?.destroy(abortError(signal, what));
+    let releaseSlot: (() => void) | undefined;
+    const onAbort = () => {
+      // The slot goes back at once; the cleanup below needs none.
+      releaseSlot?.();
+      stream?.destroy(abortError(signal, what));
+    };
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       if (signal.aborted) throw abortError(signal, what);
+      if (options.slot !== undefined) {
+        releaseSlot = await this.downloads.acquire(signal, options.slot.host);
+        if (signal.aborted) releaseSlot();
+      }
       const opened = typeof source === 'function' ? await source(signal) : source;
       stream = opened instanceof Readable ? opened : Readable.from(opened, { objectMode: false });
       if (givenOrigin === undefined) {
@@ -482,6 +514,7 @@ export class ContentStore {
       await rm(temp, { force: true });
       throw error;
     } finally {
+      releaseSlot?.();
       clearInterval(timer);
       signal.removeEventListener('abort', onAbort);
     }
@@ -562,72 +595,4 @@ function originOf(source: BlobSource): string {
 /** A stream handed in but not needed (blob already present or being downloaded). */
 function discard(source: BlobSource): void {
   if (source instanceof Readable) source.destroy();
-}
-
-/**
- * Caps how many downloads run at once. Callers wrap each layer download in `run`; a
- * caller whose signal fires while queued leaves the queue without running.
- */
-export class DownloadLimiter {
-  private active = 0;
-  private readonly queue: { start: () => void }[] = [];
-
-  constructor(readonly concurrency: number) {
-    if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
-      throw new InvalidArgumentError(`download concurrency must be a positive integer, not ${concurrency}`);
-    }
-  }
-
-  get running(): number {
-    return this.active;
-  }
-
-  get waiting(): number {
-    return this.queue.length;
-  }
-
-  async run<T>(task: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    const release = await this.acquire(signal);
-    try {
-      return await task();
-    } finally {
-      release();
-    }
-  }
-
-  /** Waits for a slot; the answer gives it back (once, however often it is called). */
-  async acquire(signal?: AbortSignal): Promise<() => void> {
-    await this.enter(signal);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      this.active -= 1;
-      this.queue.shift()?.start();
-    };
-  }
-
-  private enter(signal: AbortSignal | undefined): Promise<void> {
-    if (signal?.aborted) return Promise.reject(abortError(signal, 'queued download'));
-    if (this.active < this.concurrency) {
-      this.active += 1;
-      return Promise.resolve();
-    }
-    return new Promise<void>((resolve, reject) => {
-      const entry = {
-        start: () => {
-          signal?.removeEventListener('abort', onAbort);
-          this.active += 1;
-          resolve();
-        },
-      };
-      const onAbort = () => {
-        const index = this.queue.indexOf(entry);
-        if (index >= 0) this.queue.splice(index, 1);
-        reject(abortError(signal!, 'queued download'));
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.queue.push(entry);
-    });
-  }
 }

@@ -12,15 +12,22 @@
  *   own filesystem, like `du -x`: a fuse-overlayfs rootfs mounted below the
  *   writable-layers dir must not be counted through its mount.
  * - A directory that does not exist yet (fresh node, nothing pulled) counts as 0.
+ * - One entry that cannot be read (vanished, no permission, a path longer than PATH_MAX
+ *   in a tree an older version left) is skipped and counted in `skipped`, never an error:
+ *   kubelet's image GC and every crictl image command depend on this RPC.
  */
 import { lstat, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ImageHandlers } from '../api/handlers.js';
+import type { Logger } from '../log.js';
 
 export interface DirectoryUsage {
   /** Allocated bytes, a decimal string (uint64 on the wire). */
   bytes: bigint;
   inodes: bigint;
+  /** Entries that could not be read (not counted); with the first such error. */
+  skipped?: number;
+  firstSkipError?: string;
 }
 
 const LSTAT_BATCH = 64;
@@ -28,6 +35,11 @@ const IGNORED_WALK_ERRORS = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM']);
 
 function ignorable(err: unknown): boolean {
   return IGNORED_WALK_ERRORS.has((err as NodeJS.ErrnoException).code ?? '');
+}
+
+function shortError(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return `${e.code ?? 'error'} on ${e.syscall ?? 'walk'} (${(e.path ?? '').length} byte path)`;
 }
 
 /** Walks `dir` (see the module comment for what counts). Entries vanishing or unreadable mid-walk are skipped. */
@@ -41,6 +53,16 @@ export async function measureDirectory(dir: string): Promise<DirectoryUsage> {
 
   const seen = new Set<string>();
   let bytes = 0n;
+  let skipped = 0;
+  let firstSkipError: string | undefined;
+  const skip = (err: unknown): undefined => {
+    // Vanishing entries are the normal race of a walk; anything else is reported.
+    if (!ignorable(err) || (err as NodeJS.ErrnoException).code === 'EACCES') {
+      skipped += 1;
+      firstSkipError ??= shortError(err);
+    }
+    return undefined;
+  };
   const count = (info: { dev: bigint; ino: bigint; blocks: bigint }) => {
     const key = `${info.dev}:${info.ino}`;
     if (seen.has(key)) return;
@@ -56,19 +78,12 @@ export async function measureDirectory(dir: string): Promise<DirectoryUsage> {
     try {
       names = await readdir(current);
     } catch (err) {
-      if (ignorable(err)) continue;
-      throw err;
+      skip(err);
+      continue;
     }
     for (let i = 0; i < names.length; i += LSTAT_BATCH) {
       const paths = names.slice(i, i + LSTAT_BATCH).map((name) => join(current, name));
-      const infos = await Promise.all(
-        paths.map((path) =>
-          lstat(path, { bigint: true }).catch((err: unknown) => {
-            if (ignorable(err)) return undefined;
-            throw err;
-          }),
-        ),
-      );
+      const infos = await Promise.all(paths.map((path) => lstat(path, { bigint: true }).catch(skip)));
       infos.forEach((info, index) => {
         if (info === undefined || info.dev !== root.dev) return;
         count(info);
@@ -76,7 +91,12 @@ export async function measureDirectory(dir: string): Promise<DirectoryUsage> {
       });
     }
   }
-  return { bytes, inodes: BigInt(seen.size) };
+  const usage: DirectoryUsage = { bytes, inodes: BigInt(seen.size) };
+  if (skipped > 0) {
+    usage.skipped = skipped;
+    usage.firstSkipError = firstSkipError!;
+  }
+  return usage;
 }
 
 export interface ImageFsInfoOptions {
@@ -88,6 +108,8 @@ export interface ImageFsInfoOptions {
   cacheTtlMs?: number;
   now?: () => number;
   measure?: (dir: string) => Promise<DirectoryUsage>;
+  /** Where skipped entries are reported (once per walk). */
+  logger?: Logger;
 }
 
 interface Measurement {
@@ -139,7 +161,16 @@ function filesystemUsage(dir: string, m: Measurement) {
 export function createImageFsInfoHandler(options: ImageFsInfoOptions): ImageHandlers['ImageFsInfo'] {
   const ttl = options.cacheTtlMs ?? 5_000;
   const now = options.now ?? Date.now;
-  const measure = options.measure ?? measureDirectory;
+  const walk = options.measure ?? measureDirectory;
+  const measure = async (dir: string) => {
+    const usage = await walk(dir);
+    if (usage.skipped)
+      options.logger?.warn(
+        { dir, skipped: usage.skipped, first: usage.firstSkipError },
+        'ImageFsInfo skipped entries it cannot read; the figures leave them out',
+      );
+    return usage;
+  };
   const images = new CachedUsage(options.imageDir, ttl, now, measure);
   const containers =
     options.containerDir === undefined ? undefined : new CachedUsage(options.containerDir, ttl, now, measure);

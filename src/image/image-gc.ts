@@ -89,16 +89,26 @@ export function collectGarbage(parts: GarbageCollectorParts): Promise<GarbageRep
       }
     }
     const report: GarbageReport = { blobs: 0, layers: 0, bytes: 0 };
+    // One object that cannot be deleted is logged and left for the next collection; it
+    // must not stop the rest (or the pull or removal that asked for the collection).
     for (const blob of await content.list()) {
       if (keepBlobs.has(blob.digest) || active.usesBlob(blob.digest)) continue;
-      await content.delete(blob.digest);
-      report.blobs += 1;
-      report.bytes += blob.size;
+      try {
+        await content.delete(blob.digest);
+        report.blobs += 1;
+        report.bytes += blob.size;
+      } catch (err) {
+        logger.warn({ blob: blob.digest, err: String(err) }, 'garbage collection cannot delete a blob');
+      }
     }
     for (const chainId of await layers.list()) {
       if (keepLayers.has(chainId) || active.usesLayer(chainId)) continue;
-      await layers.remove(chainId);
-      report.layers += 1;
+      try {
+        await layers.remove(chainId);
+        report.layers += 1;
+      } catch (err) {
+        logger.warn({ layer: chainId, err: String(err) }, 'garbage collection cannot delete a layer');
+      }
     }
     if (report.blobs > 0 || report.layers > 0) {
       logger.info(report, 'image garbage collection removed unused blobs and layers');

@@ -4,7 +4,7 @@ import type { PullImageResponse } from '../api/generated/runtime/v1/PullImageRes
 import type { CallContext } from '../api/handlers.js';
 import { CancelledError, CriError, DeadlineExceededError, InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { ContentStore, OpenedIngest } from './content-store.js';
+import type { ContentStore } from './content-store.js';
 import { type Digest, parseDigest } from './digest.js';
 import type { ActivePulls } from './image-gc.js';
 import { dropImage } from './image-remove.js';
@@ -37,6 +37,8 @@ export interface PullDeps {
   logger: Logger;
   /** Deletes unreferenced blobs and layers; called inside `store.exclusive`. */
   collectGarbage(): Promise<unknown>;
+  /** A whole pull's time limit (image.pull_deadline_seconds); 0 or absent: none. */
+  pullDeadlineMs?: number;
 }
 
 /** The parts of an image config the daemon relies on; the rest is kept as data. */
@@ -116,8 +118,48 @@ export function createPullImageHandler(deps: PullDeps) {
     const name = request.image?.image ?? '';
     if (name === '') throw new InvalidArgumentError('PullImage needs image.image: the reference to pull');
     const ref = parseImageReference(name);
-    const id = await pullImage(deps, ref, toAuthConfig(request.auth), ctx.signal);
-    return { image_ref: id };
+    const deadline = withPullDeadline(ctx.signal, deps.pullDeadlineMs, ref);
+    try {
+      const id = await pullImage(deps, ref, toAuthConfig(request.auth), deadline.signal);
+      return { image_ref: id };
+    } finally {
+      deadline.clear();
+    }
+  };
+}
+
+/**
+ * The client's signal, firing also when the configured whole-pull deadline passes, with a
+ * DeadlineExceeded that names the setting. A pull that makes progress too slowly to ever
+ * finish (above the progress floor, below any useful rate) ends here.
+ */
+export function withPullDeadline(
+  signal: AbortSignal | undefined,
+  deadlineMs: number | undefined,
+  ref: ImageReference,
+): { signal: AbortSignal | undefined; clear(): void } {
+  if (deadlineMs === undefined || deadlineMs <= 0) return { signal, clear: () => {} };
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(signal!.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  if (signal?.aborted) onAbort();
+  const timer = setTimeout(
+    () =>
+      controller.abort(
+        new DeadlineExceededError(
+          `pull of ${ref} did not finish within ${deadlineMs / 1000} s (image.pull_deadline_seconds); ` +
+            'the registry is too slow for this image, or raise the setting',
+        ),
+      ),
+    deadlineMs,
+  );
+  timer.unref();
+  return {
+    signal: controller.signal,
+    clear: () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    },
   };
 }
 
@@ -170,7 +212,7 @@ export async function pullImage(
         `registry ${resolved.endpoint.host}`,
       );
     }
-    await fetchLayers(deps, session, layers, signal, what);
+    await fetchLayers(deps, session, layers, signal, what, resolved.endpoint.host);
     if (signal?.aborted) throw abortError(signal, what);
 
     const tag = ref.digest === undefined ? ref.repoTag() : undefined;
@@ -247,6 +289,7 @@ async function fetchLayers(
   layers: readonly LayerRecord[],
   signal: AbortSignal | undefined,
   what: string,
+  host: string,
 ): Promise<void> {
   const controller = new AbortController();
   const onAbort = () => controller.abort(signal!.reason);
@@ -254,21 +297,34 @@ async function fetchLayers(
   if (signal?.aborted) onAbort();
   const inner = controller.signal;
   let firstError: unknown;
-  const branch = async (layer: LayerRecord) => {
+  const branches: Promise<void>[] = [];
+  // A layer whose entry has a parent only the layers below have looks it up in them
+  // (layer-unpack.ts), so each unpack learns where they are and when they are complete.
+  const lowersOf = (index: number) => {
+    if (index === 0) return undefined;
+    const ready = Promise.all(branches.slice(0, index));
+    ready.catch(() => {});
+    const dirs = layers.slice(0, index).map((l) => deps.layers.path(l.chainId));
+    return { dirs: dirs.reverse(), ready };
+  };
+  const branch = async (layer: LayerRecord, index: number) => {
     try {
       const blobPath = deps.content.path(layer.digest);
       if ((await deps.layers.has(layer.chainId)) && !(await deps.content.has(layer.digest))) {
-        await deps.content.downloads.run(
-          () =>
-            deps.content.ingest(layer.digest, layer.size, (s) => openBlobGuarded(session, layer, s), {
-              signal: inner,
-            }),
-          inner,
-        );
+        await deps.content.ingest(layer.digest, layer.size, (s) => openBlobGuarded(session, layer, s), {
+          signal: inner,
+          slot: { host },
+        });
       }
       // A layer still to unpack reads its blob while it downloads (see LayerStore.unpack).
+      const lowers = lowersOf(index);
       await deps.layers.ensure(
-        { ...layer, blobPath, fetch: (s, tee) => fetchForUnpack(deps, session, layer, s, tee) },
+        {
+          ...layer,
+          blobPath,
+          fetch: (s, tee) => fetchForUnpack(deps, session, layer, s, tee, host),
+          ...(lowers === undefined ? {} : { lowers }),
+        },
         inner,
       );
     } catch (err) {
@@ -278,7 +334,8 @@ async function fetchLayers(
       throw err;
     }
   };
-  const results = await Promise.allSettled(layers.map(branch));
+  for (const [index, layer] of layers.entries()) branches.push(branch(layer, index));
+  const results = await Promise.allSettled(branches);
   signal?.removeEventListener('abort', onAbort);
   if (signal?.aborted) throw abortError(signal, what);
   const failed = results.find((r) => r.status === 'rejected');
@@ -287,8 +344,8 @@ async function fetchLayers(
 
 /**
  * Starts (or joins, or finds) the download of a layer's blob for its unpack. A download this
- * call starts takes a slot of the download limit until it settles and comes with a tee of
- * its bytes; the unpack reading that tee is what paces it.
+ * call starts waits for a download slot of `host` (see download-slots.ts), holds it until it
+ * ends, and comes with a tee of its bytes; the unpack reading that tee is what paces it.
  */
 async function fetchForUnpack(
   deps: PullDeps,
@@ -296,25 +353,16 @@ async function fetchForUnpack(
   layer: LayerRecord,
   signal: AbortSignal,
   tee: boolean,
+  host: string,
 ): Promise<FetchedBlob> {
   if (await deps.content.has(layer.digest)) {
     return { result: Promise.resolve() };
   }
-  const release = await deps.content.downloads.acquire(signal);
-  let opened: OpenedIngest;
-  try {
-    opened = await deps.content.openIngest(
-      layer.digest,
-      layer.size,
-      (s) => openBlobGuarded(session, layer, s),
-      { signal, tee },
-    );
-  } catch (err) {
-    release();
-    throw err;
-  }
-  opened.result.then(release, release);
-  return opened;
+  return deps.content.openIngest(layer.digest, layer.size, (s) => openBlobGuarded(session, layer, s), {
+    signal,
+    tee,
+    slot: { host },
+  });
 }
 
 /**

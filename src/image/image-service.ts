@@ -19,6 +19,7 @@ import {
   type UnpackLayerOptions,
   unpackLayer,
 } from './layer-unpack.js';
+import { Quarantine, type QuarantinedObject } from './quarantine.js';
 import { RegistryClient } from './registry-client.js';
 import type { RegistryHostsConfig } from './registry-hosts.js';
 
@@ -52,8 +53,14 @@ export type ImageServiceHandlers = Pick<
 
 export interface ImageService {
   handlers: ImageServiceHandlers;
-  /** Loads records, drops damaged images, removes leftovers of a crash, collects garbage. */
+  /**
+   * Loads records, drops damaged images, removes leftovers of a crash, collects garbage.
+   * One object that cannot be read or removed is quarantined, never fatal; this throws only
+   * when the image directory itself is unusable.
+   */
   recover(): Promise<{ images: number; dropped: string[] }>;
+  /** Objects moved aside because they could not be read or removed (for verbose Status). */
+  quarantined(): QuarantinedObject[];
   close(): Promise<void>;
   /** By id, tag or digest; NotFound when absent. Exact ids also find untagged-but-held images. */
   resolveImage(nameOrIdOrDigest: string): Promise<ResolvedLocalImage>;
@@ -118,11 +125,14 @@ function registryHosts(config: ImageServiceOptions['config']): RegistryHostsConf
 export function createImageService(options: ImageServiceOptions): ImageService {
   const { config, logger } = options;
   const imageDir = join(config.rootDir, 'image');
-  const store = new ImageStore(imageDir, logger);
+  const quarantine = new Quarantine(imageDir, logger);
+  const store = new ImageStore(imageDir, logger, quarantine);
   const content = new ContentStore({
     root: imageDir,
     logger,
     downloadConcurrency: config.image.maxConcurrentDownloads,
+    downloadConcurrencyPerRegistry: config.image.maxConcurrentDownloadsPerRegistry,
+    quarantine,
   });
   let idMap = options.idMap;
   const unpacker = options.unpacker ?? unpackLayer;
@@ -134,12 +144,17 @@ export function createImageService(options: ImageServiceOptions): ImageService {
       return idMap ?? { uidMax: 0, gidMax: 0 };
     },
     unpacker: (o: UnpackLayerOptions) => unpacker(o),
+    quarantine,
     ...(options.unpackLimits === undefined ? {} : { limits: options.unpackLimits }),
   });
   const registry = new RegistryClient({
     hosts: registryHosts(config),
     maxManifestBytes: config.image.maxManifestBytes,
     maxConfigBytes: config.image.maxConfigBytes,
+    progressFloor: {
+      windowMs: config.image.downloadProgressWindowSeconds * 1000,
+      minBytes: config.image.downloadMinBytesPerWindow,
+    },
     logger,
     ...(options.lookup === undefined ? {} : { lookup: options.lookup }),
     ...(options.dial === undefined ? {} : { dial: options.dial }),
@@ -157,6 +172,7 @@ export function createImageService(options: ImageServiceOptions): ImageService {
       active,
       logger,
       collectGarbage: gc,
+      pullDeadlineMs: config.image.pullDeadlineSeconds * 1000,
     }),
     ImageStatus: createImageStatusHandler({ store, readConfig }),
     ListImages: createListImagesHandler(store),
@@ -186,15 +202,21 @@ export function createImageService(options: ImageServiceOptions): ImageService {
 
     async recover() {
       idMap ??= await readIdMap();
+      await quarantine.sweep();
       await content.init();
       await layers.init();
       const { dropped } = await store.load();
       await store.exclusive(async () => {
         for (const record of store.all()) {
           const missing: string[] = [];
-          if (!(await content.has(record.id))) missing.push(`config ${record.id}`);
-          for (const layer of record.layers) {
-            if (!(await layers.has(layer.chainId))) missing.push(`layer ${layer.chainId}`);
+          try {
+            if (!(await content.has(record.id))) missing.push(`config ${record.id}`);
+            for (const layer of record.layers) {
+              if (!(await layers.has(layer.chainId))) missing.push(`layer ${layer.chainId}`);
+            }
+          } catch (err) {
+            // Its files cannot even be looked at: as good as missing.
+            missing.push(`unreadable (${err instanceof Error ? err.message.slice(0, 300) : String(err)})`);
           }
           if (missing.length === 0) continue;
           logger.warn(
@@ -209,6 +231,10 @@ export function createImageService(options: ImageServiceOptions): ImageService {
       const images = store.all().length;
       logger.info({ images, dropped: dropped.length, idMap }, 'image store recovered');
       return { images, dropped };
+    },
+
+    quarantined() {
+      return quarantine.list();
     },
 
     async close() {

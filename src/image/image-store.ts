@@ -3,6 +3,7 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Logger, silentLogger } from '../log.js';
 import { type Digest, digestHex, isDigest } from './digest.js';
+import { Quarantine } from './quarantine.js';
 
 /**
  * Image records: one JSON file per image, `<imageDir>/images/<config digest hex>.json`,
@@ -74,16 +75,18 @@ export class ImageStore {
   private readonly byTag = new Map<string, Digest>();
   private readonly byDigest = new Map<string, Digest>();
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly quarantine: Quarantine;
 
-  constructor(imageDir: string, logger?: Logger) {
+  constructor(imageDir: string, logger?: Logger, quarantine?: Quarantine) {
     this.recordsDir = join(imageDir, 'images');
     this.logger = logger ?? silentLogger();
+    this.quarantine = quarantine ?? new Quarantine(imageDir, this.logger);
   }
 
   /**
    * Loads every record from disk, replacing what is in memory. A record that cannot be read
-   * or fails validation is removed (logged), never fatal: one bad file must not stop the
-   * daemon from starting.
+   * or fails validation is quarantined (moved aside, logged), never fatal: one bad file must
+   * not stop the daemon from starting.
    */
   async load(): Promise<{ loaded: number; dropped: string[] }> {
     await mkdir(this.recordsDir, { recursive: true, mode: 0o700 });
@@ -94,7 +97,9 @@ export class ImageStore {
     for (const name of (await readdir(this.recordsDir)).sort()) {
       const file = join(this.recordsDir, name);
       if (name.startsWith(TEMP_PREFIX)) {
-        await rm(file, { force: true });
+        await rm(file, { force: true, recursive: true }).catch((err: unknown) =>
+          this.quarantine.moveAside(file, 'unfinished image record write', err),
+        );
         continue;
       }
       if (!name.endsWith(RECORD_SUFFIX)) continue;
@@ -110,7 +115,7 @@ export class ImageStore {
           { file, err: err instanceof Error ? err.message : String(err) },
           'dropping an unreadable image record; pull the image again',
         );
-        await rm(file, { force: true });
+        await this.quarantine.moveAside(file, `image record ${name}`, err);
         dropped.push(name);
         continue;
       }

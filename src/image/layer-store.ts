@@ -1,17 +1,20 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { InvalidArgumentError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
+import { removeTree } from '../os/remove-tree.js';
 import { type Digest, digestHex, isDigest, parseDigest } from './digest.js';
 import {
   type LayerIdMap,
   type LayerUnpackLimits,
+  LowerLayersPendingError,
   type UnpackLayerOptions,
   type UnpackLayerResult,
   unpackLayer,
 } from './layer-unpack.js';
+import { Quarantine } from './quarantine.js';
 import { abortError } from './registry-client.js';
 
 /**
@@ -27,7 +30,8 @@ import { abortError } from './registry-client.js';
  * so a directory under its chain ID is always complete. Concurrent requests for one chain
  * ID share one unpack; the unpack is cancelled only when every waiter has gone, and its
  * temp directory is removed before the last waiter's call returns. A crash leaves at most
- * `.tmp-*` directories, which `init` removes.
+ * `.tmp-*` directories, which `init` removes. Removal is fd-relative (remove-tree.ts), so no
+ * depth or path length can block it; what still cannot be removed is quarantined.
  */
 
 /** What the store needs from the unpacker (the real one runs native/layer-unpack). */
@@ -41,6 +45,8 @@ export interface LayerStoreOptions {
   unpacker?: LayerUnpacker;
   /** Caps per layer (default: layer-unpack.ts's DEFAULT_LAYER_UNPACK_LIMITS). */
   limits?: LayerUnpackLimits;
+  /** Where objects that cannot be removed go (default: one of its own under imageDir). */
+  quarantine?: Quarantine;
   /**
    * Whether `unpacker` takes `source` (a stream) instead of `blobPath`, so a layer can be
    * unpacked while its blob downloads. Default: true for the real unpacker only, since an
@@ -64,6 +70,12 @@ export interface LayerToUnpack {
    * (the blob verified and stored) resolved. The signal fires when the unpack gives up.
    */
   fetch?: (signal: AbortSignal, tee: boolean) => Promise<FetchedBlob>;
+  /**
+   * The layers below, for an entry whose parent is missing from this layer (see
+   * layer-unpack.ts): their directories, top first, and a promise that settles when they are
+   * all complete (rejects when one failed). Absent for a base layer.
+   */
+  lowers?: { dirs: readonly string[]; ready: Promise<unknown> };
 }
 
 export interface FetchedBlob {
@@ -100,6 +112,7 @@ export class LayerStore {
   private readonly logger: Logger;
   private readonly unpacker: LayerUnpacker;
   private readonly streaming: boolean;
+  private readonly quarantine: Quarantine;
   private readonly flights = new Map<Digest, Flight>();
 
   constructor(private readonly options: LayerStoreOptions) {
@@ -107,19 +120,34 @@ export class LayerStore {
     this.logger = options.logger ?? silentLogger();
     this.unpacker = options.unpacker ?? unpackLayer;
     this.streaming = options.streaming ?? options.unpacker === undefined;
+    this.quarantine = options.quarantine ?? new Quarantine(options.imageDir, this.logger);
   }
 
-  /** Creates the directory and removes unpacks a crashed run left half done. */
+  /**
+   * Creates the directory and removes unpacks a crashed run left half done; one that cannot
+   * be removed is quarantined. Throws only when the layers directory itself is unusable.
+   */
   async init(): Promise<void> {
     await mkdir(this.layersDir, { recursive: true, mode: 0o700 });
     let removed = 0;
     for (const name of await readdir(this.layersDir)) {
       if (!name.startsWith(TEMP_PREFIX)) continue;
-      await rm(join(this.layersDir, name), { recursive: true, force: true, maxRetries: 3 });
-      removed += 1;
+      if (await this.discard(join(this.layersDir, name), 'unfinished layer unpack of a previous run'))
+        removed += 1;
     }
     if (removed > 0)
       this.logger.info({ count: removed }, 'removed unfinished layer unpacks of a previous run');
+  }
+
+  /** Removes a directory of ours; quarantines it when that fails. True when it is gone. */
+  private async discard(dir: string, what: string): Promise<boolean> {
+    try {
+      await removeTree(dir);
+      return true;
+    } catch (err) {
+      await this.quarantine.moveAside(dir, what, err);
+      return false;
+    }
   }
 
   /** Where the layer with this chain ID lives (or would live). */
@@ -155,6 +183,8 @@ export class LayerStore {
 
   /** Unpacks the layer unless its directory exists; returns the directory. */
   async ensure(layer: LayerToUnpack, signal?: AbortSignal): Promise<string> {
+    // Whether or not this call ends up unpacking, a failure below is its flight's to report.
+    layer.lowers?.ready.catch(() => {});
     if (!isDigest(layer.chainId) || !isDigest(layer.diffId)) {
       throw new InvalidArgumentError(`layer ${layer.digest}: invalid chain ID or diff_id`);
     }
@@ -188,7 +218,7 @@ export class LayerStore {
   /**
    * Removes a layer directory. It is renamed to a temp name first, so a crash in the middle
    * of a long delete leaves a `.tmp-*` (removed by `init`), never a half-empty layer under
-   * its chain ID.
+   * its chain ID. A directory that cannot be removed is quarantined, not left in the way.
    */
   async remove(chainId: string): Promise<void> {
     const doomed = join(this.layersDir, `${TEMP_PREFIX}gc-${randomBytes(8).toString('hex')}`);
@@ -198,13 +228,21 @@ export class LayerStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw err;
     }
-    await rm(doomed, { recursive: true, force: true, maxRetries: 3 });
+    await this.discard(doomed, `layer ${chainId}`);
   }
 
   private async unpack(layer: LayerToUnpack, target: string, signal: AbortSignal): Promise<string> {
     await mkdir(this.layersDir, { recursive: true, mode: 0o700 });
-    const temp = join(this.layersDir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const newTemp = () => join(this.layersDir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    let temp = newTemp();
     const started = Date.now();
+    let lowersComplete = false;
+    layer.lowers?.ready.then(
+      () => {
+        lowersComplete = true;
+      },
+      () => {},
+    );
     // Leaves the blob download when this unpack fails or is cancelled (the download is then
     // cancelled too unless another caller still waits for it).
     const fetching = new AbortController();
@@ -218,16 +256,42 @@ export class LayerStore {
         fetched.result.catch(() => {});
         if (fetched.tee === undefined) await fetched.result;
       }
-      const result = await this.unpacker({
-        ...(fetched?.tee === undefined ? { blobPath: layer.blobPath } : { source: fetched.tee }),
-        layerDigest: layer.digest,
-        mediaType: layer.mediaType,
-        destDir: temp,
-        idMap: this.options.idMap,
-        diffId: layer.diffId,
-        signal,
-        ...(this.options.limits === undefined ? {} : { limits: this.options.limits }),
-      });
+      const attempt = (input: { blobPath: string } | { source: Readable }) =>
+        this.unpacker({
+          ...input,
+          layerDigest: layer.digest,
+          mediaType: layer.mediaType,
+          destDir: temp,
+          idMap: this.options.idMap,
+          diffId: layer.diffId,
+          signal,
+          ...(layer.lowers === undefined
+            ? {}
+            : { lowers: { dirs: layer.lowers.dirs, complete: lowersComplete } }),
+          ...(this.options.limits === undefined ? {} : { limits: this.options.limits }),
+        });
+      let result: UnpackLayerResult;
+      try {
+        result = await attempt(
+          fetched?.tee === undefined ? { blobPath: layer.blobPath } : { source: fetched.tee },
+        );
+      } catch (err) {
+        if (!(err instanceof LowerLayersPendingError) || layer.lowers === undefined) throw err;
+        // An entry's parent is in the layers below, which are still unpacking. Waiting for
+        // them here would hold this download (and its slot) hostage to theirs; instead the
+        // download finishes without us, and the layer is unpacked again from the blob.
+        fetched?.tee?.destroy();
+        if (fetched !== undefined) await fetched.result;
+        await untilSettled(layer.lowers.ready, signal, `unpack of layer ${layer.digest}`);
+        lowersComplete = true;
+        await this.discard(temp, `unfinished unpack of layer ${layer.digest}`);
+        temp = newTemp();
+        this.logger.debug(
+          { layer: layer.digest },
+          'unpacking the layer again now that the layers below are complete',
+        );
+        result = await attempt({ blobPath: layer.blobPath });
+      }
       // A streamed layer read the download's bytes before the blob was committed.
       if (fetched !== undefined) await fetched.result;
       if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
@@ -252,7 +316,7 @@ export class LayerStore {
       fetched?.tee?.destroy();
       fetching.abort(err);
       await fetched?.result.catch(() => {});
-      await rm(temp, { recursive: true, force: true, maxRetries: 3 });
+      await this.discard(temp, `unfinished unpack of layer ${layer.digest}`);
       if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
       if (
         (err as NodeJS.ErrnoException).code === 'ENOTEMPTY' ||
@@ -308,4 +372,26 @@ export class LayerStore {
       );
     });
   }
+}
+
+/** Waits for `promise`, or throws as soon as `signal` fires. */
+function untilSettled(promise: Promise<unknown>, signal: AbortSignal, what: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal, what));
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
 }

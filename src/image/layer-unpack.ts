@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { Transform } from 'node:stream';
@@ -16,6 +16,7 @@ import {
 } from '../errors.js';
 import { nativeHelperPath } from '../os/native-helpers.js';
 import { type ChildProcessByStdio, start } from '../os/process-runner.js';
+import { removeTree } from '../os/remove-tree.js';
 import { MEDIA_TYPE } from './media-types.js';
 
 /**
@@ -24,7 +25,11 @@ import { MEDIA_TYPE } from './media-types.js';
  * openat2(RESOLVE_IN_ROOT): Node has no such API, and a path-string untar is exactly how
  * the CVEs in the security reference (section A, catalog rows 1–11) happened. This module only decompresses,
  * hashes (diff_id) and pipes the tar stream, then turns the helper's JSON report into an
- * error kind. Any failure removes the partial directory.
+ * error kind. Any failure removes the partial directory (fd-relative, see remove-tree.ts).
+ *
+ * Parent components of an entry are resolved through the merged view of the layer over the
+ * layers below it (`lowerDirs`), as rootless containerd does by applying onto the mounted
+ * overlay: "lib/x" over a lower "lib -> usr/lib" lands in usr/lib (see the helper).
  */
 
 export interface LayerUnpackLimits {
@@ -33,13 +38,25 @@ export interface LayerUnpackLimits {
   maxEntries: number;
   /** Path components per entry name. */
   maxDepth: number;
+  /**
+   * Bytes of an entry's path inside the layer (default 3840). Lowered further so that the
+   * layer directory's own path plus this stays under PATH_MAX: every file of a layer must
+   * be reachable by path on the host, or tools (and Node) that use paths cannot handle it.
+   */
+  maxPathBytes?: number;
 }
 
 export const DEFAULT_LAYER_UNPACK_LIMITS: LayerUnpackLimits = {
   maxBytes: 16 * 1024 ** 3,
   maxEntries: 1_000_000,
   maxDepth: 256,
+  maxPathBytes: 3840,
 };
+
+/** Linux PATH_MAX, including the terminating NUL. */
+const PATH_MAX = 4096;
+/** A layer's final directory name: its chain ID's hex (the temp name is shorter). */
+const LAYER_DIR_NAME_BYTES = 64;
 
 /** The IDs the helper may chown to, as seen where it runs (inside the node's user namespace). */
 export interface LayerIdMap {
@@ -66,6 +83,17 @@ export function prefixRunner(prefix: readonly string[]): HelperRunner {
   return (command, args) => spawnRunner(prefix[0]!, [...prefix.slice(1), command, ...args]);
 }
 
+/**
+ * The unpack needed the layers below (an entry's parent is missing from the layer) while
+ * they were still being unpacked (`lowers.complete` false). Nothing is left behind; unpack
+ * again, from the stored blob, once they are complete.
+ */
+export class LowerLayersPendingError extends CriError {
+  constructor(message: string) {
+    super('Unavailable', message);
+  }
+}
+
 export interface UnpackLayerOptions {
   /** The stored blob; or `source`. */
   blobPath?: string;
@@ -82,6 +110,12 @@ export interface UnpackLayerOptions {
   idMap: LayerIdMap;
   /** Expected digest of the uncompressed tar (the config's rootfs.diff_ids entry). */
   diffId?: string;
+  /**
+   * The unpacked layers below this one, top first (absent for a base layer). Looked at only
+   * when an entry's parent is missing from this layer. While they are not `complete`, such
+   * an entry fails the unpack with LowerLayersPendingError instead.
+   */
+  lowers?: { dirs: readonly string[]; complete: boolean };
   signal?: AbortSignal;
   runner?: HelperRunner;
   helperPath?: string;
@@ -118,9 +152,19 @@ const DECOMPRESS_CHUNK = 256 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const STDOUT_CAP = 64 * 1024;
 
-/** native/build/layer-unpack. */
+/** Where `npm run build` puts the helper. */
 export function defaultHelperPath(): string {
   return nativeHelperPath('layer-unpack');
+}
+
+/**
+ * The path budget for entries: the configured one, lowered so that the layer's final
+ * directory (a sibling of `destDir` named by its chain ID) plus the entry stays < PATH_MAX.
+ */
+export function entryPathBudget(destDir: string, limits: LayerUnpackLimits): number {
+  const finalDir = Buffer.byteLength(dirname(destDir)) + 1 + LAYER_DIR_NAME_BYTES;
+  const fromDir = PATH_MAX - 1 - finalDir - 1;
+  return Math.max(0, Math.min(limits.maxPathBytes ?? DEFAULT_LAYER_UNPACK_LIMITS.maxPathBytes!, fromDir));
 }
 
 function decompressorFor(compression: Compression): Transform | undefined {
@@ -141,6 +185,7 @@ function helperArgs(options: UnpackLayerOptions): string[] {
     ['maxBytes', limits.maxBytes, Number.MAX_SAFE_INTEGER],
     ['maxEntries', limits.maxEntries, Number.MAX_SAFE_INTEGER],
     ['maxDepth', limits.maxDepth, 4096],
+    ['maxPathBytes', limits.maxPathBytes ?? DEFAULT_LAYER_UNPACK_LIMITS.maxPathBytes!, PATH_MAX - 1],
     ['uidMax', idMap.uidMax, ID_MAX],
     ['gidMax', idMap.gidMax, ID_MAX],
   ];
@@ -156,11 +201,14 @@ function helperArgs(options: UnpackLayerOptions): string[] {
     `--max-bytes=${limits.maxBytes}`,
     `--max-entries=${limits.maxEntries}`,
     `--max-depth=${limits.maxDepth}`,
+    `--max-path=${entryPathBudget(options.destDir, limits)}`,
     `--uid-max=${idMap.uidMax}`,
     `--gid-max=${idMap.gidMax}`,
     '--whiteout-format=overlay',
   ];
   if (idMap.squashTo !== undefined) args.push(`--squash-ids=${idMap.squashTo}`);
+  if (options.lowers?.complete === false) args.push('--lowers-pending');
+  else for (const dir of options.lowers?.dirs ?? []) args.push(`--lower=${dir}`);
   return [...args, options.destDir];
 }
 
@@ -192,7 +240,12 @@ function reportError(report: HelperReport, options: UnpackLayerOptions): CriErro
     case 'invalid_archive':
       return new InvalidArgumentError(`${layer} is not a valid tar: ${why}`);
     case 'id_range':
+    case 'path_length':
       return new InvalidArgumentError(`${layer} cannot be unpacked: ${why}`);
+    case 'needs_lowers':
+      return new LowerLayersPendingError(`${layer} cannot be unpacked yet: ${why}`);
+    case 'lowers':
+      return new FailedPreconditionError(`${layer} cannot be unpacked: ${why}; pull the image again`);
     case 'limit':
       return new ResourceExhaustedError(
         `${layer} exceeds an unpack limit: ${why}; raise the image unpack limits only for trusted images`,
@@ -236,8 +289,9 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<UnpackLa
   try {
     return await runHelper(options, args, decompressor);
   } catch (err) {
-    // fs.rm does not follow symlinks, so a hostile partial layer cannot redirect it.
-    await rm(options.destDir, { recursive: true, force: true, maxRetries: 3 });
+    // fd-relative and never through a symlink: no hostile partial layer can redirect or
+    // outgrow the removal. If even that fails, the layer store's recovery quarantines it.
+    await removeTree(options.destDir).catch(() => undefined);
     throw err;
   }
 }

@@ -27,6 +27,7 @@ import {
   selectPlatformManifest,
 } from './manifest.js';
 import { baseMediaType, MANIFEST_ACCEPT } from './media-types.js';
+import { describeFloor, type ProgressFloor, ProgressWatch } from './progress-floor.js';
 import type { ImageReference } from './reference.js';
 import { type AuthConfig, RegistryAuthorizer, type TokenTransport } from './registry-auth.js';
 import {
@@ -58,6 +59,11 @@ export interface RegistryClientOptions {
   responseTimeoutMs?: number;
   /** Time a connection may stay silent while a body is read (default 60 s). */
   idleTimeoutMs?: number;
+  /**
+   * Bytes a body must deliver in every window while it is being waited for (default 16 KiB
+   * per 30 s): a registry that trickles is given up on like one that stalls.
+   */
+  progressFloor?: ProgressFloor;
   userAgent?: string;
   logger?: Logger;
   /**
@@ -76,6 +82,7 @@ export interface RegistryClientOptions {
 export const DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 export const DEFAULT_MAX_CONFIG_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_MAX_REDIRECTS = 10;
+export const DEFAULT_PROGRESS_FLOOR: ProgressFloor = { windowMs: 30_000, minBytes: 16 * 1024 };
 
 interface ClientSettings {
   hosts: RegistryHostsConfig;
@@ -84,6 +91,7 @@ interface ClientSettings {
   maxRedirects: number;
   responseTimeoutMs: number;
   idleTimeoutMs: number;
+  progressFloor: ProgressFloor;
   userAgent: string;
   logger: Logger;
   lookup: LookupFunction | undefined;
@@ -135,6 +143,7 @@ export class RegistryClient {
       maxRedirects: options.maxRedirects ?? DEFAULT_MAX_REDIRECTS,
       responseTimeoutMs: options.responseTimeoutMs ?? 30_000,
       idleTimeoutMs: options.idleTimeoutMs ?? 60_000,
+      progressFloor: options.progressFloor ?? DEFAULT_PROGRESS_FLOOR,
       userAgent: options.userAgent ?? 'rootless-cri',
       logger: options.logger ?? silentLogger(),
       lookup: options.lookup,
@@ -277,6 +286,7 @@ export class RegistrySession {
           descriptor.size,
           `${what} from ${describeEndpoint(endpoint)}`,
           true,
+          this.settings.progressFloor,
         );
         if (body.length !== descriptor.size) {
           throw new InvalidArgumentError(
@@ -316,7 +326,12 @@ export class RegistrySession {
             `${source}: size mismatch (the manifest says ${descriptor.size} bytes, the registry says ${declared})`,
           );
         }
-        const stream = new ExactSizeStream(response.body, descriptor.size, source);
+        const stream = new ExactSizeStream(
+          response.body,
+          descriptor.size,
+          source,
+          this.settings.progressFloor,
+        );
         return Object.assign(stream, { endpoint, source }) as BlobStream;
       },
       this.preferredFirst(),
@@ -346,7 +361,13 @@ export class RegistrySession {
     const response = await this.send(endpoint, 'GET', `manifests/${reference}`, MANIFEST_ACCEPT, signal);
     this.checkStatus(response, endpoint, what);
     const limit = Math.min(this.settings.maxManifestBytes, descriptor?.size ?? Number.POSITIVE_INFINITY);
-    const bytes = await readBounded(response, limit, source, descriptor !== undefined);
+    const bytes = await readBounded(
+      response,
+      limit,
+      source,
+      descriptor !== undefined,
+      this.settings.progressFloor,
+    );
     if (descriptor !== undefined && bytes.length !== descriptor.size) {
       throw new InvalidArgumentError(
         `${source}: size mismatch (expected ${descriptor.size} bytes, got ${bytes.length})`,
@@ -504,12 +525,14 @@ export function formatBytes(bytes: number): string {
  * limit is refused before reading, and a body that runs past it is cut off there, so a
  * hostile registry cannot make the daemon buffer more than `limit`.
  * `exact` marks a limit that is the declared size of the content (not a policy cap).
+ * The whole read is held to `floor` (it buffers in memory, so it never pauses).
  */
 async function readBounded(
   response: HttpResponse,
   limit: number,
   source: string,
   exact: boolean,
+  floor?: ProgressFloor,
 ): Promise<Buffer> {
   const tooBig = (n: string) =>
     new InvalidArgumentError(
@@ -524,8 +547,11 @@ async function readBounded(
   }
   const chunks: Buffer[] = [];
   let total = 0;
+  const watch = new ProgressWatch(floor, (got) => response.body.destroy(tooSlow(source, got, total, floor!)));
+  watch.resume();
   try {
     for await (const chunk of response.body) {
+      watch.add((chunk as Buffer).length);
       total += (chunk as Buffer).length;
       if (total > limit) {
         response.body.destroy();
@@ -535,8 +561,17 @@ async function readBounded(
     }
   } catch (err) {
     throw bodyError(err, source, total);
+  } finally {
+    watch.stop();
   }
   return Buffer.concat(chunks, total);
+}
+
+function tooSlow(source: string, got: number, total: number, floor: ProgressFloor): UnavailableError {
+  return new UnavailableError(
+    `${source}: the registry sent ${got} bytes in the last ${floor.windowMs / 1000} s (${total} in all), ` +
+      `under the progress floor of ${describeFloor(floor)} (image.download_min_bytes_per_window); giving up on it`,
+  );
 }
 
 /**
@@ -546,14 +581,20 @@ async function readBounded(
 class ExactSizeStream extends Readable {
   private received = 0;
   private ended = false;
+  private readonly watch: ProgressWatch;
 
   constructor(
     private readonly body: IncomingMessage,
     private readonly size: number,
     private readonly source: string,
+    floor?: ProgressFloor,
   ) {
     super();
+    // Waiting for the registry is what the floor measures: paused by us, the clock stops.
+    this.watch = new ProgressWatch(floor, (got) => this.destroy(tooSlow(source, got, this.received, floor!)));
+    this.watch.resume();
     body.on('data', (chunk: Buffer) => {
+      this.watch.add(chunk.length);
       this.received += chunk.length;
       if (this.received > this.size) {
         this.destroy(
@@ -563,10 +604,14 @@ class ExactSizeStream extends Readable {
         );
         return;
       }
-      if (!this.push(chunk)) body.pause();
+      if (!this.push(chunk)) {
+        body.pause();
+        this.watch.pause();
+      }
     });
     body.on('end', () => {
       this.ended = true;
+      this.watch.stop();
       if (this.received !== this.size) {
         this.destroy(
           new InvalidArgumentError(
@@ -590,10 +635,12 @@ class ExactSizeStream extends Readable {
   }
 
   override _read(): void {
+    this.watch.resume();
     this.body.resume();
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.watch.stop();
     if (!this.body.destroyed) this.body.destroy();
     callback(error);
   }
@@ -674,7 +721,13 @@ class HttpTransport implements TokenTransport {
     };
     if (options.body !== undefined) request.body = options.body;
     const response = await this.send(request);
-    const body = await readBounded(response, options.maxBytes, options.what, false);
+    const body = await readBounded(
+      response,
+      options.maxBytes,
+      options.what,
+      false,
+      this.settings.progressFloor,
+    );
     return { status: response.status, headers: response.headers, body };
   }
 

@@ -47,6 +47,7 @@ import {
   spawnCommand,
   unmountWithRetries,
 } from '../os/mounts.js';
+import { removeTree } from '../os/remove-tree.js';
 import { type DirectoryUsage, measureDirectory } from './image-fs-info.js';
 
 export type SnapshotterName = 'fuse-overlayfs' | 'overlay';
@@ -290,10 +291,13 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
             'unmount it and retry',
         );
       }
-      await rm(paths.dir, { recursive: true, force: true, maxRetries: 3 }).catch((err: unknown) => {
-        throw new InternalError(`cannot delete snapshot directory ${paths.dir}: ${(err as Error).message}`, {
-          cause: err,
-        });
+      // fd-relative: a container can grow its upper dir past PATH_MAX (catalogue row 45),
+      // which fs.rm could then never delete, and RemoveContainer would fail for good.
+      await removeTree(paths.dir).catch((err: unknown) => {
+        throw new InternalError(
+          `cannot delete snapshot directory ${paths.dir}: ${(err as Error).message.slice(0, 500)}`,
+          { cause: err },
+        );
       });
     });
   }

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-export type NativeHelper = 'layer-unpack' | 'netns-dial' | 'console-relay' | 'attach-relay';
+export type NativeHelper = 'layer-unpack' | 'netns-dial' | 'console-relay' | 'attach-relay' | 'remove-tree';
 
 export const NATIVE_HELPERS: readonly NativeHelper[] = [
   'layer-unpack',

@@ -309,7 +309,7 @@ export async function runChecked(
 
 // ---- long-lived and streaming processes ----------------------------------------------
 
-export type StdioSlot = IOType | StdioNull | StdioPipe | Stream | number | null | undefined;
+export type StdioSlot = IOType | StdioNull | StdioPipe | 'ipc' | Stream | number | null | undefined;
 
 export interface StartOptions {
   env?: NodeJS.ProcessEnv;

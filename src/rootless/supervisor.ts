@@ -15,6 +15,7 @@ import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from '../os/cgroup-dele
 import { startHostDialer } from '../os/host-dialer.js';
 import { start } from '../os/process-runner.js';
 import { preflightSocket } from '../os/socket-file.js';
+import { serveHostListeners } from './host-listeners.js';
 import {
   findNode,
   isAlive,
@@ -100,8 +101,10 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
   const dialer = await startHostDialer(hostDialerPath(options.runDir), logger);
 
   const [cmd, ...args] = options.daemonCommand;
+  // fd 3 is an IPC channel (it survives nsenter's exec): the daemon asks through it for its
+  // host listeners (see host-listeners.ts).
   const handle = start(options.nsenter ?? 'nsenter', [...nsenterArgs(node.childPid), cmd!, ...args], {
-    stdio: ['inherit', 'inherit', 'inherit'],
+    stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
     ownGroup: false,
     env: {
       ...process.env,
@@ -113,6 +116,7 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
   });
   const { child } = handle;
   const exited = handle.exited.then(({ exitCode, signal }) => ({ code: exitCode, signal }));
+  serveHostListeners(child, logger);
 
   // nsenter forks once to enter the pid namespace: the daemon is its child.
   let daemonPid: number | null = null;

@@ -8,6 +8,8 @@
  *
  * Nothing a client sends can throw out of here: bad tokens and handshakes get an HTTP
  * error, protocol violations a GOAWAY/RST, and a vanished client ends its session.
+ * Connections are capped per source and in all, must upgrade within a handshake timeout,
+ * and idle sessions end (connection-guard.ts): another local user cannot exhaust it.
  */
 import { createServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -19,6 +21,12 @@ import type { PortForwardRequest } from '../api/generated/runtime/v1/PortForward
 import type { AttachTarget, ExecTarget, PortForwardTarget, StdioOptions } from '../core/stream-targets.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
+import {
+  ConnectionGuard,
+  type ConnectionLimits,
+  type ConnectionStats,
+  DEFAULT_CONNECTION_LIMITS,
+} from '../os/connection-guard.js';
 import { PORT_FORWARD_PROTOCOL, servePortForward } from './port-forward.js';
 import {
   type SessionOutcome,
@@ -136,6 +144,8 @@ export interface StreamingServiceOptions {
   spdyLimits?: Partial<SpdyLimits>;
   streamCreationTimeoutMs?: number;
   clientCloseTimeoutMs?: number;
+  /** Connection caps and timeouts (default DEFAULT_CONNECTION_LIMITS). */
+  connectionLimits?: Partial<ConnectionLimits>;
 }
 
 export interface StreamingService {
@@ -152,6 +162,10 @@ export interface StreamingService {
   };
   /** Sessions and connections in progress (for tests and metrics). */
   readonly activeConnections: number;
+  /** What the connection limits did so far. */
+  connectionStats(): ConnectionStats;
+  /** Serves a connection accepted by another listener (the host's, see published-listeners.ts). */
+  accept(socket: Socket): void;
   /** Stops listening and drops every connection. */
   close(): Promise<void>;
 }
@@ -164,6 +178,11 @@ export async function createStreamingService(options: StreamingServiceOptions): 
     now: options.now,
   });
   const sockets = new Set<Socket | Duplex>();
+  const guard = new ConnectionGuard(
+    { ...DEFAULT_CONNECTION_LIMITS, ...options.connectionLimits },
+    logger,
+    'streaming',
+  );
   const wss = new WebSocketServer({
     noServer: true,
     perMessageDeflate: false,
@@ -191,9 +210,18 @@ export async function createStreamingService(options: StreamingServiceOptions): 
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
     else socket.destroy();
   });
-  server.on('connection', (socket) => {
+  server.on('connection', (socket: Socket) => {
+    if (!guard.admit(socket)) return;
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
+  });
+  // Accept failures (EMFILE, ENFILE) reach here; libuv keeps listening, so they must never
+  // become an uncaught exception.
+  let lastAcceptError = 0;
+  server.on('error', (error: NodeJS.ErrnoException) => {
+    if (Date.now() - lastAcceptError < 10_000) return;
+    lastAcceptError = Date.now();
+    logger.warn({ err: error, code: error.code }, 'streaming server error (accepting goes on)');
   });
   server.on('upgrade', (request: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', (error) => logger.debug({ err: error }, 'streaming socket error'));
@@ -283,6 +311,7 @@ export async function createStreamingService(options: StreamingServiceOptions): 
     const lines = ['HTTP/1.1 101 Switching Protocols', 'Connection: Upgrade', 'Upgrade: SPDY/3.1'];
     if (protocol !== '') lines.push(`X-Stream-Protocol-Version: ${protocol}`);
     socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+    guard.upgraded(socket);
     socket.setNoDelay(true);
     if (head.length > 0) socket.unshift(head);
     const queue = new SpdyStreamQueue();
@@ -321,6 +350,7 @@ export async function createStreamingService(options: StreamingServiceOptions): 
     chosenWebSocketProtocol.set(request, chosen);
     delete request.headers['sec-websocket-protocol'];
     wss.handleUpgrade(request, socket, head, (ws) => {
+      guard.upgraded(socket);
       if (stored.kind === 'portforward') {
         const queue = new SpdyStreamQueue();
         const connection = spdyOverWebSocket(ws, log, (stream) => queue.push(stream), options.spdyLimits);
@@ -429,6 +459,10 @@ export async function createStreamingService(options: StreamingServiceOptions): 
     },
     get activeConnections() {
       return sockets.size;
+    },
+    connectionStats: () => guard.stats(),
+    accept(socket) {
+      server.emit('connection', socket);
     },
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

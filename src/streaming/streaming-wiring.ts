@@ -24,9 +24,12 @@ export interface DaemonStreamingOptions {
   logger: Logger;
   /** What the URLs lead to: the container layer's exec and attach, the pod layer's port-forward. */
   targets: { exec: ExecTarget; attach: AttachTarget; portForward: PortForwardTarget };
-  /** Passed to the streaming server (tests: short timeouts). */
+  /** Passed to the streaming server (tests: short timeouts; the config: connection limits). */
   serverOptions?: Partial<
-    Pick<StreamingServiceOptions, 'tokenTtlMs' | 'clientCloseTimeoutMs' | 'streamCreationTimeoutMs'>
+    Pick<
+      StreamingServiceOptions,
+      'tokenTtlMs' | 'clientCloseTimeoutMs' | 'streamCreationTimeoutMs' | 'connectionLimits'
+    >
   >;
 }
 
@@ -34,6 +37,8 @@ export interface DaemonStreamingOptions {
 export interface StreamingListener {
   port: number;
   address: string;
+  /** Serves a connection accepted on the host's side of the published port. */
+  accept(socket: import('node:net').Socket): void;
   close(): Promise<void>;
 }
 
@@ -86,6 +91,7 @@ export function createDaemonStreaming(options: DaemonStreamingOptions): DaemonSt
       return {
         port: started.port,
         address: options.address,
+        accept: (socket) => started.accept(socket),
         close: async () => {
           if (service === started) service = null;
           await started.close();

@@ -7,7 +7,7 @@ import { createImageService } from '../../src/image/image-service.js';
 import { silentLogger } from '../../src/log.js';
 import * as evil from '../fixtures/evil-tars.js';
 import { exposeInNode, HostileRegistry, type NodeBridge } from '../fixtures/hostile-registry.js';
-import { TestDaemon } from '../harness/daemon.js';
+import { TEST_USER, TestDaemon } from '../harness/daemon.js';
 
 /**
  * Hostile images and registry answers (security reference §5a rows 1–19 that concern
@@ -218,7 +218,7 @@ describe('hostile layer contents (rows 1–11)', () => {
     const subuidBase = Number(
       (await readFile('/etc/subuid', 'utf8'))
         .split('\n')
-        .find((l) => l.startsWith(`${daemon.user.uid}:`) || l.startsWith('rcri-test:'))!
+        .find((l) => l.startsWith(`${daemon.user.uid}:`) || l.startsWith(`${TEST_USER}:`))!
         .split(':')[1],
     );
     expect(notes.uid).toBe(subuidBase + 999);
@@ -360,6 +360,10 @@ describe('decompression bomb (row 10) through the image service', () => {
           snapshotter: 'fuse-overlayfs',
           fuseOverlayfs: 'fuse-overlayfs',
           maxConcurrentDownloads: 3,
+          maxConcurrentDownloadsPerRegistry: 2,
+          downloadProgressWindowSeconds: 30,
+          downloadMinBytesPerWindow: 16384,
+          pullDeadlineSeconds: 3600,
           maxManifestBytes: 4 * 1024 * 1024,
           maxConfigBytes: 8 * 1024 * 1024,
           registries: {},

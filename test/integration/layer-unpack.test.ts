@@ -167,7 +167,14 @@ describe.each(VARIANTS)('layer unpack $name', (variant) => {
 
   async function unpack(
     tar: Buffer,
-    options: { mediaType?: string; limits?: LayerUnpackLimits; idMap?: LayerIdMap; diffId?: string } = {},
+    options: {
+      mediaType?: string;
+      limits?: LayerUnpackLimits;
+      idMap?: LayerIdMap;
+      diffId?: string;
+      destDir?: string;
+      lowers?: { dirs: readonly string[]; complete: boolean };
+    } = {},
   ): Promise<UnpackLayerResult> {
     if (!work) await setUp();
     const blobPath = join(work, `blob-${randomBytes(4).toString('hex')}`);
@@ -176,11 +183,12 @@ describe.each(VARIANTS)('layer unpack $name', (variant) => {
       blobPath,
       layerDigest: sha256(tar),
       mediaType: options.mediaType ?? MEDIA_TYPE.ociLayer,
-      destDir: dest,
+      destDir: options.destDir ?? dest,
       limits: options.limits,
       idMap: options.idMap ?? variant.idMap,
       diffId: options.diffId,
       runner: variant.runner,
+      ...(options.lowers === undefined ? {} : { lowers: options.lowers }),
     });
   }
 
@@ -269,13 +277,10 @@ describe.each(VARIANTS)('layer unpack $name', (variant) => {
     },
   );
 
-  it('refuses a write through a symlink whose in-layer target is missing (row 2, host path)', async () => {
+  it('creates the missing in-layer target of a symlink to a host path, like containerd (row 2)', async () => {
     await setUp();
-    await expectFailure(
-      evil.symlinkThenWriteThrough(host),
-      'InvalidArgument',
-      /cannot (open|create) the parent/,
-    );
+    await unpack(evil.symlinkThenWriteThrough(host));
+    expect(readFileSync(join(dest, host, 'x'), 'utf8')).toBe('through the link');
     expect(readdirSync(host)).toEqual(['sentinel']);
   });
 
@@ -345,13 +350,10 @@ describe.each(VARIANTS)('layer unpack $name', (variant) => {
     expect(existsSync(join(dest, 'keep'))).toBe(false);
   });
 
-  it('refuses a dir swapped for a symlink to a host directory (row 4)', async () => {
+  it('keeps a dir swapped for a symlink to a host directory inside the layer (row 4)', async () => {
     await setUp();
-    await expectFailure(
-      evil.dirSwappedForSymlink(host, 'x'),
-      'InvalidArgument',
-      /cannot (open|create) the parent/,
-    );
+    await unpack(evil.dirSwappedForSymlink(host, 'x'));
+    expect(readFileSync(join(dest, host, 'x'), 'utf8')).toBe('through the swapped dir');
     expect(readdirSync(host)).toEqual(['sentinel']);
   });
 
@@ -574,6 +576,182 @@ describe.each(VARIANTS)('layer unpack $name', (variant) => {
         mediaType: MEDIA_TYPE.ociLayerGzip,
       },
     );
+  });
+
+  it('refuses a 250 x 40-character directory chain with a short InvalidArgument, leaving nothing (row 45)', async () => {
+    await setUp();
+    const err = await unpack(evil.deepDirectories(250, 40)).then(
+      () => undefined,
+      (e: unknown) => e as CriError,
+    );
+    expect(err?.kind).toBe('InvalidArgument');
+    expect(err?.message).toMatch(/is \d+ bytes long, over the limit of \d+ bytes/);
+    expect(err?.message.length).toBeLessThan(400);
+    expect(existsSync(dest), 'partial layer removed').toBe(false);
+  });
+
+  it('unpacks a deep chain within the path budget, and honours a lower configured budget (row 45)', async () => {
+    const result = await unpack(evil.deepDirectories(80, 40));
+    expect(result.entries).toBe(81);
+    await rm(dest, { recursive: true });
+    await expectFailure(evil.deepDirectories(80, 40), 'InvalidArgument', /over the limit of 1000 bytes/, {
+      limits: { maxBytes: 1 << 30, maxEntries: 1000, maxDepth: 256, maxPathBytes: 1000 },
+    });
+  });
+
+  describe('through the layers below (row 51)', () => {
+    let lower = '';
+    async function withBase(): Promise<void> {
+      await setUp();
+      lower = join(work, 'lower', 'layer');
+      await unpack(evil.mergedUsrBase(), { destDir: lower });
+    }
+
+    it('resolves implicit parents through a merged-/usr base, like rootless containerd', async () => {
+      await withBase();
+      const hostUsrLib = snapshot('/usr/lib');
+      const result = await unpack(evil.overMergedUsr(), { lowers: { dirs: [lower], complete: true } });
+      expect(result.warnings).toEqual([]);
+      // The layer itself: everything under usr/, none of the base's symlinks shadowed.
+      expect(readdirSync(dest).sort()).toEqual(['usr']);
+      expect(readdirSync(join(dest, 'usr')).sort()).toEqual(['bin', 'lib']);
+      expect(readdirSync(join(dest, 'usr/lib')).sort()).toEqual(['libbar.so', 'libfoo.so', 'old.so', 'sub']);
+      expect(readFileSync(join(dest, 'usr/lib/libfoo.so'), 'utf8')).toBe('foo');
+      expect(readFileSync(join(dest, 'usr/lib/libbar.so'), 'utf8')).toBe('bar');
+      expect(readFileSync(join(dest, 'usr/lib/sub/deep/x'), 'utf8')).toBe('x');
+      expect(isWhiteout(join(dest, 'usr/lib/old.so'))).toBe(true);
+      expect(getXattr(join(dest, 'usr/lib'), 'user.overlay.opaque')).toBeUndefined();
+      expect(getXattr(join(dest, 'usr/bin'), 'user.overlay.opaque')).toBe('y');
+      expect(readdirSync(join(dest, 'usr/bin')).sort()).toEqual(['escape', 'tool']);
+      // Directories copied up take the owner and mode of the one below; new ones are 0755.
+      const sub = statSync(join(dest, 'usr/lib/sub'));
+      expect(sub.mode & 0o7777).toBe(0o750);
+      expect([sub.uid, sub.gid]).toEqual([variant.hostId(7), variant.hostId(8)]);
+      expect(statSync(join(dest, 'usr/lib/sub/deep')).mode & 0o7777).toBe(0o755);
+      expect(snapshot('/usr/lib')).toBe(hostUsrLib);
+
+      const merged = join(work, 'merged');
+      await mkdir(merged);
+      const check = () => {
+        expect(readlinkSync(join(merged, 'lib'))).toBe('usr/lib');
+        expect(readFileSync(join(merged, 'lib/libfoo.so'), 'utf8')).toBe('foo');
+        expect(readFileSync(join(merged, 'usr/lib/libbar.so'), 'utf8')).toBe('bar');
+        expect(readFileSync(join(merged, 'lib/sub/deep/x'), 'utf8')).toBe('x');
+        expect(readFileSync(join(merged, 'usr/lib/libc.so'), 'utf8')).toBe('libc');
+        expect(existsSync(join(merged, 'usr/lib/old.so'))).toBe(false);
+        expect(readdirSync(join(merged, 'usr/bin')).sort()).toEqual(['escape', 'tool']);
+      };
+      execFileSync('mount', [
+        '-t',
+        'overlay',
+        'overlay',
+        '-o',
+        `lowerdir=${dest}:${lower},userxattr`,
+        merged,
+      ]);
+      try {
+        check();
+      } finally {
+        execFileSync('umount', [merged]);
+      }
+      for (const dir of ['upper', 'fuse-work']) await mkdir(join(work, dir));
+      execFileSync('fuse-overlayfs', [
+        '-o',
+        `lowerdir=${dest}:${lower},upperdir=${join(work, 'upper')},workdir=${join(work, 'fuse-work')}`,
+        merged,
+      ]);
+      try {
+        check();
+      } finally {
+        execFileSync('fusermount3', ['-u', merged]);
+      }
+    });
+
+    it('creates a real directory where a middle layer whited the symlink out', async () => {
+      await withBase();
+      const middle = join(work, 'middle', 'layer');
+      await unpack(evil.buildTar([{ name: '.wh.lib' }]), {
+        destDir: middle,
+        lowers: { dirs: [lower], complete: true },
+      });
+      await unpack(evil.buildTar([{ name: 'lib/x', content: 'x' }]), {
+        lowers: { dirs: [middle, lower], complete: true },
+      });
+      expect(readdirSync(dest)).toEqual(['lib']);
+      expect(lstatSync(join(dest, 'lib')).isDirectory()).toBe(true);
+      expect(getXattr(join(dest, 'lib'), 'user.overlay.opaque')).toBeUndefined();
+      expect(readFileSync(join(dest, 'lib/x'), 'utf8')).toBe('x');
+    });
+
+    it('replaces a lower symlink with an explicit directory entry, like containerd', async () => {
+      await withBase();
+      await unpack(
+        evil.buildTar([
+          { name: 'lib/', type: 'dir' },
+          { name: 'lib/y', content: 'y' },
+        ]),
+        { lowers: { dirs: [lower], complete: true } },
+      );
+      expect(readdirSync(dest)).toEqual(['lib']);
+      expect(readdirSync(join(dest, 'lib'))).toEqual(['y']);
+    });
+
+    it('keeps hiding the layers below where a directory replaces its own whiteout', async () => {
+      await withBase();
+      await unpack(
+        evil.buildTar([
+          { name: '.wh.usr' },
+          { name: 'usr/bin/x', content: 'x' },
+          { name: '.wh.etc' },
+          { name: 'etc/', type: 'dir' },
+        ]),
+        { lowers: { dirs: [lower], complete: true } },
+      );
+      expect(getXattr(join(dest, 'usr'), 'user.overlay.opaque')).toBe('y');
+      expect(getXattr(join(dest, 'etc'), 'user.overlay.opaque')).toBe('y');
+      expect(readdirSync(join(dest, 'usr'))).toEqual(['bin']);
+    });
+
+    it('refuses a symlink loop in the layers below', async () => {
+      await withBase();
+      await expectFailure(
+        evil.buildTar([{ name: 'loop1/x', content: 'x' }]),
+        'InvalidArgument',
+        /too many levels of symbolic links/,
+        { lowers: { dirs: [lower], complete: true } },
+      );
+    });
+
+    it('needs no layers below while every parent is in the layer or hidden by it', async () => {
+      await setUp();
+      const result = await unpack(
+        evil.buildTar([
+          { name: 'a/', type: 'dir' },
+          { name: 'a/b', content: 'b' },
+          { name: 'top', content: 't' },
+          { name: 'l', type: 'symlink', linkname: 'a' },
+          { name: 'l/c', content: 'c' },
+          { name: '.wh.gone' },
+          { name: 'gone/new', content: 'n' },
+        ]),
+        { lowers: { dirs: [], complete: false } },
+      );
+      expect(result.entries).toBe(7);
+      expect(readFileSync(join(dest, 'a/c'), 'utf8')).toBe('c');
+      expect(getXattr(join(dest, 'gone'), 'user.overlay.opaque')).toBe('y');
+    });
+
+    it('stops, leaving nothing, when an entry needs layers below that are not complete yet', async () => {
+      await expectFailure(
+        evil.buildTar([
+          { name: 'a', content: 'a' },
+          { name: 'lib/x', content: 'x' },
+        ]),
+        'Unavailable',
+        /cannot be unpacked yet: "lib\/x" needs the layers below this one/,
+        { lowers: { dirs: [], complete: false } },
+      );
+    });
   });
 });
 

@@ -82,6 +82,7 @@ describe('defaults', () => {
       rootlesskit: 'rootlesskit',
       slirp4netnsMtu: 65520,
       portDriver: 'builtin',
+      publishListeners: 'handoff',
       copyUp: ['/etc', '/run', '/var/lib'],
       disableHostLoopback: true,
     });
@@ -94,10 +95,23 @@ describe('defaults', () => {
     expect(config.image).toMatchObject({
       snapshotter: 'fuse-overlayfs',
       maxConcurrentDownloads: 3,
+      maxConcurrentDownloadsPerRegistry: 2,
+      downloadProgressWindowSeconds: 30,
+      downloadMinBytesPerWindow: 16384,
+      pullDeadlineSeconds: 3600,
       maxManifestBytes: 4 * 1024 * 1024,
       registries: {},
     });
-    expect(config.streaming).toEqual({ address: '127.0.0.1', port: 0 });
+    expect(config.streaming).toEqual({
+      address: '127.0.0.1',
+      port: 0,
+      connectionLimits: {
+        maxConnections: 256,
+        maxPerSource: 64,
+        handshakeTimeoutMs: 10_000,
+        idleTimeoutMs: 4 * 3600 * 1000,
+      },
+    });
     expect(config.metrics).toEqual({ enabled: true, address: '127.0.0.1', port: 0 });
   });
 
@@ -288,7 +302,7 @@ describe('overrides', () => {
       overrides: { log_level: 'warn', 'streaming.port': 2000 },
     });
     expect(config.logLevel).toBe('warn');
-    expect(config.streaming).toEqual({ address: '127.0.0.2', port: 2000 });
+    expect(config.streaming).toMatchObject({ address: '127.0.0.2', port: 2000 });
   });
 
   it('move derived paths with run_dir unless they were set explicitly', () => {

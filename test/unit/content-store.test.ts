@@ -9,7 +9,8 @@ import {
   InvalidArgumentError,
   NotFoundError,
 } from '../../src/errors.js';
-import { ContentStore, DownloadLimiter, type IngestProgress } from '../../src/image/content-store.js';
+import { ContentStore, type IngestProgress } from '../../src/image/content-store.js';
+import { DownloadSlots } from '../../src/image/download-slots.js';
 import type { Descriptor } from '../../src/image/manifest.js';
 import { parseImageReference } from '../../src/image/reference.js';
 import { RegistryClient } from '../../src/image/registry-client.js';
@@ -46,6 +47,15 @@ async function leftovers(): Promise<{ blobs: string[]; ingest: string[] }> {
 
 function session(path: string) {
   return new RegistryClient().session(parseImageReference(`${registry.host}/${path}`));
+}
+
+/** Waits for a condition the code under test reaches through a few event-loop turns. */
+async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not reached');
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
 function blobRequests(digest: string) {
@@ -308,9 +318,57 @@ describe('stored blobs', () => {
   });
 });
 
-describe('DownloadLimiter', () => {
+describe('download slots in the content store (row 48)', () => {
+  /** A source that sends nothing until destroyed; `opened` counts the downloads that started. */
+  function silent(counter: { opened: number; closed: number }) {
+    return async () => {
+      counter.opened += 1;
+      return new Readable({
+        read() {},
+        destroy(err, cb) {
+          counter.closed += 1;
+          cb(err);
+        },
+      });
+    };
+  }
+
+  it('holds a slot for the life of a download, opens no source while queued, and gives it back at once on cancel', async () => {
+    store = new ContentStore({ root, downloadConcurrency: 2, downloadConcurrencyPerRegistry: 1 });
+    const counter = { opened: 0, closed: 0 };
+    const first = new AbortController();
+    const a = store.ingest(sha256('a'), 10, silent(counter), {
+      signal: first.signal,
+      slot: { host: 'slow:1' },
+    });
+    const second = new AbortController();
+    const b = store.ingest(sha256('b'), 10, silent(counter), {
+      signal: second.signal,
+      slot: { host: 'slow:1' },
+    });
+    await until(() => store.downloads.state().hosts['slow:1']?.waiting === 1 && counter.opened === 1);
+    // One per host: the second waits, without a connection.
+    expect(counter.opened).toBe(1);
+    expect(store.downloads.state().hosts['slow:1']).toEqual({ running: 1, waiting: 1 });
+    // Another host still gets the node's second slot.
+    const c = store.ingest(sha256('c'), 1, Readable.from([Buffer.from('c')]), { slot: { host: 'fast:1' } });
+    expect((await c).downloaded).toBe(true);
+    first.abort(new CancelledError('client went away'));
+    expect(await caught(a)).toBeInstanceOf(CancelledError);
+    await until(() => counter.closed === 1);
+    // The queued download got the slot and opened its source.
+    await until(() => counter.opened === 2);
+    expect(store.downloads.state().hosts['slow:1']).toEqual({ running: 1, waiting: 0 });
+    second.abort();
+    expect(await caught(b)).toBeInstanceOf(CancelledError);
+    expect(store.downloads.state()).toEqual({ running: 0, waiting: 0, hosts: {} });
+    expect(await leftovers()).toEqual({ blobs: [sha256('c').slice(7)], ingest: [] });
+  });
+});
+
+describe('DownloadSlots', () => {
   it('runs at most `concurrency` tasks at once, in order', async () => {
-    const limiter = new DownloadLimiter(3);
+    const limiter = new DownloadSlots(3);
     let running = 0;
     let peak = 0;
     const order: number[] = [];
@@ -331,7 +389,7 @@ describe('DownloadLimiter', () => {
   });
 
   it('drops a queued task whose signal fires, and frees the slot of a failed one', async () => {
-    const limiter = new DownloadLimiter(1);
+    const limiter = new DownloadSlots(1);
     let release!: () => void;
     const blocker = limiter.run(() => new Promise<void>((resolve) => (release = resolve)));
     const controller = new AbortController();
@@ -348,6 +406,57 @@ describe('DownloadLimiter', () => {
     await expect(limiter.run(() => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
     expect(await limiter.run(async () => 'next')).toBe('next');
     expect(ran).toBe(false);
-    expect(() => new DownloadLimiter(0)).toThrow(InvalidArgumentError);
+    expect(() => new DownloadSlots(0)).toThrow(InvalidArgumentError);
+  });
+
+  it('gives one registry host at most its share, and freed slots to the hosts in turn (row 48)', async () => {
+    const slots = new DownloadSlots(3, 2);
+    // The slow registry asks first and for more than its share.
+    const slow = [
+      slots.acquire(undefined, 'slow:1'),
+      slots.acquire(undefined, 'slow:1'),
+      slots.acquire(undefined, 'slow:1'),
+    ];
+    const heldSlow = await Promise.all(slow.slice(0, 2));
+    expect(slots.state().hosts['slow:1']).toEqual({ running: 2, waiting: 1 });
+    // Another registry still gets the third slot at once.
+    const fast = await slots.acquire(undefined, 'fast:1');
+    expect(slots.running).toBe(3);
+    // Two more waiters from each host: turns alternate, the slow host never above 2.
+    const order: string[] = [];
+    const more = [
+      slots.acquire(undefined, 'fast:1').then((r) => {
+        order.push('fast');
+        return r;
+      }),
+      slots.acquire(undefined, 'other:1').then((r) => {
+        order.push('other');
+        return r;
+      }),
+    ];
+    fast();
+    const first = await Promise.race(more);
+    expect(order).toEqual(['fast']);
+    first();
+    heldSlow[0]!();
+    await Promise.all([more[1], slow[2]]);
+    expect(order).toEqual(['fast', 'other']);
+    expect(slots.state().hosts['slow:1']?.running).toBe(2);
+  });
+
+  it('gives the place of a cancelled waiter away and counts a slot back once', async () => {
+    const slots = new DownloadSlots(1, 1);
+    const held = await slots.acquire(undefined, 'a');
+    const controller = new AbortController();
+    const gone = slots.acquire(controller.signal, 'a');
+    const next = slots.acquire(undefined, 'b');
+    controller.abort();
+    expect(await caught(gone)).toBeInstanceOf(CancelledError);
+    held();
+    held();
+    const r = await next;
+    expect(slots.running).toBe(1);
+    r();
+    expect(slots.state()).toEqual({ running: 0, waiting: 0, hosts: {} });
   });
 });

@@ -10,6 +10,7 @@ import {
   measureDirectory,
 } from '../../src/image/image-fs-info.js';
 import { silentLogger } from '../../src/log.js';
+import { makeDeepTree } from '../fixtures/deep-tree.js';
 
 const ctx: CallContext = {
   method: 'ImageFsInfo',
@@ -73,6 +74,17 @@ describe('measureDirectory', () => {
     expect(grown.inodes).toBe(before.inodes + 1n);
     expect(grown.bytes).toBeGreaterThanOrEqual(before.bytes + 50_000n);
     expect(grown).toEqual(du(store));
+  });
+
+  it('skips what lies beyond PATH_MAX instead of failing, and says how much it skipped (row 45)', async () => {
+    const deep = join(root, 'deep');
+    await mkdir(deep);
+    makeDeepTree(deep, 150);
+    const usage = await measureDirectory(deep);
+    expect(usage.inodes).toBeGreaterThan(90n);
+    expect(usage.skipped).toBeGreaterThan(0);
+    expect(usage.firstSkipError).toMatch(/ENAMETOOLONG/);
+    execFileSync('rm', ['-rf', deep]);
   });
 
   it('reports zero for a directory that does not exist yet', async () => {

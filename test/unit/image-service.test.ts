@@ -11,6 +11,7 @@ import { contiguousIdMax, createImageService, type ImageService } from '../../sr
 import { chainIds, type LayerUnpacker } from '../../src/image/layer-store.js';
 import { silentLogger } from '../../src/log.js';
 import { FakeRegistry, sha256 } from '../fakes/fake-registry.js';
+import { makeDeepTree } from '../fixtures/deep-tree.js';
 
 /**
  * The image service end to end against the in-process fake registry, with a fake layer
@@ -61,6 +62,10 @@ function config(extra: Partial<Config['image']> = {}): Pick<Config, 'rootDir' | 
       snapshotter: 'fuse-overlayfs',
       fuseOverlayfs: 'fuse-overlayfs',
       maxConcurrentDownloads: 3,
+      maxConcurrentDownloadsPerRegistry: 2,
+      downloadProgressWindowSeconds: 30,
+      downloadMinBytesPerWindow: 16384,
+      pullDeadlineSeconds: 3600,
       maxManifestBytes: 4 * 1024 * 1024,
       maxConfigBytes: 8 * 1024 * 1024,
       registries: {
@@ -502,6 +507,35 @@ describe('restart', () => {
     expect(await dirNames('content', 'ingest')).toEqual([]);
     expect(await dirNames('content', 'sha256')).not.toContain('a'.repeat(64));
     expect(await dirNames('images')).toHaveLength(1);
+  });
+});
+
+describe('recovery never wedges (row 45)', () => {
+  it('removes a leftover unpack deeper than PATH_MAX and quarantines an unreadable record', async () => {
+    push('fine', 'v1', ['f']);
+    const fine = await pull(`${registry.host}/fine:v1`);
+    const leftover = join(root, 'image', 'layers', '.tmp-deep');
+    await mkdir(leftover);
+    makeDeepTree(leftover, 150);
+    await writeFile(join(root, 'image', 'images', 'b'.repeat(64) + '.json'), '{ not json');
+    await service.close();
+    service = await startService();
+    expect((await list()).map((i) => i.id)).toEqual([fine]);
+    expect((await dirNames('layers')).filter((n) => n.startsWith('.'))).toEqual([]);
+    expect(service.quarantined()).toEqual([
+      expect.objectContaining({
+        what: `image record ${'b'.repeat(64)}.json`,
+        reason: expect.stringMatching(/JSON/),
+      }),
+    ]);
+    expect(await dirNames('quarantine')).toEqual([
+      expect.stringMatching(new RegExp(`^${'b'.repeat(64)}\\.json-`)),
+    ]);
+    // The next recovery removes what it can from quarantine.
+    await service.close();
+    service = await startService();
+    expect(service.quarantined()).toEqual([]);
+    expect(await dirNames('quarantine')).toEqual([]);
   });
 });
 

@@ -18,6 +18,7 @@ import { CancelledError, InvalidArgumentError } from '../../src/errors.js';
 import { ContentStore } from '../../src/image/content-store.js';
 import type { Digest } from '../../src/image/digest.js';
 import { LayerStore, type LayerUnpacker } from '../../src/image/layer-store.js';
+import { LowerLayersPendingError } from '../../src/image/layer-unpack.js';
 import { MEDIA_TYPE } from '../../src/image/media-types.js';
 
 const sha = (data: Buffer): Digest => `sha256:${createHash('sha256').update(data).digest('hex')}`;
@@ -216,5 +217,82 @@ describe('unpacking a layer while its blob downloads', () => {
     await content.ingest(layer.digest, layer.blob.length, source(layer.blob));
     await ensure(layer, () => source(layer.blob), layer.blob.length);
     expect(seen).toEqual([{ streamed: false, bytes: BIG.length }]);
+  });
+});
+
+describe('a layer that needs the layers below while they still unpack', () => {
+  /** Like the real helper: an entry that needs the layers below stops an unpack that lacks them. */
+  const needsLowers: LayerUnpacker = async (options) => {
+    if (options.lowers?.complete === false) {
+      // The real helper stops at the entry, having read part of the stream.
+      if (options.source) options.source.resume();
+      await mkdir(options.destDir);
+      await rm(options.destDir, { recursive: true });
+      throw new LowerLayersPendingError(`layer ${options.layerDigest} cannot be unpacked yet`);
+    }
+    seenLowers.push(options.lowers?.dirs ?? []);
+    return streamingUnpacker(options);
+  };
+  let seenLowers: (readonly string[])[];
+
+  beforeEach(() => {
+    seenLowers = [];
+    layers = new LayerStore({
+      imageDir: root,
+      idMap: { uidMax: 0, gidMax: 0 },
+      unpacker: needsLowers,
+      streaming: true,
+    });
+  });
+
+  function deferred() {
+    let resolve!: () => void;
+    let reject!: (err: Error) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    return { promise, resolve, reject };
+  }
+
+  function ensureOver(layer: { digest: Digest; diffId: Digest; blob: Buffer }, ready: Promise<unknown>) {
+    return layers.ensure({
+      digest: layer.digest,
+      diffId: layer.diffId,
+      chainId: layer.diffId,
+      mediaType: MEDIA_TYPE.ociLayerGzip,
+      blobPath: content.path(layer.digest),
+      fetch: (s, tee) =>
+        content.openIngest(layer.digest, layer.blob.length, source(layer.blob), { signal: s, tee }),
+      lowers: { dirs: ['/lower/a', '/lower/b'], ready },
+    });
+  }
+
+  it('lets the download finish without it, then unpacks again from the blob with the layers below', async () => {
+    const layer = layerOf(BIG);
+    const lowers = deferred();
+    const pending = ensureOver(layer, lowers.promise);
+    // The blob is stored while the layers below are still pending: no download waits for them.
+    for (let i = 0; i < 400 && !(await content.has(layer.digest)); i++)
+      await new Promise((r) => setTimeout(r, 5));
+    expect(await content.has(layer.digest)).toBe(true);
+    expect(seenLowers).toEqual([]);
+    lowers.resolve();
+    const dir = await pending;
+    expect(seenLowers).toEqual([['/lower/a', '/lower/b']]);
+    expect(seen).toEqual([{ streamed: false, bytes: BIG.length }]);
+    expect((await readFile(join(dir, 'layer.tar'))).equals(BIG)).toBe(true);
+    expect((await leftovers()).layers).toHaveLength(1);
+  });
+
+  it('fails with the lower layer failure and leaves no temp dir', async () => {
+    const layer = layerOf(BIG);
+    const lowers = deferred();
+    const pending = ensureOver(layer, lowers.promise);
+    lowers.reject(new InvalidArgumentError('the layer below is broken'));
+    const error = await caught(pending);
+    expect(error.message).toBe('the layer below is broken');
+    expect((await leftovers()).layers).toEqual([]);
+    expect(layers.inFlight()).toEqual([]);
   });
 });

@@ -733,6 +733,50 @@ describe('blob streams', () => {
   });
 });
 
+describe('progress floor (row 48)', () => {
+  /** Serves blobs (and configs) one byte every `everyMs`; the timers stop with the response. */
+  function trickle(everyMs: number, length = 100_000): void {
+    registry.intercept((_req, res, url) => {
+      if (!url.pathname.includes('/blobs/')) return false;
+      res.writeHead(200, { 'content-length': length });
+      const timer = setInterval(() => res.write('z'), everyMs);
+      res.on('close', () => clearInterval(timer));
+      return true;
+    });
+  }
+  const floor = { windowMs: 300, minBytes: 100 };
+
+  it('gives up on a blob that trickles below the floor, though it is never idle', async () => {
+    const image = registry.pushImage('trickle', 'v1', { layers: ['t'.repeat(100_000)] });
+    trickle(20);
+    const started = Date.now();
+    const session = client({ progressFloor: floor, idleTimeoutMs: 60_000 }).session(ref('trickle:v1'));
+    const error = await caught(readAll(await session.openBlob(image.layers[0]! as unknown as Descriptor)));
+    expect(error).toBeInstanceOf(UnavailableError);
+    expect(error.message).toMatch(/under the progress floor of 100 bytes per 0.3 s/);
+    expect(Date.now() - started).toBeLessThan(3000);
+  });
+
+  it('holds configs and manifests to the same floor', async () => {
+    const image = registry.pushImage('trickle', 'v1', { layers: ['t'] });
+    trickle(20, image.config.size);
+    const session = client({ progressFloor: floor }).session(ref('trickle:v1'));
+    const error = await caught(session.readBlob(image.config as unknown as Descriptor));
+    expect(error).toBeInstanceOf(UnavailableError);
+    expect(error.message).toMatch(/progress floor/);
+  });
+
+  it('does not count the time its reader spends not reading', async () => {
+    const body = Buffer.alloc(4 * 1024 * 1024, 0x61);
+    const image = registry.pushImage('fast', 'v1', { layers: [body] });
+    const session = client({ progressFloor: floor }).session(ref('fast:v1'));
+    const stream = await session.openBlob(image.layers[0]! as unknown as Descriptor);
+    // The body outruns the reader: the client stops reading, and waits three windows.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect((await readAll(stream)).length).toBe(body.length);
+  });
+});
+
 describe('mirrors', () => {
   it('tries mirrors in order with the repository path kept, then the origin', async () => {
     const mirror = await FakeRegistry.start('127.0.0.3');

@@ -16,7 +16,8 @@ import {
 } from '../../src/cri/server.js';
 import { FailedPreconditionError, InternalError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
-import { createMetrics, type MetricsServer, startMetricsServer } from '../../src/metrics.js';
+import { createMetrics } from '../../src/metrics.js';
+import { type MetricsServer, startMetricsServer } from '../../src/os/metrics-server.js';
 import { createRuntimeInfoHandlers } from '../../src/runtime-info/runtime-info.js';
 import { FakePodCidrSetting, FakeRuntimeHealth } from '../fakes/fake-runtime-health.js';
 import { CriClient, grpcCode } from '../harness/cri-client.js';

@@ -11,6 +11,7 @@ import { FuseOverlayfsSnapshotter } from '../../src/image/fuse-overlayfs-snapsho
 import { OverlaySnapshotter } from '../../src/image/overlay-snapshotter.js';
 import type { ProcessInfo, SnapshotterOs } from '../../src/image/snapshotter.js';
 import type { CommandOptions, CommandResult } from '../../src/os/mounts.js';
+import { makeDeepTree } from '../fixtures/deep-tree.js';
 
 interface RecordedCommand {
   argv: string[];
@@ -251,6 +252,14 @@ describe('overlay snapshotter', () => {
     await mkdir(join(root, 'snapshots/.tmp'));
     await writeFile(join(root, 'snapshots/file'), '');
     expect(await s.list()).toEqual(['a1', 'b-2']);
+  });
+
+  it('removes a snapshot whose upper dir a container grew past PATH_MAX (row 45)', async () => {
+    const s = new OverlaySnapshotter({ root, os });
+    await s.prepare('deep', await layers(1));
+    makeDeepTree(join(root, 'snapshots/deep/upper'), 150);
+    await s.remove('deep');
+    expect(await exists(join(root, 'snapshots/deep'))).toBe(false);
   });
 
   it('usage measures the upper dir', async () => {
