@@ -23,6 +23,7 @@ import { createMetrics } from './metrics.js';
 import { NodeCgroupManager } from './os/cgroup-manager.js';
 import { hostDialer } from './os/host-dialer.js';
 import { type MetricsServer, startMetricsServer } from './os/metrics-server.js';
+import { readNodeIdentity } from './os/node-identity.js';
 import { CrunConmonRuntime } from './os/oci-runtime.js';
 import { RootlesskitPortManager } from './os/port-manager.js';
 import { Programs } from './os/programs.js';
@@ -110,7 +111,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     logger,
     ...(hostDialerSocket ? { dial: hostDialer(hostDialerSocket) } : {}),
   });
+  const node = await readNodeIdentity();
+  logger.info({ node }, 'joined the node');
   const core = new RuntimeCore({
+    nodeId: node.id,
     rootDir: config.rootDir,
     runtime: ociRuntime,
     cgroups,
@@ -146,7 +150,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     },
     statusInfo: async () => ({
       config: { ...config, podCidr },
-      node: facts,
+      node: { ...facts, identity: node },
       programs: programs.report(),
       recovery: core.recovery,
       events: { subscribers: core.events.subscribers, dropped: core.events.dropped },
@@ -197,8 +201,20 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   logger.info({ port: streamingServer.port }, 'streaming published on 127.0.0.1 (node and host)');
 
   await server.listen(config.socket);
-  // Until recovery is done every RPC answers UNAVAILABLE, never an empty list.
-  const recovery = await core.recover();
+  // Until recovery is done every RPC answers UNAVAILABLE, never an empty list. One bad object
+  // never stops it (it is reported); if recovery itself cannot finish, the daemon says why and
+  // exits non-zero rather than answering UNAVAILABLE forever.
+  let recovery: Awaited<ReturnType<RuntimeCore['recover']>>;
+  try {
+    recovery = await core.recover();
+  } catch (err) {
+    logger.error({ err: describeError(err) }, 'recovery failed; the daemon cannot serve and exits');
+    await server.close(1_000).catch(() => undefined);
+    await publisher.close().catch(() => undefined);
+    await streaming.close().catch(() => undefined);
+    await metricsServer?.close().catch(() => undefined);
+    return 2;
+  }
   logger.info(
     {
       ms: Math.round(recovery.durationMs),
@@ -238,5 +254,14 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       }
     };
     for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, (sig) => void shutdown(sig));
+    // The supervisor and the daemon are one unit: when the supervisor goes (even kill -9), its
+    // channel closes and the daemon follows, so no orphan serves without a host dialer and a
+    // new `serve` finds the way clear.
+    if (process.channel) {
+      process.on('disconnect', () => {
+        logger.warn('the supervisor is gone; stopping');
+        void shutdown('SIGTERM');
+      });
+    }
   });
 }

@@ -5,7 +5,7 @@
  * Exits reach the core as events from the OCI runtime's exit watcher (runtime-core.ts); the
  * read paths also call observeExit so that an exit is never shown late even between events.
  */
-import { InternalError } from '../errors.js';
+import { errorKind, InternalError } from '../errors.js';
 import type { ExitInfo, OciRuntime } from '../os/oci-runtime.js';
 import type { ContainerRecord } from './container-store.js';
 import { statusOf } from './container-view.js';
@@ -45,6 +45,21 @@ export async function recordExit(
 ): Promise<ContainerRecord> {
   const oom = exit.oomKilled || (exit.exitCode === 137 && (await cgroupOomKilled(core, record)));
   const reason = exit.reason ?? (oom ? 'OOMKilled' : exit.exitCode === 0 ? 'Completed' : 'Error');
+  // A process that failed because its root filesystem went away (fuse-overlayfs killed) says
+  // so: the exit code alone (135, SIGBUS) tells an operator nothing.
+  let message = exit.message;
+  if (
+    message === undefined &&
+    reason === 'Error' &&
+    record.state === 'running' &&
+    core.snapshotter.rootfsAlive
+  ) {
+    const alive = await core.snapshotter.rootfsAlive(record.id).catch(() => true);
+    if (!alive) {
+      message =
+        "the container's root filesystem went away while it ran (its fuse-overlayfs process died?); the process failed on it. Remove and recreate the container";
+    }
+  }
   const updated: ContainerRecord = {
     ...record,
     state: 'exited',
@@ -52,7 +67,7 @@ export async function recordExit(
     exitCode: exit.exitCode,
     finishedAt: dateToNanoseconds(exit.exitedAt),
     reason,
-    message: exit.message ?? record.message,
+    message: message ?? record.message,
   };
   // A container that exited before it was ever started has no start time; CRI wants
   // finished >= started, which '0' satisfies.
@@ -100,6 +115,7 @@ export async function observeExit(core: CoreContext, id: string): Promise<Contai
 export async function settleDeadMonitor(
   core: CoreContext,
   record: ContainerRecord,
+  options: { nodeGone?: boolean } = {},
 ): Promise<ContainerRecord | null> {
   const alive = await core.runtime.monitorAlive(record.id);
   if (alive === true) return null;
@@ -109,6 +125,18 @@ export async function settleDeadMonitor(
   const state = await core.runtime.state(record.id).catch(() => null);
   if (state && state.status !== 'stopped') {
     await core.runtime.kill(record.id, 'SIGKILL', true).catch(() => core.runtime.kill(record.id, 'SIGKILL'));
+  }
+  if (options.nodeGone) {
+    // As containerd reports a container whose task vanished with the machine: 255, Unknown.
+    core.logger.warn({ container: record.id }, `container ${describeContainer(record)} ended with its node`);
+    return recordExit(core, record, {
+      exitCode: 255,
+      exitedAt: new Date(),
+      oomKilled: false,
+      reason: 'Unknown',
+      message:
+        'the node this container ran in is gone (stopped with `rootless-cri stop --all`, its holder died, or the host rebooted); the container ended with it',
+    });
   }
   core.logger.warn(
     { container: record.id, runtimeState: state?.status ?? 'absent' },
@@ -229,7 +257,15 @@ export async function removeContainerLocked(core: CoreContext, record: Container
   await core.runtime.delete(record.id, true);
   await core.runtime.cleanup(record.id);
   await core.snapshotter.remove(record.id);
-  await core.images.release(record.image.id, record.id);
+  // The image's hold is bookkeeping: a full disk that cannot record its release must not keep a
+  // container from being removed (recovery drops holds of containers that are gone).
+  await core.images.release(record.image.id, record.id).catch((err: unknown) => {
+    if (errorKind(err) !== 'ResourceExhausted') throw err;
+    core.logger.warn(
+      { container: record.id, err },
+      'could not record the image release (disk full); it is dropped at the next start',
+    );
+  });
   await core.containers.delete(record.id);
   core.containerNames.releaseByOwner(record.id);
   core.logger.info({ container: record.id }, `container ${describeContainer(record)} removed`);

@@ -18,7 +18,7 @@
 import { describeError } from '../errors.js';
 import { recordExit, settleDeadMonitor } from './container-lifecycle.js';
 import type { ContainerRecord } from './container-store.js';
-import type { CoreContext } from './core-context.js';
+import { type CoreContext, fromGoneNode } from './core-context.js';
 
 export interface ContainerRecoveryReport {
   loaded: number;
@@ -54,7 +54,8 @@ async function recoverOne(
     await recordExit(core, record, info);
     return 'exitedWhileDown';
   }
-  const settled = await settleDeadMonitor(core, record);
+  const pod = core.sandboxes.get(record.podSandboxId);
+  const settled = await settleDeadMonitor(core, record, { nodeGone: pod ? fromGoneNode(core, pod) : false });
   if (settled) return 'monitorDied';
   return record.state === 'running' ? 'running' : null;
 }

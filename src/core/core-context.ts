@@ -33,4 +33,11 @@ export interface CoreContext {
   readonly logger: Logger;
   readonly now: () => bigint;
   readonly observer: CoreObserver;
+  /** The node the daemon runs in (os/node-identity.ts); records of another node are gone. */
+  readonly nodeId: string;
+}
+
+/** A sandbox made in another node than this one: its pins, infra pid and port ids are void. */
+export function fromGoneNode(core: Pick<CoreContext, 'nodeId'>, record: { nodeId: string | null }): boolean {
+  return record.nodeId !== null && record.nodeId !== core.nodeId;
 }

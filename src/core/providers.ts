@@ -28,4 +28,6 @@ export interface ContainerSnapshotter {
   usage(id: string): Promise<{ bytes: bigint; inodes: bigint }>;
   /** Ids with a snapshot (recovery removes those no record names). */
   list?(): Promise<string[]>;
+  /** Whether the container's root filesystem is mounted and answering (its FUSE server alive). */
+  rootfsAlive?(id: string): Promise<boolean>;
 }

@@ -77,6 +77,8 @@ export interface RuntimeCoreOptions {
   logger: Logger;
   /** Nanoseconds since the epoch. */
   now?: () => bigint;
+  /** The node the daemon joined (os/node-identity.ts). */
+  nodeId: string;
   /** How often monitors are checked for having died without an exit file (ms; 0 = never). */
   monitorCheckMs?: number;
   observer?: RuntimeCoreObserver;
@@ -101,6 +103,7 @@ export class RuntimeCore implements CoreContext {
   readonly logger: Logger;
   readonly now: () => bigint;
   readonly observer: RuntimeCoreObserver;
+  readonly nodeId: string;
   private readonly sandboxOs: Pick<SandboxOs, 'isPinned' | 'infraAlive'>;
   private readonly monitorCheckMs: number;
   private monitorTimer: NodeJS.Timeout | null = null;
@@ -120,6 +123,7 @@ export class RuntimeCore implements CoreContext {
     this.logger = options.logger;
     this.now = options.now ?? nowNanoseconds;
     this.observer = options.observer ?? {};
+    this.nodeId = options.nodeId;
     this.sandboxOs = options.sandboxOs;
     this.monitorCheckMs = options.monitorCheckMs ?? 10_000;
     this.events = new EventBus({

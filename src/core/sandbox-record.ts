@@ -94,6 +94,11 @@ export interface SandboxRecord {
   stoppedAt: string | null;
   /** Why the sandbox is notready when it did not get there by StopPodSandbox. */
   notReadyReason: string | null;
+  /**
+   * The node the sandbox was made in (os/node-identity.ts); null in records written before it
+   * was recorded. Pins, the infra pid and host port ids mean nothing outside that node.
+   */
+  nodeId: string | null;
 }
 
 const CRI_STATE: Record<SandboxState, PodSandboxState__Output> = {
@@ -110,8 +115,15 @@ export function criState(state: SandboxState): PodSandboxState__Output {
 /** What a record found at startup becomes, given what recovery observed of the node. */
 export function recoveredState(
   record: Pick<SandboxRecord, 'state'>,
-  observed: { networkPinned: boolean; infraAlive: boolean },
+  observed: { networkPinned: boolean; infraAlive: boolean; nodeGone: boolean },
 ): { state: SandboxState; reason: string | null } {
+  if (observed.nodeGone && record.state !== 'notready') {
+    return {
+      state: 'notready',
+      reason:
+        'the node this pod ran in is gone (stopped with `rootless-cri stop --all`, its holder died, or the host rebooted): its processes, namespaces and host ports ended with it; remove the pod',
+    };
+  }
   if (record.state === 'creating') {
     return { state: 'notready', reason: 'the daemon stopped while this sandbox was being created' };
   }
@@ -150,5 +162,6 @@ export function parseSandboxRecord(value: unknown): SandboxRecord {
     cgroup: r.cgroup ?? null,
     stoppedAt: r.stoppedAt ?? null,
     notReadyReason: r.notReadyReason ?? null,
+    nodeId: typeof r.nodeId === 'string' ? r.nodeId : null,
   };
 }

@@ -8,7 +8,7 @@
  * record never stops the start: it is moved aside and logged.
  */
 import type { SandboxOs } from '../os/sandbox-os.js';
-import type { CoreContext } from './core-context.js';
+import { type CoreContext, fromGoneNode } from './core-context.js';
 import { recoveredState, type SandboxRecord } from './sandbox-record.js';
 
 export interface RecoveryReport {
@@ -28,7 +28,7 @@ export async function recoverSandboxes(
   const changed: string[] = [];
   const settled: SandboxRecord[] = [];
   for (const record of records) {
-    const observed = await observe(os, record);
+    const observed = { ...(await observe(os, record)), nodeGone: fromGoneNode(core, record) };
     const next = recoveredState(record, observed);
     if (next.state !== record.state) {
       const updated: SandboxRecord = { ...record, state: next.state, notReadyReason: next.reason };

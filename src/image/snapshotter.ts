@@ -327,6 +327,12 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
     return this.#mounted(this.paths(id));
   }
 
+  /** Mounted and answering: a fuse-overlayfs whose process died stays mounted but answers ENOTCONN. */
+  async rootfsAlive(id: string): Promise<boolean> {
+    const paths = this.paths(id);
+    return (await this.#mounted(paths)) && (await this.mountAlive(paths));
+  }
+
   // ---- internals ----------------------------------------------------------------------
 
   async #mounted(paths: SnapshotPaths): Promise<boolean> {

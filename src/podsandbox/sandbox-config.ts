@@ -14,6 +14,7 @@
  *   "kubepods/pod123" mean the same), segments of [A-Za-z0-9_.:@-], no "." or "..".
  */
 import { isIP } from 'node:net';
+import path from 'node:path';
 // proto.ts does not re-export DNSConfig; the generated type is the same module it uses.
 import type { DNSConfig__Output } from '../api/generated/runtime/v1/DNSConfig.js';
 import type {
@@ -225,11 +226,36 @@ export function podCgroupPath(cgroupParent: string, sandboxId: string): string {
   return `/${segments.join('/')}`;
 }
 
+/**
+ * System trees no pod's logs belong in: writing there would change the node (/etc), reach the
+ * kernel (/proc, /sys) or devices (/dev), or alter programs (/usr, /bin, ...).
+ */
+const FORBIDDEN_LOG_ROOTS = [
+  '/proc',
+  '/sys',
+  '/dev',
+  '/etc',
+  '/boot',
+  '/usr',
+  '/bin',
+  '/sbin',
+  '/lib',
+  '/lib32',
+  '/lib64',
+];
+
 export function checkLogDirectory(dir: string): void {
   if (dir === '') return;
   if (!dir.startsWith('/') || dir.includes('\u0000') || dir.split('/').includes('..')) {
     throw new InvalidArgumentError(
       `log_directory ${JSON.stringify(dir)} must be an absolute path without ".."`,
+    );
+  }
+  const normal = path.posix.normalize(dir);
+  const root = FORBIDDEN_LOG_ROOTS.find((r) => normal === r || normal.startsWith(`${r}/`));
+  if (root) {
+    throw new InvalidArgumentError(
+      `log_directory ${JSON.stringify(dir)} is under ${root}, a system directory; put pod logs under /var/log/pods or a directory of your own`,
     );
   }
 }

@@ -113,6 +113,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         filesDir: path.join(deps.paths.sandboxesDir, id),
         stoppedAt: null,
         notReadyReason: null,
+        nodeId: deps.core.nodeId,
       };
       const save = async (next: SandboxRecord) => {
         await deps.core.sandboxes.put(next);

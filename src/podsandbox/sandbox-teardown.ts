@@ -5,6 +5,7 @@
  */
 import { rm } from 'node:fs/promises';
 import { defaultPodCgroup } from '../core/cgroup-layout.js';
+import { fromGoneNode } from '../core/core-context.js';
 import type { SandboxRecord } from '../core/sandbox-record.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 
@@ -14,9 +15,13 @@ export async function stopInfra(deps: SandboxDeps, record: SandboxRecord): Promi
   if (infra) await deps.os.stopInfra(infra);
 }
 
-/** Unpublishes the host ports; also any port rootlesskit still forwards to the pod IP. */
+/**
+ * Unpublishes the host ports; also any port rootlesskit still forwards to the pod IP. Ports of a
+ * pod from a node that is gone ended with that node's rootlesskit, and their ids now belong to
+ * the new one's ports: nothing to remove, and nothing may be removed by those ids.
+ */
 export async function unpublishPorts(deps: SandboxDeps, record: SandboxRecord): Promise<void> {
-  if (!deps.ports) return;
+  if (!deps.ports || fromGoneNode(deps.core, record)) return;
   const ids = new Set(record.ports.map((p) => p.id));
   const podIp = record.network?.ip;
   if (podIp) {
@@ -46,14 +51,20 @@ export function portMappingsForCni(record: SandboxRecord) {
         }));
 }
 
-/** CNI DEL with the recorded configuration, when ADD may have happened. */
+/**
+ * CNI DEL with the recorded configuration, when ADD may have happened. When the namespace is
+ * gone (its pin is no longer mounted: the node stopped or restarted, or the pin was lost), DEL
+ * runs without a netns path, as the CNI spec allows: the plugins release the IP lease and
+ * what they keep outside the namespace, which is all that is left of it.
+ */
 export async function detachNetwork(deps: SandboxDeps, record: SandboxRecord): Promise<void> {
   const netns = record.namespaces.network.path;
   if (!record.networkConfig || !netns) return;
+  const present = await deps.os.isPinned(netns).catch(() => false);
   await deps.network.tearDown({
     conflist: record.networkConfig,
     sandboxId: record.id,
-    netnsPath: netns,
+    netnsPath: present ? netns : '',
     network: record.network,
     portMappings: portMappingsForCni(record),
   });

@@ -26,6 +26,7 @@ import {
   startNode,
   withSbin,
 } from './node.js';
+import { watchUplink } from './uplink.js';
 
 export interface SupervisorOptions {
   runDir: string;
@@ -76,14 +77,43 @@ async function childOf(pid: number): Promise<number | null> {
   return Number.isInteger(first) && first > 1 ? first : null;
 }
 
-export async function superviseDaemon(options: SupervisorOptions, logger: Logger): Promise<number> {
-  await mkdir(options.runDir, { recursive: true, mode: 0o700 });
-  const running = await readPidFile(options.runDir);
-  if (running && isAlive(running)) {
+export function supervisorPidFilePath(runDir: string): string {
+  return path.join(runDir, 'supervisor.pid');
+}
+
+/**
+ * A daemon left by a supervisor that died (kill -9, OOM) sees its channel close and shuts down
+ * on its own; a new `serve` waits for that, and ends it if it does not go. A daemon whose
+ * supervisor lives is a running rootless-cri: refused.
+ */
+async function settleOrphanDaemon(runDir: string, logger: Logger): Promise<void> {
+  const running = await readPidFile(runDir);
+  if (!running || !isAlive(running)) return;
+  const supervisorText = await readFile(supervisorPidFilePath(runDir), 'utf8').catch(() => '');
+  const supervisor = Number(supervisorText.trim());
+  if (
+    Number.isSafeInteger(supervisor) &&
+    supervisor > 1 &&
+    supervisor !== process.pid &&
+    isAlive(supervisor)
+  ) {
     throw new FailedPreconditionError(
-      `rootless-cri is already running (pid ${running}); stop it first with \`rootless-cri stop\``,
+      `rootless-cri is already running (pid ${running}, supervisor ${supervisor}); stop it first with \`rootless-cri stop\``,
     );
   }
+  logger.warn({ daemon: running }, 'a daemon whose supervisor died is still running: waiting for it to exit');
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline && isAlive(running)) await sleep(100);
+  if (isAlive(running)) {
+    logger.warn({ daemon: running }, 'the orphaned daemon did not exit: stopping it');
+    await stopDaemon(runDir, 10_000);
+  }
+}
+
+export async function superviseDaemon(options: SupervisorOptions, logger: Logger): Promise<number> {
+  await mkdir(options.runDir, { recursive: true, mode: 0o700 });
+  await settleOrphanDaemon(options.runDir, logger);
+  await writeFile(supervisorPidFilePath(options.runDir), `${process.pid}\n`, { mode: 0o600 });
   // A bad socket path or a live daemon on it must fail before a node is started or joined.
   await preflightSocket(options.socket, logger);
   const node = await ensureNode(options.node, logger);
@@ -117,6 +147,16 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
   const { child } = handle;
   const exited = handle.exited.then(({ exitCode, signal }) => ({ code: exitCode, signal }));
   serveHostListeners(child, logger);
+  const uplink = watchUplink(
+    {
+      rootlesskitPid: node.rootlesskitPid,
+      childPid: node.childPid,
+      slirp4netns: options.node.slirp4netns,
+      mtu: options.node.mtu,
+      disableHostLoopback: options.node.disableHostLoopback,
+    },
+    logger,
+  );
 
   // nsenter forks once to enter the pid namespace: the daemon is its child.
   let daemonPid: number | null = null;
@@ -141,7 +181,9 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
 
   const { code, signal } = await exited;
   for (const s of signals) process.off(s, forward);
+  await uplink.stop();
   await dialer.close();
+  await rm(supervisorPidFilePath(options.runDir), { force: true });
   if (daemonPid !== null && (await readPidFile(options.runDir)) === daemonPid) {
     await rm(pidFilePath(options.runDir), { force: true });
   }

@@ -4,6 +4,7 @@
  * the programs found at start still there, the daemon inside its user namespace, the CNI
  * configuration usable.
  */
+import { access } from 'node:fs/promises';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import { enableSubtreeControllers } from '../os/cgroup-delegation.js';
@@ -23,6 +24,15 @@ export interface NodeFacts {
 }
 
 const CGROUP_ROOT = '/sys/fs/cgroup';
+/** slirp4netns's device in the node's network namespace. */
+const UPLINK_DEVICE = '/sys/class/net/tap0';
+
+function exists(p: string): Promise<boolean> {
+  return access(p).then(
+    () => true,
+    () => false,
+  );
+}
 
 export async function probeNodeFacts(
   cgroups: Pick<CgroupManager, 'available' | 'controllers'>,
@@ -91,9 +101,18 @@ export class NodeHealth implements RuntimeHealth {
       };
     }
     const cni = await checkCniReady(this.config.network.cniConfDir, this.config.network.cniBinDirs);
-    const network: HealthCondition = cni.ready
+    let network: HealthCondition = cni.ready
       ? { ready: true }
       : { ready: false, reason: cni.reason, message: cni.message };
+    // In a rootlesskit node the uplink is slirp4netns's tap0: gone when slirp4netns died.
+    if (network.ready && this.facts.rootlesskitStateDir && !(await exists(UPLINK_DEVICE))) {
+      network = {
+        ready: false,
+        reason: 'UplinkDown',
+        message:
+          "the node's uplink (slirp4netns, tap0) is gone: pods have no egress; the supervisor starts a new one within seconds (rootless-cri serve logs it)",
+      };
+    }
     return { runtime, network };
   }
 }

@@ -1,15 +1,21 @@
 /**
  * Crash-safe JSON records, one file per object: `<dir>/<id>.json`.
  *
+ * A full disk must not stop the runtime from recording what it did to free it (a container
+ * stopped, a pod removed). Each store keeps a space reserve, `<dir>/.space-reserve` (1 MiB of
+ * allocated blocks and one inode): when a write fails for lack of space or inodes the reserve
+ * is given back to the filesystem and the write tried once more; it is re-made when space
+ * returns. A write that still fails is ResourceExhausted naming the file, and nothing changes.
+ *
  * Every record carries a `version` (the schema version of its kind); `load()` refuses
  * records from a newer schema rather than misreading them. A record that cannot be parsed
  * (truncated by a dying disk, edited by hand) is reported and moved aside to
  * `<id>.json.corrupt` so one bad object never stops the daemon from starting (STYLE.md,
  * containerd's recover()).
  */
-import { mkdir, readdir, readFile, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { InternalError } from '../errors.js';
+import { describeSystemError, InternalError, ResourceExhaustedError, systemErrorIn } from '../errors.js';
 import { isAtomicTempName, syncDirectory, writeFileAtomic } from './atomic-file.js';
 
 export interface VersionedRecord {
@@ -30,6 +36,16 @@ export interface LoadResult<T> {
 // Record ids become file names: only plain ids, never a path.
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
+export const SPACE_RESERVE_NAME = '.space-reserve';
+const SPACE_RESERVE_BYTES = 1024 * 1024;
+/** How often a used-up reserve is tried again (it needs free space to come back). */
+const RESERVE_RETRY_MS = 30_000;
+
+function outOfSpace(err: unknown): boolean {
+  const code = systemErrorIn(err)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
 export class RecordStore<T extends VersionedRecord> {
   constructor(
     readonly dir: string,
@@ -38,8 +54,40 @@ export class RecordStore<T extends VersionedRecord> {
     private readonly parse: (value: unknown) => T,
   ) {}
 
+  /** Times a write needed the space reserve (for Status and tests). */
+  reserveUsed = 0;
+  #reserveMissingSince: number | null = null;
+
   async init(): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await this.#makeReserve();
+  }
+
+  get #reserve(): string {
+    return path.join(this.dir, SPACE_RESERVE_NAME);
+  }
+
+  /** Allocates the reserve (best effort: on a full disk it is simply not there yet). */
+  async #makeReserve(): Promise<void> {
+    const existing = await stat(this.#reserve).catch(() => null);
+    if (existing && existing.size >= SPACE_RESERVE_BYTES) {
+      this.#reserveMissingSince = null;
+      return;
+    }
+    try {
+      const handle = await open(this.#reserve, 'w', 0o600);
+      try {
+        // Real blocks (not a sparse file): zeros written, then made durable.
+        await handle.write(Buffer.alloc(SPACE_RESERVE_BYTES), 0, SPACE_RESERVE_BYTES, 0);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      this.#reserveMissingSince = null;
+    } catch {
+      await unlink(this.#reserve).catch(() => undefined);
+      this.#reserveMissingSince = Date.now();
+    }
   }
 
   fileOf(id: string): string {
@@ -55,7 +103,37 @@ export class RecordStore<T extends VersionedRecord> {
         `record ${record.id} has version ${record.version}, expected ${this.currentVersion}`,
       );
     }
-    await writeFileAtomic(this.fileOf(record.id), `${JSON.stringify(record, null, 1)}\n`);
+    const file = this.fileOf(record.id);
+    const text = `${JSON.stringify(record, null, 1)}\n`;
+    try {
+      await writeFileAtomic(file, text);
+    } catch (err) {
+      if (!outOfSpace(err)) throw err;
+      // Give the reserve back and try once more: what is being recorded is usually what
+      // frees the disk (a container stopped, a pod removed).
+      const freed = await unlink(this.#reserve).then(
+        () => true,
+        () => false,
+      );
+      if (freed) {
+        this.reserveUsed += 1;
+        this.#reserveMissingSince = Date.now();
+      }
+      try {
+        if (!freed) throw err;
+        await writeFileAtomic(file, text);
+      } catch (again) {
+        const system = systemErrorIn(again) ?? systemErrorIn(err);
+        throw new ResourceExhaustedError(
+          `cannot save ${file}: ${system ? (describeSystemError({ ...system, path: this.dir } as NodeJS.ErrnoException) ?? system.message) : String(again)}`,
+          { cause: again },
+        );
+      }
+      return;
+    }
+    if (this.#reserveMissingSince !== null && Date.now() - this.#reserveMissingSince > RESERVE_RETRY_MS) {
+      await this.#makeReserve();
+    }
   }
 
   async remove(id: string): Promise<void> {

@@ -212,6 +212,7 @@ export function sandboxRecord(overrides: { id?: string; cgroupParent?: string } 
     filesDir: cgroupPath,
     stoppedAt: null,
     notReadyReason: null,
+    nodeId: 'fake-node',
   };
 }
 

@@ -30,6 +30,7 @@ export function fakeCore(options: {
   snapshotter?: FakeSnapshotter;
   now?: () => bigint;
   monitorCheckMs?: number;
+  nodeId?: string;
 }): FakeCoreParts {
   const journal = options.journal ?? [];
   const runtime = options.runtime ?? new FakeOciRuntime();
@@ -47,6 +48,7 @@ export function fakeCore(options: {
     logger: silentLogger(),
     ...(options.now ? { now: options.now } : {}),
     monitorCheckMs: options.monitorCheckMs ?? 0,
+    nodeId: options.nodeId ?? 'fake-node',
   });
   return { core, runtime, cgroups, sandboxOs, images, snapshotter };
 }

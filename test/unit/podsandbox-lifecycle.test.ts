@@ -12,6 +12,7 @@ import type { PodSandboxConfig__Output } from '../../src/api/proto.js';
 import type { RuntimeCore } from '../../src/core/runtime-core.js';
 import { silentLogger } from '../../src/log.js';
 import { createPodSandboxService, type PodSandboxService } from '../../src/podsandbox/index.js';
+import { SPACE_RESERVE_NAME } from '../../src/store/record-store.js';
 import { FakeCgroupManager } from '../fakes/fake-cgroup-manager.js';
 import { fakeCore } from '../fakes/fake-core.js';
 import { FakeNetworkDriver } from '../fakes/fake-network-driver.js';
@@ -131,7 +132,10 @@ async function list(filter: Record<string, unknown> | null = null) {
 }
 
 async function recordFiles(): Promise<string[]> {
-  return (await readdir(path.join(world.dir, 'root', 'sandboxes')).catch(() => [])).sort();
+  // The store's space reserve is the store's, not a sandbox's.
+  return (await readdir(path.join(world.dir, 'root', 'sandboxes')).catch(() => []))
+    .filter((f) => f !== SPACE_RESERVE_NAME)
+    .sort();
 }
 
 /** Everything a sandbox can hold, across all fakes and the disk. */

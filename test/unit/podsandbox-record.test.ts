@@ -10,17 +10,20 @@ describe('sandbox states', () => {
   });
 
   it.each([
-    ['creating', true, true, 'notready', /being created/],
-    ['creating', false, false, 'notready', /being created/],
-    ['ready', true, true, 'ready', null],
-    ['ready', false, true, 'notready', /network namespace is gone/],
-    ['ready', true, false, 'notready', /infra process/],
-    ['notready', true, true, 'notready', null],
-    ['notready', false, false, 'notready', null],
+    ['creating', true, true, false, 'notready', /being created/],
+    ['creating', false, false, false, 'notready', /being created/],
+    ['ready', true, true, false, 'ready', null],
+    ['ready', false, true, false, 'notready', /network namespace is gone/],
+    ['ready', true, false, false, 'notready', /infra process/],
+    ['notready', true, true, false, 'notready', null],
+    ['notready', false, false, false, 'notready', null],
+    ['ready', false, false, true, 'notready', /node this pod ran in is gone/],
+    ['creating', false, false, true, 'notready', /node this pod ran in is gone/],
+    ['notready', false, false, true, 'notready', null],
   ] as const)(
-    'recovers %s (netns pinned %s, infra alive %s) as %s',
-    (state, networkPinned, infraAlive, next, reason) => {
-      const r = recoveredState({ state }, { networkPinned, infraAlive });
+    'recovers %s (netns pinned %s, infra alive %s, node gone %s) as %s',
+    (state, networkPinned, infraAlive, nodeGone, next, reason) => {
+      const r = recoveredState({ state }, { networkPinned, infraAlive, nodeGone });
       expect(r.state).toBe(next);
       if (reason === null) expect(r.reason).toBeNull();
       else expect(r.reason).toMatch(reason);

@@ -44,7 +44,7 @@ describe('RecordStore', () => {
     await store.remove('a');
     await store.remove('a');
     expect((await store.load()).records.map((r) => r.id)).toEqual(['b']);
-    expect(await readdir(store.dir)).toEqual(['b.json']);
+    expect(await readdir(store.dir)).toEqual(['.space-reserve', 'b.json']);
   });
 
   it('moves aside truncated, foreign, mismatched and newer-version records, keeping the good ones', async () => {
@@ -72,7 +72,7 @@ describe('RecordStore', () => {
     await writeFile(path.join(store.dir, '.a.json.123456.tmp'), '{"version":2,"id":"a","value":99}');
     const { records } = await store.load();
     expect(records).toEqual([{ version: 2, id: 'a', value: 1 }]);
-    expect(await readdir(store.dir)).toEqual(['a.json']);
+    expect(await readdir(store.dir)).toEqual(['.space-reserve', 'a.json']);
   });
 
   it('refuses ids that are not plain file names and records of another version', async () => {
