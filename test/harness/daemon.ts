@@ -53,6 +53,8 @@ export interface TestDaemonOptions {
   runDirInXdgRuntimeDir?: boolean;
   /** The unprivileged user the daemon runs as (default TEST_USER). */
   user?: string;
+  /** Put the root dir on a tmpfs of this size (and inode count): a disk that can fill up. */
+  rootTmpfs?: { sizeBytes: number; inodes?: number };
 }
 
 export class TestDaemon {
@@ -84,6 +86,17 @@ export class TestDaemon {
       : path.join(tmp, 'run');
     const rootDir = path.join(tmp, 'root');
     for (const dir of [runDir, rootDir]) await mkdir(dir, { mode: 0o700 });
+    if (options.rootTmpfs) {
+      const { sizeBytes, inodes } = options.rootTmpfs;
+      await execa('mount', [
+        '-t',
+        'tmpfs',
+        '-o',
+        `size=${sizeBytes},uid=${user.uid},gid=${user.gid},mode=0700${inodes ? `,nr_inodes=${inodes}` : ''}`,
+        'rcri-small-disk',
+        rootDir,
+      ]);
+    }
     const cgroupSubtree = `rootless-cri-${path.basename(tmp).slice('rcri-it-'.length)}`;
     const configFile = path.join(tmp, 'config.toml');
     const socket = path.join(runDir, 'rootless-cri.sock');
@@ -207,6 +220,26 @@ export class TestDaemon {
     return Number((await readFile(path.join(this.runDir, 'rootless-cri.pid'), 'utf8')).trim());
   }
 
+  /** Host pid of the supervisor (`rootless-cri serve` on the host). */
+  async supervisorPid(): Promise<number> {
+    return Number((await readFile(path.join(this.runDir, 'supervisor.pid'), 'utf8')).trim());
+  }
+
+  /** Waits until the supervisor started by serve() has exited. */
+  async supervisorExited(timeoutMs = 30_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.supervisorExit,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the supervisor did not exit within ${timeoutMs} ms`)), timeoutMs);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Host pid of the node (rootlesskit's child, catatonit). */
   async nodePid(): Promise<number> {
     return Number((await readFile(path.join(this.runDir, 'node', 'child_pid'), 'utf8')).trim());
@@ -224,6 +257,10 @@ export class TestDaemon {
     this.client.close();
     const r = await this.cli(['stop', '--all']);
     await Promise.race([this.supervisorExit, sleep(20_000)]);
+    // A tmpfs root dir (rootTmpfs) is the test's own mount, not a leak.
+    if ((await readFile('/proc/self/mountinfo', 'utf8')).includes(` ${this.rootDir} `)) {
+      await execa('umount', [this.rootDir], { reject: false });
+    }
     const leaks = await this.leaks();
     const log = await this.logTail(60);
     await rm(this.tmp, { recursive: true, force: true });
