@@ -28,6 +28,7 @@ import { sandboxStatusOf } from './podsandbox/sandbox-status.js';
 import { enableSubtreeControllers, readControllers } from './rootless/cgroup-delegation.js';
 import { hostDialer } from './rootless/host-dialer.js';
 import { inUserNamespace } from './rootless/node.js';
+import { prepareNodeForKubelet } from './rootless/node-setup.js';
 import { type PortManager, RootlesskitPortManager } from './rootless/port-manager.js';
 import { writePidFile } from './rootless/supervisor.js';
 import { createDaemonStreaming } from './streaming/streaming-wiring.js';
@@ -228,6 +229,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   if (!process.env.ROOTLESS_CRI_IN_NODE) await writePidFile(config.runDir, process.pid);
 
   const facts = await probeNodeFacts(logger);
+  // Only in the node our supervisor made: its hostname, /etc/hosts and /var/log are ours to set.
+  if (process.env.ROOTLESS_CRI_IN_NODE) {
+    await prepareNodeForKubelet({ rootDir: config.rootDir, hostname: config.node.hostname, logger });
+  }
   const stateDir = facts.rootlesskitStateDir;
   const portManager = stateDir ? new RootlesskitPortManager(path.join(stateDir, 'api.sock')) : null;
   if (!portManager) logger.warn('no rootlesskit API: listeners are not published on the host');

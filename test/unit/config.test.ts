@@ -219,6 +219,9 @@ describe('bad keys and values name the full key path', () => {
       'node.port_driver: expected one of "builtin", "slirp4netns", got "none"',
     ],
     ['[node]\nrootlesskit = "bin/rootlesskit"', 'node.rootlesskit: expected a program name'],
+    ['[node]\nhostname = "Node_1"', 'node.hostname: expected a lower-case RFC 1123 hostname'],
+    ['[node]\nhostname = "node-"', 'node.hostname: expected a lower-case RFC 1123 hostname'],
+    [`[node]\nhostname = "${'a'.repeat(65)}"`, 'node.hostname: expected a lower-case RFC 1123 hostname'],
     [
       '[runtime]\ndefault_stop_timeout_seconds = 1.5',
       'runtime.default_stop_timeout_seconds: expected an integer',
