@@ -21,7 +21,7 @@ import { ENTER_CGROUP_NAME, ensureCgroup } from './rootless/cgroup-delegation.js
 import { formatDoctorReport, runDoctor } from './rootless/doctor.js';
 import { RealHostProbe } from './rootless/host-probe.js';
 import { findNode, inUserNamespace, nsenterArgs, stopNode, withSbin } from './rootless/node.js';
-import { stopDaemon, superviseDaemon } from './rootless/supervisor.js';
+import { childOf, stopDaemon, superviseDaemon } from './rootless/supervisor.js';
 import { packageVersion } from './version.js';
 
 const USAGE = `usage: rootless-cri [global flags] COMMAND
@@ -162,7 +162,20 @@ async function enter(config: Config, command: string[]): Promise<number> {
       env: { ...process.env, PATH: withSbin(process.env.PATH) },
     },
   );
-  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => child.kill(s));
+  // nsenter does not forward signals to the command it forked into the node's pid namespace
+  // (it dies and leaves the command running): signal the command itself.
+  const forward = (s: NodeJS.Signals) => {
+    const nsenterPid = child.pid;
+    if (nsenterPid === undefined) return;
+    void childOf(nsenterPid).then((commandPid) => {
+      try {
+        process.kill(commandPid ?? nsenterPid, s);
+      } catch {
+        // already gone
+      }
+    });
+  };
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, forward);
   return new Promise((resolve) => {
     child.once('error', (err) => {
       process.stderr.write(`rootless-cri enter: ${err.message}\n`);
