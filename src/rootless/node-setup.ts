@@ -3,8 +3,11 @@
  * inside the node it supervises (idempotent; the node keeps it until it stops):
  *
  * - the node's hostname (config `node.hostname`; the node has its own UTS namespace) and
- *   `127.0.0.1 <hostname>` in its /etc/hosts (the copy-up one): kubelet registers the node
- *   under its hostname and the API server dials the kubelet by that name;
+ *   `<node IP> <hostname>` in its /etc/hosts (the copy-up one): kubelet registers the node under
+ *   its hostname and an API server in the node dials the kubelet by that name. The node IP (the
+ *   address of the default-route interface, kubelet's InternalIP) rather than 127.0.0.1: the API
+ *   server refuses to proxy to a node name that resolves to loopback (nodes/proxy, e.g.
+ *   /stats/summary, answers "address not allowed"); 127.0.0.1 only when the node has no route;
  * - a writable /var/log with `pods/` and `containers/` (kubelet's podLogsDir and its hard-coded
  *   symlink dir): the host's /var/log shows in the node owned by `nobody`. A persistent
  *   directory under the root dir is bind-mounted there rather than a tmpfs, so container logs
@@ -13,7 +16,7 @@
  * Failures are logged, not fatal: the daemon serves CRI clients that need none of this.
  */
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
-import { hostname as currentHostname } from 'node:os';
+import { hostname as currentHostname, networkInterfaces } from 'node:os';
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import { runCommand } from '../podsandbox/run-command.js';
@@ -45,8 +48,10 @@ export async function prepareNodeForKubelet(options: NodeSetupOptions): Promise<
       if (r.exitCode !== 0) throw new Error(`hostname ${options.hostname}: ${r.stderr.trim()}`);
     }
     const name = options.hostname ?? currentHostname();
-    if (await ensureLoopbackName(HOSTS_FILE, name))
-      logger.info({ hostname: name }, 'mapped the node name to 127.0.0.1 in /etc/hosts');
+    const address =
+      defaultRouteAddress(await readFile('/proc/net/route', 'utf8').catch(() => '')) ?? '127.0.0.1';
+    if (await ensureHostsEntry(HOSTS_FILE, address, name))
+      logger.info({ hostname: name, address }, 'mapped the node name in /etc/hosts');
   } catch (err) {
     logger.warn(
       { err },
@@ -71,15 +76,29 @@ export async function prepareNodeForKubelet(options: NodeSetupOptions): Promise<
   }
 }
 
-/** Appends `127.0.0.1 <name>` to the hosts file unless a 127.0.0.1 line names it; true if it did. */
-export async function ensureLoopbackName(hostsFile: string, name: string): Promise<boolean> {
+/** Appends `<address> <name>` to the hosts file unless a line already maps name to address; true if it did. */
+export async function ensureHostsEntry(hostsFile: string, address: string, name: string): Promise<boolean> {
   const text = await readFile(hostsFile, 'utf8').catch(() => '');
   for (const line of text.split('\n')) {
     const fields = line.replace(/#.*/, '').trim().split(/\s+/);
-    if (fields[0] === '127.0.0.1' && fields.slice(1).includes(name)) return false;
+    if (fields[0] === address && fields.slice(1).includes(name)) return false;
   }
-  await appendFile(hostsFile, `${text === '' || text.endsWith('\n') ? '' : '\n'}127.0.0.1 ${name}\n`);
+  await appendFile(hostsFile, `${text === '' || text.endsWith('\n') ? '' : '\n'}${address} ${name}\n`);
   return true;
+}
+
+/** The IPv4 address of the interface holding the default route (/proc/net/route), if any. */
+export function defaultRouteAddress(
+  procNetRoute: string,
+  interfaces: ReturnType<typeof networkInterfaces> = networkInterfaces(),
+): string | undefined {
+  for (const line of procNetRoute.split('\n').slice(1)) {
+    const [iface, destination, , , , , , mask] = line.trim().split(/\s+/);
+    if (iface && destination === '00000000' && mask === '00000000') {
+      return interfaces[iface]?.find((a) => a.family === 'IPv4' && !a.internal)?.address;
+    }
+  }
+  return undefined;
 }
 
 /** True when `dir` is a mount point in this mount namespace (field 5 of mountinfo). */
