@@ -60,7 +60,7 @@ abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 [ -z "$kubeconfig" ] || kubeconfig=$(abs "$kubeconfig")
 [ -z "$client_ca" ] || client_ca=$(abs "$client_ca")
 
-mkdir -p "$root_dir" "$manifests"
+mkdir -p "$manifests"   # (kubelet makes its root dir itself, which may be a path only the node has)
 confd="$run_dir/conf.d"
 rm -rf "$confd" && mkdir -p "$confd"
 {
