@@ -155,9 +155,12 @@ export class NodeProcess {
     return nsenter === null ? null : firstChild(nsenter);
   }
 
-  /** SIGTERM through `rootless-cri enter` (which forwards it), SIGKILL after `graceMs`. */
-  async stop(graceMs = 20_000): Promise<void> {
-    if (!this.running) return;
+  /**
+   * SIGTERM through `rootless-cri enter` (which forwards it to the command), SIGKILL after
+   * `graceMs`. True when the command ended on the SIGTERM.
+   */
+  async stop(graceMs = 20_000): Promise<boolean> {
+    if (!this.running) return true;
     const commandPid = await this.commandHostPid();
     this.child.kill('SIGTERM');
     const stopped = await Promise.race([this.exit.then(() => true), sleep(graceMs).then(() => false)]);
@@ -166,6 +169,7 @@ export class NodeProcess {
       this.child.kill('SIGKILL');
       await this.exit;
     }
+    return stopped && (commandPid === null || !alive(commandPid));
   }
 
   async logTail(lines = 30): Promise<string> {
@@ -178,6 +182,15 @@ async function firstChild(pid: number): Promise<number | null> {
   const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
   const first = Number(text.trim().split(/\s+/)[0]);
   return Number.isInteger(first) && first > 1 ? first : null;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function kill(pid: number, signal: NodeJS.Signals): void {

@@ -235,7 +235,19 @@ describe('standalone kubelet with static pods', () => {
     for (const name of runningPodNames) await waitPod(name, 'running', allRunning);
     const hostname = await daemon.enter(['hostname']);
     expect(hostname.stdout.trim()).toBe(NODE_NAME);
-    await check(SUITE, 'static pods running, node named by node.hostname', runningPodNames.join(', '));
+    // What `rootless-cri enter` runs (kubelet too) sits in a leaf of the node's cgroup tree.
+    const cgroup = await daemon.enter(['cat', '/proc/self/cgroup']);
+    expect(cgroup.stdout).toMatch(/^0::\/enter$/m);
+    const kubeletPid = await kubelet!.commandHostPid();
+    expect(await readFile(`/proc/${kubeletPid}/comm`, 'utf8')).toBe('kubelet\n');
+    expect(await readFile(`/proc/${kubeletPid}/cgroup`, 'utf8')).toMatch(
+      new RegExp(`/${daemon.cgroupSubtree}/enter$`, 'm'),
+    );
+    await check(
+      SUITE,
+      'static pods running; node named by node.hostname; kubelet in the node cgroup leaf enter/',
+      runningPodNames.join(', '),
+    );
   });
 
   it('writes CRI-format logs that kubelet reads back', async () => {
@@ -335,7 +347,8 @@ describe('standalone kubelet with static pods', () => {
 
   it('keeps every container across a kubelet restart', async () => {
     const before = await snapshot();
-    await kubelet!.stop();
+    // SIGTERM reaches kubelet itself: `rootless-cri enter` forwards it past nsenter.
+    expect(await kubelet!.stop()).toBe(true);
     await startKubelet();
     for (const name of runningPodNames) await waitPod(name, 'running after the kubelet restart', allRunning);
     expect(await snapshot()).toEqual(before);
