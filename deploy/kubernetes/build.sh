@@ -10,10 +10,11 @@
 #             read from k8s.io/kubernetes's own go.mod;
 #   etcd      go.etcd.io/etcd/server/v3/etcdmain at the etcd client version k8s.io/kubernetes
 #             itself requires, called from a three-line main in the same module;
-#   coredns   github.com/coredns/coredns $COREDNS_VERSION in a module of its own (it needs a
-#             newer client-go than k8s 1.36 pins), with the plugins a cluster DNS uses; the
-#             cloud back-ends (route53, azure, clouddns, ...) are left out, which saves most of
-#             its compile time.
+#   coredns   github.com/coredns/coredns at the version kubeadm of that release deploys (its
+#             CoreDNSVersion constant; $COREDNS_VERSION overrides), in a module of its own (its
+#             requirements differ from k8s's), with the plugins a cluster DNS uses; the cloud
+#             back-ends (route53, azure, clouddns, ...) are left out, which saves most of its
+#             compile time.
 #
 # Installs into $PREFIX/$K8S_VERSION/bin (default PREFIX /opt/rootless-cri-k8s-bin), readable by
 # every user. A BUILD-INFO stamp records what went in; when it matches, the script is a no-op.
@@ -22,9 +23,9 @@
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.5}    # newest v1.36 patch the module proxy served (2026-12)
-COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
+COREDNS_VERSION=${COREDNS_VERSION:-}    # empty: what kubeadm $K8S_VERSION deploys
 # Bump when this script's recipe changes, so installed binaries are rebuilt.
-RECIPE=2
+RECIPE=3
 PREFIX=/opt/rootless-cri-k8s-bin
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,7 +46,7 @@ dest=$PREFIX/$K8S_VERSION
 bin=$dest/bin
 COMPONENTS=(kubelet kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl)
 go_version=$(go env GOVERSION)
-stamp="recipe=$RECIPE kubernetes=$K8S_VERSION coredns=$COREDNS_VERSION go=$go_version"
+stamp="recipe=$RECIPE kubernetes=$K8S_VERSION coredns=${COREDNS_VERSION:-kubeadm} go=$go_version"
 
 installed() {
   [ "$(head -n1 "$dest/BUILD-INFO" 2>/dev/null)" = "$stamp" ] || return 1
@@ -121,6 +122,11 @@ log "building etcd $etcd_version"
 (cd "$work/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/bin/etcd" ./etcd)
 
 # --- CoreDNS: a module of its own -----------------------------------------------------------
+if [ -z "$COREDNS_VERSION" ]; then
+  kdir=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | jq -r .Dir)
+  COREDNS_VERSION=$(sed -n 's/^[[:space:]]*CoreDNSVersion = "\(v[0-9.]*\)".*/\1/p' "$kdir/cmd/kubeadm/app/constants/constants.go")
+  [ -n "$COREDNS_VERSION" ] || { log "no CoreDNSVersion in k8s.io/kubernetes $K8S_VERSION's kubeadm constants"; exit 1; }
+fi
 # The plugins of a cluster DNS (kubeadm's Corefile and a few operators commonly add), in any
 # order: CoreDNS orders them by its own directive list.
 COREDNS_PLUGINS=(errors log health ready kubernetes metrics forward cache loop reload loadbalance
@@ -151,7 +157,7 @@ for b in "${COMPONENTS[@]}" etcd coredns; do [ -x "$out/bin/$b" ] || { log "$b w
 "$out/bin/kubelet" --version | grep -qx "Kubernetes $K8S_VERSION" || { log "kubelet does not report $K8S_VERSION"; exit 1; }
 {
   echo "$stamp"
-  echo "$stamp_etcd"
+  echo "$stamp_etcd coredns=$COREDNS_VERSION"
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(($(date +%s) - started))s by deploy/kubernetes/build.sh"
   (cd "$work/k8s" && go list -m k8s.io/kubernetes k8s.io/client-go go.etcd.io/etcd/server/v3)
   (cd "$work/coredns" && go list -m github.com/coredns/coredns k8s.io/client-go)

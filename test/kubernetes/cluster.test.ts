@@ -209,7 +209,8 @@ async function pushCoreDnsImage(registry: RunningRegistry): Promise<string> {
   return `registry.k8s.io/coredns/coredns:v${version}`;
 }
 
-describe('a single-node cluster in the node', () => {
+// Each check waits on its own deadlines (kubectl wait, waitFor), longer than vitest's 60 s default.
+describe('a single-node cluster in the node', { timeout: 330_000 }, () => {
   let registry: RunningRegistry;
   let daemon: TestDaemon;
   let cluster: Cluster | undefined;

@@ -114,7 +114,8 @@ const MANIFESTS: Record<string, Record<string, unknown>> = {
   }),
 };
 
-describe('standalone kubelet with static pods', () => {
+// Each check waits on its own deadlines (waitFor: 90 s), longer than vitest's 60 s default.
+describe('standalone kubelet with static pods', { timeout: 150_000 }, () => {
   let registry: RunningRegistry;
   let daemon: TestDaemon;
   let kubelet: NodeProcess | undefined;
