@@ -41,6 +41,8 @@ CACHE=${K8S_BUILD_CACHE:-/var/cache/rootless-cri-k8s}
 export GOMODCACHE=$CACHE/gomod GOCACHE=$CACHE/gocache GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 export GOPATH=$CACHE/gopath
 log() { echo "k8s build: $*" >&2; }
+# go, without its thousand "go: downloading ..." lines on a cold build (errors still show).
+go_quiet() { "$@" 2> >(grep -v '^go: \(downloading\|added\|upgraded\|finding\) ' >&2); }
 
 dest=$PREFIX/$K8S_VERSION
 bin=$dest/bin
@@ -70,8 +72,12 @@ trap 'rm -rf "$out"' EXIT
 mkdir -p "$out/bin"
 
 # --- Kubernetes and etcd: one throwaway module ----------------------------------------------
-kgomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | jq -r '.GoMod // empty')
-[ -n "$kgomod" ] || { log "the module proxy did not serve k8s.io/kubernetes@$K8S_VERSION"; exit 1; }
+kinfo=$(go_quiet go mod download -json "k8s.io/kubernetes@$K8S_VERSION") || true
+kgomod=$(jq -r '.GoMod // empty' <<<"$kinfo")
+[ -n "$kgomod" ] || {
+  log "the module proxy did not serve k8s.io/kubernetes@$K8S_VERSION: $(jq -r '.Error // empty' <<<"$kinfo")"
+  exit 1
+}
 # k8s.io/kubernetes requires each staging module at v0.0.0 and maps it to ./staging/src/...; a
 # dependency's replaces do not apply to us, so pin each one to its published version.
 mapfile -t staging < <(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/.*#\1#p' "$kgomod")
@@ -105,7 +111,7 @@ func main() { etcdmain.Main(os.Args) }
 EOF
 
 log "resolving k8s.io/kubernetes $K8S_VERSION (${#staging[@]} staging modules at $staging_version) and etcd $etcd_version"
-(cd "$work/k8s" && go get "k8s.io/kubernetes@$K8S_VERSION" "go.etcd.io/etcd/server/v3@$etcd_version" >/dev/null)
+(cd "$work/k8s" && go_quiet go get "k8s.io/kubernetes@$K8S_VERSION" "go.etcd.io/etcd/server/v3@$etcd_version" >/dev/null)
 vpkg=k8s.io/component-base/version
 cpkg=k8s.io/client-go/pkg/version
 build_date=$(cd "$work/k8s" && go list -m -json k8s.io/kubernetes | jq -r .Time)
@@ -117,9 +123,9 @@ done
 pkgs=()
 for b in "${COMPONENTS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
 log "building ${COMPONENTS[*]}"
-(cd "$work/k8s" && go build -trimpath -ldflags "$ldflags" -o "$out/bin/" "${pkgs[@]}")
+(cd "$work/k8s" && go_quiet go build -trimpath -ldflags "$ldflags" -o "$out/bin/" "${pkgs[@]}")
 log "building etcd $etcd_version"
-(cd "$work/k8s" && go build -trimpath -ldflags "-s -w" -o "$out/bin/etcd" ./etcd)
+(cd "$work/k8s" && go_quiet go build -trimpath -ldflags "-s -w" -o "$out/bin/etcd" ./etcd)
 
 # --- CoreDNS: a module of its own -----------------------------------------------------------
 if [ -z "$COREDNS_VERSION" ]; then
@@ -149,8 +155,8 @@ EOF
   echo "func main() { coremain.Run() }"
 } >"$work/coredns/main.go"
 log "building coredns $COREDNS_VERSION (plugins: ${COREDNS_PLUGINS[*]})"
-(cd "$work/coredns" && go get "github.com/coredns/coredns@$COREDNS_VERSION" >/dev/null &&
-  go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+(cd "$work/coredns" && go_quiet go get "github.com/coredns/coredns@$COREDNS_VERSION" >/dev/null &&
+  go_quiet go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
     -o "$out/bin/coredns" .)
 
 for b in "${COMPONENTS[@]}" etcd coredns; do [ -x "$out/bin/$b" ] || { log "$b was not built"; exit 1; }; done
