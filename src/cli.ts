@@ -10,17 +10,19 @@
  */
 import { realpathSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type Config, type ConfigOverrides, loadConfig } from './config.js';
 import { runDaemon } from './daemon.js';
 import { CriError, describeError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
+import { ENTER_CGROUP_NAME, ensureCgroup } from './os/cgroup-delegation.js';
 import { start } from './os/process-runner.js';
 import { formatDoctorReport, runDoctor } from './rootless/doctor.js';
 import { RealHostProbe } from './rootless/host-probe.js';
 import { findNode, inUserNamespace, nsenterArgs, stopNode, withSbin } from './rootless/node.js';
-import { stopDaemon, superviseDaemon } from './rootless/supervisor.js';
+import { childOf, stopDaemon, superviseDaemon } from './rootless/supervisor.js';
 import { packageVersion } from './version.js';
 
 const USAGE = `usage: rootless-cri [global flags] COMMAND
@@ -147,16 +149,49 @@ async function enter(config: Config, command: string[]): Promise<number> {
     );
     return 1;
   }
+  // What runs in the node belongs in the node's cgroup tree, not in the caller's cgroup (which
+  // is outside the node's cgroup namespace: kubelet would see itself in "/../launch"). The
+  // shell moves itself into the leaf before it becomes nsenter, so every child starts there.
+  let leaf = '';
+  if (node.cgroupDir) {
+    leaf = path.join(node.cgroupDir, ENTER_CGROUP_NAME);
+    await ensureCgroup(leaf).catch(() => undefined);
+  }
+  const script =
+    'if [ -n "$1" ] && ! { echo $$ > "$1/cgroup.procs"; } 2>/dev/null; then ' +
+    'echo "rootless-cri enter: could not join the node cgroup $1; running in the caller\'s cgroup" >&2; fi; ' +
+    'shift; exec "$@"';
   const child = start(
-    config.node.nsenter,
-    [...nsenterArgs(node.childPid, { workdir: process.cwd() }), ...command],
+    '/bin/sh',
+    [
+      '-c',
+      script,
+      'sh',
+      leaf,
+      config.node.nsenter,
+      ...nsenterArgs(node.childPid, { workdir: process.cwd() }),
+      ...command,
+    ],
     {
       stdio: ['inherit', 'inherit', 'inherit'],
       env: { ...process.env, PATH: withSbin(process.env.PATH) },
       ownGroup: false,
     },
   );
-  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => child.kill(s, 'process'));
+  // nsenter does not forward signals to the command it forked into the node's pid namespace
+  // (it dies and leaves the command running): signal the command itself.
+  const forward = (s: NodeJS.Signals) => {
+    const nsenterPid = child.pid;
+    if (nsenterPid === undefined) return;
+    void childOf(nsenterPid).then((commandPid) => {
+      try {
+        process.kill(commandPid ?? nsenterPid, s);
+      } catch {
+        // already gone
+      }
+    });
+  };
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, forward);
   try {
     await child.spawned;
   } catch (err) {

@@ -62,6 +62,8 @@ export interface Config {
     copyUp: string[];
     stateDir: string;
     disableHostLoopback: boolean;
+    /** The node's hostname (its own UTS namespace), mapped to 127.0.0.1 in its /etc/hosts; unset = the host's. */
+    hostname: string | undefined;
   };
   runtime: {
     crun: string;
@@ -130,6 +132,7 @@ export interface ConfigOverrides {
   'node.copy_up'?: string[];
   'node.state_dir'?: string;
   'node.disable_host_loopback'?: boolean;
+  'node.hostname'?: string;
   'runtime.crun'?: string;
   'runtime.conmon'?: string;
   'runtime.crun_root'?: string;
@@ -344,6 +347,27 @@ function cgroupName(): Field<string> {
   };
 }
 
+/** A hostname that is also a valid Kubernetes node name (RFC 1123, lower case, at most 64 bytes). */
+function hostname(): Field<string> {
+  return {
+    check(value, path) {
+      const label = '[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?';
+      if (
+        typeof value !== 'string' ||
+        value.length > 64 ||
+        !new RegExp(`^${label}(\\.${label})*$`).test(value)
+      ) {
+        fail(
+          path,
+          'a lower-case RFC 1123 hostname of at most 64 characters (a valid Kubernetes node name)',
+          value,
+        );
+      }
+      return value;
+    },
+  };
+}
+
 /** CNI network names follow libcni's rule. */
 function networkName(): Field<string> {
   return {
@@ -442,6 +466,7 @@ const SCHEMA = table({
     copy_up: list(absolutePath()),
     state_dir: absolutePath(),
     disable_host_loopback: boolean(),
+    hostname: hostname(),
   }),
   runtime: table({
     crun: program(),
@@ -716,6 +741,7 @@ export function resolveConfig(
       copyUp: node.copy_up ?? ['/etc', '/run', '/var/lib'],
       stateDir: node.state_dir ?? join(runDir, 'node'),
       disableHostLoopback: node.disable_host_loopback ?? true,
+      hostname: node.hostname,
     },
     runtime: {
       crun: runtime.crun ?? 'crun',

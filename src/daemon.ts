@@ -31,6 +31,7 @@ import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
 import { ipcHostListeners } from './rootless/host-listeners.js';
 import { inUserNamespace } from './rootless/node.js';
+import { prepareNodeForKubelet } from './rootless/node-setup.js';
 import { ListenerPublisher, startPublished } from './rootless/published-listeners.js';
 import { writePidFile } from './rootless/supervisor.js';
 import { delegateControllersToPods, NodeHealth, probeNodeFacts } from './runtime-info/node-health.js';
@@ -64,6 +65,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   const facts = await probeNodeFacts(cgroups, await inUserNamespace(), logger);
   if (failedControllers.length > 0) {
     facts.warnings.push(`could not enable cgroup controllers ${failedControllers.join(', ')} for pods`);
+  }
+  // Only in the node our supervisor made: its hostname, /etc/hosts and /var/log are ours to set.
+  if (process.env.ROOTLESS_CRI_IN_NODE) {
+    await prepareNodeForKubelet({ rootDir: config.rootDir, hostname: config.node.hostname, logger });
   }
   const stateDir = facts.rootlesskitStateDir;
   const portManager = stateDir ? new RootlesskitPortManager(path.join(stateDir, 'api.sock')) : null;

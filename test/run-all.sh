@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI runs (`make test`, called by .ci/run). As root on a fresh Debian 12 machine:
-# prepare the host, install crictl/critest, build, lint, then run every test suite as the
-# unprivileged test user's daemon. Ends with one line "N passed, N failed, N skipped".
+# prepare the host, install crictl/critest, build the Kubernetes components, build, lint, then
+# run every test suite as the unprivileged test user's daemon. Ends with one line
+# "N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -37,6 +38,12 @@ export ROOTLESS_CRI_ATTACKER_USER=$TEST_USER2
 ROOTLESS_CRI_TEST_BUSYBOX=$(bash test/setup/fetch-test-busybox.sh) || die "cannot fetch Debian's busybox for the test images"
 export ROOTLESS_CRI_TEST_BUSYBOX
 
+# Built from the Go module proxy once (about 15 minutes on 2 cores), a no-op once installed.
+step "Kubernetes components for test/kubernetes (deploy/kubernetes/build.sh)"
+ROOTLESS_CRI_K8S_BIN=$(bash deploy/kubernetes/build.sh) || die "deploy/kubernetes/build.sh failed"
+export ROOTLESS_CRI_K8S_BIN
+rm -f "$REPORT_DIR/kubernetes-checks.txt"
+
 lint_failed=0
 step "lint (biome) and type check"
 npx biome check . || lint_failed=1
@@ -47,6 +54,7 @@ npx vitest run --reporter=default --reporter=json --outputFile.json="$REPORT_DIR
 vitest_rc=$?
 
 [ -f "$REPORT_DIR/critest-summary.txt" ] && cat "$REPORT_DIR/critest-summary.txt"
+[ -f "$REPORT_DIR/kubernetes-checks.txt" ] && cat "$REPORT_DIR/kubernetes-checks.txt"
 node - "$REPORT_DIR/vitest.json" "$lint_failed" "$vitest_rc" <<'JS'
 const [file, lintFailed, rc] = process.argv.slice(2);
 let passed = 0, failed = 0, skipped = 0;

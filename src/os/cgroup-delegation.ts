@@ -7,6 +7,7 @@
  *   R/rootless-cri/                 the node cgroup N (config cgroup.subtree); root of the node's cgroup namespace
  *   R/rootless-cri/rootlesskit/     rootlesskit, slirp4netns, catatonit (rootlesskit evacuates them here)
  *   R/rootless-cri/daemon/          the rootless-cri daemon
+ *   R/rootless-cri/enter/           what `rootless-cri enter` runs (kubelet, a shell, ...)
  *   R/rootless-cri/pods/<pod>/...   pods and containers (later issues)
  *
  * No process lives in an inner node of this tree, so controllers can be enabled anywhere.
@@ -17,6 +18,7 @@ import path from 'node:path';
 
 export const DAEMON_CGROUP_NAME = 'daemon';
 export const ROOTLESSKIT_CGROUP_NAME = 'rootlesskit';
+export const ENTER_CGROUP_NAME = 'enter';
 
 export interface CgroupFacts {
   /** Mount point of the cgroup v2 hierarchy, e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified. */

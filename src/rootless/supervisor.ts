@@ -71,7 +71,8 @@ export async function ensureNode(options: NodeOptions, logger: Logger): Promise<
   return startNode(options, logger);
 }
 
-async function childOf(pid: number): Promise<number | null> {
+/** The first child of `pid` (nsenter forks once to enter a pid namespace: its child runs the command). */
+export async function childOf(pid: number): Promise<number | null> {
   const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
   const first = Number(text.trim().split(/\s+/)[0]);
   return Number.isInteger(first) && first > 1 ? first : null;

@@ -232,7 +232,10 @@ export class TestDaemon {
       await Promise.race([
         this.supervisorExit,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`the supervisor did not exit within ${timeoutMs} ms`)), timeoutMs);
+          timer = setTimeout(
+            () => reject(new Error(`the supervisor did not exit within ${timeoutMs} ms`)),
+            timeoutMs,
+          );
         }),
       ]);
     } finally {
