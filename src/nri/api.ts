@@ -429,6 +429,7 @@ export type UpdateContainersRequest = MessageOf<typeof UpdateContainersRequest>;
 export const UpdateContainersResponse = defineMessage('UpdateContainersResponse', {
   failed: repeatedMessage(1, () => ContainerUpdate),
 });
+export type UpdateContainersResponse = MessageOf<typeof UpdateContainersResponse>;
 
 // ---- Plugin service (the runtime calls these) -------------------------------------------
 
