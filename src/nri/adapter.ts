@@ -302,6 +302,16 @@ export class NriAdapter {
     return this.relayAll(EVENTS.RunPodSandbox, { pod: toNriPod(pod) }, 'reject');
   }
 
+  /**
+   * A pod whose RunPodSandbox reached plugins but whose creation then failed (a later plugin
+   * vetoed it, or a later step failed): tell plugins it stopped and went away.
+   */
+  async undoRunPodSandbox(pod: NriPod): Promise<string[]> {
+    const stopped = await this.stopPodSandbox(pod);
+    const removed = await this.removePodSandbox(pod);
+    return [...stopped, ...removed];
+  }
+
   async updatePodSandbox(
     pod: NriPod,
     overhead?: NriOciResources,
@@ -642,7 +652,15 @@ export class NriAdapter {
       'NRI plugin synchronized',
     );
     this.options.onPluginChange?.('ready', pluginInfo(plugin));
-    if (updates.length > 0) await this.applyPluginUpdates(plugin, updates, []);
+    if (updates.length > 0) {
+      // The runtime failing to apply them is not the plugin's fault: log, keep the plugin.
+      await this.applyPluginUpdates(plugin, updates, []).catch((err: unknown) =>
+        this.log.warn(
+          { plugin: plugin.id, err },
+          'NRI: applying the updates a plugin asked for at Synchronize failed',
+        ),
+      );
+    }
   }
 
   /** Synchronize, split into several messages (more = true) when the state is too big for one. */

@@ -329,13 +329,16 @@ describe('NriAdapter: events', () => {
     ]);
   });
 
-  it('tells plugins a container whose creation failed later stopped and went away', async () => {
+  it('tells plugins a pod or container whose creation failed later stopped and went away', async () => {
     const s = await setup();
     const p = await s.plugin('watch', '10');
     await s.adapter.createContainer(pod, ctr('c1'), spec());
     await s.adapter.undoCreateContainer(pod, ctr('c1'));
     expect(p.methods().slice(2)).toEqual(['CreateContainer', 'StopContainer', 'RemoveContainer']);
     expect(p.calls.at(-2)!.request.container.state).toBe(4);
+    await s.adapter.runPodSandbox(pod);
+    await s.adapter.undoRunPodSandbox(pod);
+    expect(p.methods().slice(5)).toEqual(['RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox']);
   });
 
   it('lets a plugin veto Start and Update, but not Stop or Remove', async () => {
