@@ -188,7 +188,7 @@ function isFatal(err: unknown): boolean {
   );
 }
 
-function describe(err: unknown): string {
+function explain(err: unknown): string {
   if (
     err instanceof TtrpcTimeoutError ||
     err instanceof TtrpcClosedError ||
@@ -473,12 +473,12 @@ export class NriAdapter {
         answer = await this.callEvent(plugin, relay, request);
       } catch (err) {
         if (isFatal(err)) {
-          const message = `NRI plugin ${plugin.id} disconnected during ${relay.method}: ${describe(err)}`;
+          const message = `NRI plugin ${plugin.id} disconnected during ${relay.method}: ${explain(err)}`;
           this.disconnect(plugin, err);
           warnings.push(message);
           continue;
         }
-        const message = `NRI plugin ${plugin.id} failed ${relay.method}: ${describe(err)}`;
+        const message = `NRI plugin ${plugin.id} failed ${relay.method}: ${explain(err)}`;
         if (mode === 'reject') throw new FailedPreconditionError(message, { cause: err });
         this.log.warn({ plugin: plugin.id }, message);
         warnings.push(message);
@@ -571,7 +571,7 @@ export class NriAdapter {
   }
 
   private disconnect(plugin: NriPlugin, reason: unknown): void {
-    const message = describe(reason);
+    const message = explain(reason);
     this.log.warn({ plugin: plugin.id, reason: message }, 'NRI: disconnecting plugin');
     plugin.close(reason instanceof Error ? reason : new Error(message));
   }
@@ -632,6 +632,12 @@ export class NriAdapter {
       throw new PluginProtocolError(`subscribed to unknown events (mask 0x${events.toString(16)})`);
     }
     plugin.events = events === 0 ? VALID_EVENTS_MASK : events;
+    if (events !== 0 && plugin.subscribed(NriEvent.ValidateContainerAdjustment)) {
+      this.log.warn(
+        { plugin: plugin.id },
+        'NRI plugin subscribed to ValidateContainerAdjustment, which rootless-cri does not support: its validation is not applied',
+      );
+    }
 
     let updates: ContainerUpdate[] = [];
     const block = await this.gate.acquireExclusive();
