@@ -111,6 +111,15 @@ export interface Config {
     address: string;
     port: number;
   };
+  nri: {
+    /** Accept NRI plugins (github.com/containerd/nri) on `socketPath`; off by default. */
+    enable: boolean;
+    socketPath: string;
+    /** From connecting to RegisterPlugin, and for Synchronize. */
+    pluginRegistrationTimeoutMs: number;
+    /** For a plugin to answer any other request. */
+    pluginRequestTimeoutMs: number;
+  };
 }
 
 /**
@@ -160,6 +169,10 @@ export interface ConfigOverrides {
   'metrics.enabled'?: boolean;
   'metrics.address'?: string;
   'metrics.port'?: number;
+  'nri.enable'?: boolean;
+  'nri.socket_path'?: string;
+  'nri.plugin_registration_timeout_ms'?: number;
+  'nri.plugin_request_timeout_ms'?: number;
 }
 
 export interface LoadConfigOptions {
@@ -515,6 +528,12 @@ const SCHEMA = table({
     address: ipAddress(),
     port: integer(0, 65535),
   }),
+  nri: table({
+    enable: boolean(),
+    socket_path: absolutePath(),
+    plugin_registration_timeout_ms: integer(100, 600_000),
+    plugin_request_timeout_ms: integer(100, 600_000),
+  }),
 });
 
 export type RawConfig = RawOf<typeof SCHEMA>;
@@ -714,6 +733,15 @@ export function resolveConfig(
   const image = raw.image ?? {};
   const streaming = raw.streaming ?? {};
   const metrics = raw.metrics ?? {};
+  const nri = raw.nri ?? {};
+  const nriSocket = nri.socket_path ?? join(runDir, 'nri.sock');
+  if (Buffer.byteLength(nriSocket) > MAX_SOCKET_PATH_BYTES) {
+    const origin =
+      nri.socket_path !== undefined ? 'nri.socket_path' : 'nri.socket_path (derived from run_dir)';
+    throw new InvalidArgumentError(
+      `${origin}: "${nriSocket}" is ${Buffer.byteLength(nriSocket)} bytes, longer than the ${MAX_SOCKET_PATH_BYTES} a unix socket path may have; set a shorter nri.socket_path or run_dir`,
+    );
+  }
 
   const registries: Record<string, RegistryConfig> = {};
   for (const [host, entry] of Object.entries(image.registry ?? {})) {
@@ -786,6 +814,12 @@ export function resolveConfig(
       enabled: metrics.enabled ?? true,
       address: metrics.address ?? '127.0.0.1',
       port: metrics.port ?? 0,
+    },
+    nri: {
+      enable: nri.enable ?? false,
+      socketPath: nriSocket,
+      pluginRegistrationTimeoutMs: nri.plugin_registration_timeout_ms ?? 5000,
+      pluginRequestTimeoutMs: nri.plugin_request_timeout_ms ?? 2000,
     },
   };
 }

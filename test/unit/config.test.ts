@@ -113,6 +113,26 @@ describe('defaults', () => {
       },
     });
     expect(config.metrics).toEqual({ enabled: true, address: '127.0.0.1', port: 0 });
+    expect(config.nri).toEqual({
+      enable: false,
+      socketPath: '/tmp/rootless-cri-1000/nri.sock',
+      pluginRegistrationTimeoutMs: 5000,
+      pluginRequestTimeoutMs: 2000,
+    });
+  });
+
+  it('derives the NRI socket from run_dir unless set, and checks its length', () => {
+    const moved = loadConfig({ env: { HOME: home }, uid: 1, overrides: { run_dir: '/run/x' } });
+    expect(moved.nri.socketPath).toBe('/run/x/nri.sock');
+    const set = loadConfig({
+      env: { HOME: home },
+      uid: 1,
+      overrides: { 'nri.enable': true, 'nri.socket_path': '/run/nri/nri.sock' },
+    });
+    expect(set.nri).toMatchObject({ enable: true, socketPath: '/run/nri/nri.sock' });
+    expect(() =>
+      loadConfig({ env: { HOME: home }, uid: 1, overrides: { 'nri.socket_path': `/${'x'.repeat(120)}` } }),
+    ).toThrow(/nri\.socket_path: .* longer than the 107 a unix socket path may have/);
   });
 
   it('uses the shipped CNI config until the root dir has its own', () => {
@@ -269,6 +289,11 @@ describe('bad keys and values name the full key path', () => {
     ['[streaming]\naddress = "localhost"', 'streaming.address: expected an IPv4 or IPv6 address'],
     ['[streaming]\nport = -1', 'streaming.port: expected an integer from 0 to 65535, got number -1'],
     ['[metrics]\nenabled = 1979-05-27', 'metrics.enabled: expected true or false, got a date'],
+    [
+      '[nri]\nplugin_request_timeout_ms = 10',
+      'nri.plugin_request_timeout_ms: expected an integer from 100 to 600000, got number 10',
+    ],
+    ['[nri]\nsocket_path = "nri.sock"', 'nri.socket_path: expected an absolute path'],
     ['node = 1', 'node: expected a table, got number 1'],
   ])('%j', (text, expected) => {
     expect(errorFor(text)).toContain(`config.toml: ${expected}`);
