@@ -112,7 +112,7 @@ async function startAdapter(options: { requestTimeoutMs?: number } = {}): Promis
     runtimeVersion: '0.1.0-test',
     registrationTimeoutMs: 5000,
     requestTimeoutMs: options.requestTimeoutMs ?? 2000,
-    logger: createLogger({ level: process.env.NRI_TEST_LOG ?? 'silent', pretty: false }),
+    logger: createLogger({ level: process.env.NRI_TEST_LOG ?? 'silent' }),
     state: {
       listPodsAndContainers: async () => ({
         pods: [existingPod],

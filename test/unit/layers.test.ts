@@ -6,7 +6,7 @@
  *   podsandbox/ container/ image/ streaming/  the domain: RPC modules, never importing
  *   rootless/ runtime-info/                   one another
  *   core/                                     the runtime core
- *   os/ store/                                the OS layer and crash-safe records
+ *   os/ store/ nri/                           the OS layer, crash-safe records, the NRI protocol
  *   api/ errors log version config metrics    the ground floor
  *
  * Nothing imports upward, the import graph has no cycle, and only src/os/ starts processes
@@ -28,7 +28,11 @@ const LAYERS: { layer: number; name: string; match: (file: string) => boolean }[
     match: (f) => /^(podsandbox|container|image|streaming|rootless|runtime-info)\//.test(f),
   },
   { layer: 2, name: 'core', match: (f) => f.startsWith('core/') },
-  { layer: 1, name: 'os', match: (f) => f.startsWith('os/') || f.startsWith('store/') },
+  {
+    layer: 1,
+    name: 'os',
+    match: (f) => f.startsWith('os/') || f.startsWith('store/') || f.startsWith('nri/'),
+  },
   {
     layer: 0,
     name: 'ground',
