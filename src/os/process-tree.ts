@@ -13,6 +13,23 @@ async function parentOf(pid: number): Promise<number | null> {
   return Number.isSafeInteger(ppid) ? ppid : null;
 }
 
+/**
+ * The children of `pid`. A multithreaded parent (rootlesskit is a Go program) forks from any of
+ * its threads, and /proc lists a child under the thread that forked it: every thread is read.
+ */
+export async function childrenOf(pid: number): Promise<number[]> {
+  const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  const children: number[] = [];
+  for (const task of tasks) {
+    const text = await readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '');
+    for (const word of text.trim().split(/\s+/)) {
+      const child = Number(word);
+      if (word !== '' && Number.isSafeInteger(child) && child > 1) children.push(child);
+    }
+  }
+  return children;
+}
+
 /** `pid` and its descendants, as they are now (parents before children). */
 export async function processTree(pid: number): Promise<number[]> {
   const parents = new Map<number, number>();

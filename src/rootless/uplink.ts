@@ -15,6 +15,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../log.js';
 import { type ProcessHandle, start } from '../os/process-runner.js';
+import { childrenOf } from '../os/process-tree.js';
 
 export interface UplinkOptions {
   /** The node: rootlesskit's parent and its child (whose namespaces are the node's). */
@@ -25,16 +26,6 @@ export interface UplinkOptions {
   disableHostLoopback: boolean;
   /** How often the uplink is looked at (ms). */
   intervalMs?: number;
-}
-
-async function childrenOf(pid: number): Promise<number[]> {
-  const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
-  return text
-    .trim()
-    .split(/\s+/)
-    .filter(Boolean)
-    .map(Number)
-    .filter((n) => Number.isSafeInteger(n) && n > 1);
 }
 
 async function commOf(pid: number): Promise<string> {

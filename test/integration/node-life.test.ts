@@ -10,6 +10,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { childrenOf } from '../../src/os/process-tree.js';
 import { exposeInNode, type NodeBridge } from '../fixtures/hostile-registry.js';
 import { freePort, type RunningRegistry, startRegistry } from '../fixtures/registry.js';
 import { buildCatalogue, pushCatalogue } from '../fixtures/test-images.js';
@@ -51,11 +52,6 @@ async function until<T>(
 async function parentOf(pid: number): Promise<number> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-}
-
-async function childrenOf(pid: number): Promise<number[]> {
-  const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
-  return text.trim().split(/\s+/).filter(Boolean).map(Number);
 }
 
 function podConfig(name: string, extra: Record<string, unknown> = {}) {
@@ -220,7 +216,8 @@ describe('deaths the node survives', () => {
     await daemon.client.runtime('RemoveContainer', { container_id: ids.ctr });
     await daemon.client.runtime('StopPodSandbox', { pod_sandbox_id: ids.pod });
     await daemon.client.runtime('RemovePodSandbox', { pod_sandbox_id: ids.pod });
-    expect(await nodeLeftovers(daemon)).toEqual([]);
+    const left = await nodeLeftovers(daemon);
+    expect(left, left.length > 0 ? await daemon.logTail(60) : '').toEqual([]);
   }
 
   it('the supervisor killed: the daemon follows (no orphan), serve works at once, pods keep running', async () => {
@@ -267,7 +264,10 @@ describe('deaths the node survives', () => {
       if ((await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim() === 'slirp4netns')
         mine.push(pid);
     }
-    expect(mine).toHaveLength(1);
+    const tree = async () =>
+      (await execa('ps', ['-o', 'pid,ppid,comm,args', '-u', String(daemon.user.uid)], { reject: false }))
+        .stdout;
+    expect(mine, `rootlesskit ${rootlesskit}:\n${await tree()}`).toHaveLength(1);
     for (const pid of mine) process.kill(pid, 'SIGKILL');
     const networkReady = async () => {
       const s = await daemon.client.runtime('Status', {});
@@ -319,7 +319,7 @@ describe('a disk that fills up', () => {
   beforeAll(async () => {
     daemon = await TestDaemon.start({
       extraConfig: mirrorConfig(registry.url),
-      rootTmpfs: { sizeBytes: 48 * 1024 * 1024 },
+      rootTmpfs: { sizeBytes: 48 * 1024 * 1024, inodes: 4096 },
     });
     bridge = await exposeInNode(await daemon.nodePid(), registry.port);
     await daemon.client.image('PullImage', { image: { image: BUSYBOX } }, { timeoutMs: 120_000 });
@@ -392,8 +392,9 @@ describe('a disk that fills up', () => {
   it('a pull onto a full disk fails RESOURCE_EXHAUSTED and leaves no partial blob or layer', async () => {
     const filler = path.join(logs, 'ballast');
     await mkdir(logs, { recursive: true });
-    await execa('fallocate', ['-l', String(64 * 1024 * 1024), filler], { reject: false });
+    // The image goes first (that frees its space), then zeros until the disk is full.
     await daemon.client.image('RemoveImage', { image: { image: BUSYBOX } });
+    await execa('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], { reject: false });
     const err = await daemon.client
       .image('PullImage', { image: { image: BUSYBOX } }, { timeoutMs: 60_000 })
       .catch((e: unknown) => e);
@@ -413,8 +414,11 @@ describe('a disk that fills up', () => {
     const a = await podWithContainer(daemon, 'before-inodes-run-out');
     const many = path.join(logs, 'inodes');
     await mkdir(many, { recursive: true });
-    // Empty files until the filesystem has no inode left (tmpfs counts them against its size).
-    await execa('sh', ['-c', `i=0; while touch "${many}/f$i" 2>/dev/null; do i=$((i+1)); done`]);
+    // Empty files until the filesystem has no inode left (the tmpfs has a few thousand); the
+    // shell creates them itself, no process per file.
+    await execa('sh', ['-c', `i=0; while : >"${many}/f$i"; do i=$((i+1)); done 2>/dev/null`], {
+      reject: false,
+    });
     const err = await daemon.client
       .runtime('RunPodSandbox', { config: podConfig('no-inodes') } as never)
       .catch((e: unknown) => e);

@@ -3,10 +3,10 @@
  * function, with warnings for what this runtime cannot express.
  */
 import { describe, expect, it } from 'vitest';
-import type { OciSpec } from '../../src/os/oci-spec.js';
 import { applyAdjustment } from '../../src/nri/adjust-spec.js';
 import type { ContainerAdjustment } from '../../src/nri/api.js';
 import type { NriOciSpec } from '../../src/nri/oci-spec.js';
+import type { OciSpec } from '../../src/os/oci-spec.js';
 
 function spec(): NriOciSpec {
   return {
