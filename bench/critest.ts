@@ -1,5 +1,5 @@
 /**
- * critest -benchmark (cri-tools v1.36.0) against a real daemon, run inside the node like the
+ * critest -benchmark (cri-tools v1.37.0) against a real daemon, run inside the node like the
  * conformance suite. A params file asks for the pod, container and image lifecycle benchmarks
  * (BENCH_CRITEST_N samples each); critest runs twice, one at a time and two in parallel, and
  * writes per-sample durations to its output dir. critest computes no percentiles, so we do:
@@ -9,6 +9,7 @@
 import { chown, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { CRITEST } from '../test/conformance/critest-runner.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { buildCatalogue, pushCatalogue } from '../test/fixtures/test-images.js';
 import { mirrorConfig, TestDaemon } from '../test/harness/daemon.js';
@@ -79,7 +80,7 @@ async function runOnce(daemon: TestDaemon, parallel: number): Promise<OperationS
     '-c',
     'cd /tmp && exec "$@"',
     'sh',
-    'critest',
+    CRITEST,
     `-runtime-endpoint=unix://${daemon.socket}`,
     `-image-endpoint=unix://${daemon.socket}`,
     '-benchmark',

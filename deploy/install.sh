@@ -2,9 +2,10 @@
 # Build rootless-cri and install what it needs; shared by `make demo` and `make test`.
 #
 #   deploy/install.sh [--user NAME] [--app-dir DIR] [--global-link]
+#   deploy/install.sh --print-critest     the path of the pinned critest (installs nothing)
 #
 # As root: prepares the host (deploy/setup-host.sh, with --user NAME), installs the pinned
-# Node.js (deploy/install-node.sh) and crictl and critest (cri-tools, pinned) with `go install`,
+# Node.js (deploy/install-node.sh) and crictl and critest (cri-tools, pinned) with Go,
 # builds the project, and copies the built app to DIR (world-readable) so an unprivileged user
 # can run it even when this checkout is somewhere they cannot read. As another user: only
 # builds (on the pinned Node.js, which root installed). Whatever `node` is on PATH, npm, the
@@ -17,7 +18,11 @@
 # /usr/local/bin/rootless-cri is written only with --global-link.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CRI_TOOLS_VERSION=v1.36.0
+CRI_TOOLS_VERSION=v1.37.0
+# critest is the conformance suite a checkout is tested against, so it is kept by version
+# (the tests run it by this path; nothing goes to /usr/local/bin): two checkouts pinning
+# different versions on one machine never replace each other's suite under a running test.
+CRITEST=/opt/rootless-cri-tools/$CRI_TOOLS_VERSION/critest
 user=""
 app=""
 global_link=0
@@ -26,6 +31,7 @@ while [ $# -gt 0 ]; do
     --user) user="${2:?--user needs a name}"; shift 2 ;;
     --app-dir) app="${2:?--app-dir needs a directory}"; shift 2 ;;
     --global-link) global_link=1; shift ;;
+    --print-critest) echo "$CRITEST"; exit 0 ;;
     *) echo "install: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -50,11 +56,13 @@ if [ "$(id -u)" -eq 0 ]; then
       -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION" \
       "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
   fi
-  if ! critest --version 2>/dev/null | grep -q "${CRI_TOOLS_VERSION#v}"; then
+  if ! "$CRITEST" --version 2>/dev/null | grep -q "${CRI_TOOLS_VERSION#v}"; then
     echo "install: building critest $CRI_TOOLS_VERSION (a few minutes the first time)"
     src=$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" | jq -r .Dir)
-    (cd "$src" && GOFLAGS=-mod=mod go test -c -o /usr/local/bin/critest \
+    mkdir -p "$(dirname "$CRITEST")"
+    (cd "$src" && GOFLAGS=-mod=mod go test -c -o "$CRITEST.new" \
       -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION" ./cmd/critest)
+    mv -f "$CRITEST.new" "$CRITEST"
   fi
 fi
 

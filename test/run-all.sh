@@ -28,6 +28,8 @@ step "install: host setup, test user $TEST_USER, crictl/critest, build, app copy
 bash deploy/install.sh --user "$TEST_USER" --app-dir "$APP" || die "deploy/install.sh failed"
 bash deploy/setup-host.sh --user "$TEST_USER2" --no-packages || die "cannot set up the second test user $TEST_USER2"
 export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER ROOTLESS_CRI_TEST_USER2=$TEST_USER2
+ROOTLESS_CRI_CRITEST=$(bash deploy/install.sh --print-critest)
+export ROOTLESS_CRI_CRITEST
 # Everything below (npx, biome, tsc, vitest and the daemons the tests start) runs on the pinned
 # Node.js that install.sh installed, whatever node is on PATH.
 NODE_BIN=$(bash deploy/install-node.sh --check) || die "the pinned Node.js is not installed"

@@ -1,14 +1,22 @@
 /**
- * Runs the upstream conformance suite, critest (cri-tools v1.36.0), against a test daemon,
+ * Runs the upstream conformance suite, critest (cri-tools v1.37.0), against a test daemon,
  * inside the node (`rootless-cri enter -- critest ...`) so the node's network, pid, ipc and
  * mount namespaces are critest's "host". Specs are selected by two files: critest-skips.txt
  * (what this host cannot support, with the reason) and critest-pending.txt (capabilities not
  * landed yet, with their issue). Results come from critest's JUnit report.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { TestDaemon } from '../harness/daemon.js';
+
+/** The pinned critest: where deploy/install.sh builds it (its --print-critest). */
+export const CRITEST =
+  process.env.ROOTLESS_CRI_CRITEST ??
+  (
+    await execa('bash', [path.resolve(import.meta.dirname, '../../deploy/install.sh'), '--print-critest'])
+  ).stdout.trim();
 
 export interface SpecFilter {
   pattern: string;
@@ -34,7 +42,7 @@ export function matchingFilter(spec: string, filters: SpecFilter[]): SpecFilter 
 
 /** Every critest spec (benchmarks excluded), by its full text, from a dry run. */
 export async function listCritestSpecs(): Promise<string[]> {
-  const r = await execa('critest', ['-ginkgo.dry-run', '-ginkgo.v', '-ginkgo.no-color'], {
+  const r = await execa(CRITEST, ['-ginkgo.dry-run', '-ginkgo.v', '-ginkgo.no-color'], {
     reject: false,
     cwd: '/tmp',
   });
@@ -98,7 +106,7 @@ export async function runCritest(daemon: TestDaemon, options: RunCritestOptions)
   const skipRegex = options.skip.map((f) => `(${f.pattern})`).join('|');
   const junit = path.join(options.reportDir, 'critest-junit.xml');
   const args = [
-    'critest',
+    CRITEST,
     `-runtime-endpoint=unix://${daemon.socket}`,
     `-image-endpoint=unix://${daemon.socket}`,
     `-report-dir=${options.reportDir}`,

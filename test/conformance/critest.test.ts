@@ -26,7 +26,7 @@ const specs = await listCritestSpecs();
 const skips = await readSpecFilters(path.join(here, 'critest-skips.txt'));
 const pending = await readSpecFilters(path.join(here, 'critest-pending.txt'));
 
-describe('critest v1.36.0 inside the node', () => {
+describe('critest v1.37.0 inside the node', () => {
   let daemon: TestDaemon;
   let registry: RunningRegistry;
   let result: CritestResult;
