@@ -20,6 +20,7 @@ import { statusOf } from '../core/container-view.js';
 import { describeUndoFailures, RollbackStack } from '../core/rollback.js';
 import { adjustSpec } from '../core/spec-adjust.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import type { ContainerDeps } from './container-deps.js';
 import { buildOciSpec, containerLogPath, type ImageRuntimeConfig } from './spec-builder.js';
 
@@ -120,6 +121,7 @@ export function createCreateContainer(deps: ContainerDeps) {
       rollback.push('remove the writable layer', () => deps.core.snapshotter.remove(id));
       const { rootfs } = await deps.core.snapshotter.prepare(id, image.layerDirs);
       record = { ...record, rootfs };
+      failpoint('container.rootfs-mounted');
 
       step = 'building the OCI spec';
       const built = await buildOciSpec({
@@ -181,6 +183,7 @@ export function createCreateContainer(deps: ContainerDeps) {
         ...(signal ? { signal } : {}),
       });
 
+      failpoint('container.runtime-created');
       step = 'saving the created container';
       record = { ...record, state: 'created', pid };
       await deps.core.containers.put(record);

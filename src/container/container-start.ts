@@ -9,6 +9,7 @@ import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { observeExitLocked, recordExit } from '../core/container-lifecycle.js';
 import { statusOf } from '../core/container-view.js';
 import { describeError, FailedPreconditionError, NotFoundError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
 
 export function createStartContainer(deps: ContainerDeps) {
@@ -44,6 +45,7 @@ export function createStartContainer(deps: ContainerDeps) {
         });
         throw err;
       }
+      failpoint('container.runtime-started');
       const started = { ...record, state: 'running' as const, startedAt: deps.core.now().toString() };
       await deps.core.containers.put(started);
       ctx.logger.info({ container: id }, `container ${describeContainer(record)} started`);

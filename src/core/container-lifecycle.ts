@@ -6,6 +6,7 @@
  * read paths also call observeExit so that an exit is never shown late even between events.
  */
 import { errorKind, InternalError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import type { ExitInfo, OciRuntime } from '../os/oci-runtime.js';
 import type { ContainerRecord } from './container-store.js';
 import { statusOf } from './container-view.js';
@@ -179,6 +180,7 @@ export async function stopContainer(
       if ((err as { kind?: string }).kind !== 'NotFound') throw err;
       return runtime.exitInfo(id);
     }
+    failpoint('container.stop-signalled');
     let dropped = await runtime.initDropsSignal(id, signal).catch(() => false);
     if (droppedBefore && !dropped) {
       // The handler arrived after our signal was discarded: deliver it again.
@@ -255,6 +257,7 @@ export async function removeContainerLocked(core: CoreContext, record: Container
     await stopContainerLocked(core, record, 0);
   }
   await core.runtime.delete(record.id, true);
+  failpoint('container.runtime-deleted');
   await core.runtime.cleanup(record.id);
   await core.snapshotter.remove(record.id);
   // The image's hold is bookkeeping: a full disk that cannot record its release must not keep a

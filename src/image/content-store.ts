@@ -11,6 +11,7 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import { type Logger, silentLogger } from '../log.js';
 import { removeTree } from '../os/remove-tree.js';
 import { type Digest, digestHex, parseDigest, sha256Digest } from './digest.js';
@@ -500,6 +501,7 @@ export class ContentStore {
       await handle.sync();
       await handle.close();
       handle = undefined;
+      failpoint('pull.blob-verified');
       await rename(temp, target);
       await syncDir(this.blobsDir);
       const seconds = (Date.now() - started) / 1000;

@@ -3,6 +3,7 @@ import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { InvalidArgumentError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import { type Logger, silentLogger } from '../log.js';
 import { removeTree } from '../os/remove-tree.js';
 import { type Digest, digestHex, isDigest, parseDigest } from './digest.js';
@@ -295,6 +296,7 @@ export class LayerStore {
       // A streamed layer read the download's bytes before the blob was committed.
       if (fetched !== undefined) await fetched.result;
       if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
+      failpoint('pull.layer-unpacked');
       await rename(temp, target);
       for (const warning of result.warnings) {
         this.logger.warn({ layer: layer.digest }, `layer unpack: ${warning}`);

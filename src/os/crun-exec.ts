@@ -34,6 +34,7 @@ import {
   FailedPreconditionError,
   InternalError,
 } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import type { Logger } from '../log.js';
 import type { OciProcess, OciSpec } from './oci-spec.js';
 import { collectStream, type ProcessHandle, start } from './process-runner.js';
@@ -174,6 +175,7 @@ export class CrunExec {
     });
     try {
       await handle.spawned;
+      failpoint('exec.started');
       const outcome = await Promise.race([handle.exited, deadline, aborted]);
       if (outcome === 'deadline' || outcome === 'aborted') {
         await this.killSession(handle, prepared.pidFile);

@@ -37,6 +37,7 @@ import { defaultPodCgroup } from '../core/cgroup-layout.js';
 import { describeUndoFailures, RollbackStack } from '../core/rollback.js';
 import { SANDBOX_RECORD_VERSION, type SandboxRecord, sandboxName } from '../core/sandbox-record.js';
 import { CancelledError, CriError, describeError, InternalError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import type { CniPortMapping } from '../os/cni-network.js';
 import type { NamespacePaths, PinnableNamespace, SysctlWrite } from '../os/sandbox-os.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
@@ -191,6 +192,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         // Recorded before ADD: from here on cleanup must run DEL with this configuration.
         if (conflist !== null) await save({ ...started, networkConfig: conflist });
         else if (infra) await save(started);
+        failpoint('sandbox.namespaces-made');
 
         const cniPorts: CniPortMapping[] = hostPorts.map((p) => ({
           hostPort: p.hostPort,
@@ -225,6 +227,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         // Both settle before anything else happens, so an undo never races a write.
         const settled = await Promise.allSettled([addNetwork(), writeFiles()]);
         for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
+        failpoint('sandbox.network-added');
 
         if (hostPorts.length > 0) {
           if (!deps.ports) {

@@ -7,6 +7,7 @@ import { rm } from 'node:fs/promises';
 import { defaultPodCgroup } from '../core/cgroup-layout.js';
 import { fromGoneNode } from '../core/core-context.js';
 import type { SandboxRecord } from '../core/sandbox-record.js';
+import { failpoint } from '../failpoint.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 
 /** SIGKILL to the pod's PID 1; its pid namespace (and every process in it) ends with it. */
@@ -107,6 +108,7 @@ export async function releaseRunningResources(
   await stopInfra(deps, record);
   await unpublishPorts(deps, record);
   await detachNetwork(deps, record);
+  failpoint('sandbox.network-removed');
   await unpinNetwork(deps, record);
   return {
     ...record,
