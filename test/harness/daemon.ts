@@ -134,13 +134,27 @@ export class TestDaemon {
     return daemon;
   }
 
-  /** Starts `rootless-cri serve` (again) and waits until it answers Version. */
-  async serve(): Promise<void> {
+  /**
+   * Starts `rootless-cri serve` (again) and waits until it answers Version. `env` is added to
+   * the daemon's environment (ROOTLESS_CRI_FAILPOINTS, for one).
+   */
+  async serve(env: Record<string, string> = {}): Promise<void> {
     const logFd = openSync(path.join(this.tmp, 'daemon.log'), 'a');
+    const envArgs = Object.entries(env).flatMap(([k, v]) => ['--env', `${k}=${v}`]);
     try {
       const child = spawn(
         'bash',
-        [RUN_AS_USER, this.user.name, '--', process.execPath, CLI, '--config', this.configFile, 'serve'],
+        [
+          RUN_AS_USER,
+          this.user.name,
+          ...envArgs,
+          '--',
+          process.execPath,
+          CLI,
+          '--config',
+          this.configFile,
+          'serve',
+        ],
         { stdio: ['ignore', logFd, logFd], detached: true },
       );
       this.supervisor = child;

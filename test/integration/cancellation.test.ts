@@ -21,6 +21,7 @@ import { type RunningRegistry, startRegistry } from '../fixtures/registry.js';
 import { buildCatalogue, pushCatalogue } from '../fixtures/test-images.js';
 import { grpcCode } from '../harness/cri-client.js';
 import { mirrorConfig, TestDaemon } from '../harness/daemon.js';
+import { until } from '../harness/until.js';
 
 const BUSYBOX = 'registry.k8s.io/e2e-test-images/busybox:1.29-2';
 /** A duration nobody else sleeps for: finds the helper processes of this test. */
@@ -43,22 +44,6 @@ async function writeScript(name: string, text: string): Promise<string> {
 async function processes(pattern: string): Promise<string[]> {
   const r = await daemon.asUser(['pgrep', '-u', String(daemon.user.uid), '-af', pattern]);
   return r.stdout.split('\n').filter((l) => l.trim() !== '' && !l.includes('pgrep'));
-}
-
-async function until<T>(
-  what: string,
-  probe: () => Promise<T>,
-  ok: (v: T) => boolean,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (ok(value)) return value;
-    if (Date.now() > deadline)
-      throw new Error(`${what}: still ${JSON.stringify(value)} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 function pod(name: string) {

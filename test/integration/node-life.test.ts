@@ -16,6 +16,8 @@ import { freePort, type RunningRegistry, startRegistry } from '../fixtures/regis
 import { buildCatalogue, pushCatalogue } from '../fixtures/test-images.js';
 import { grpcCode } from '../harness/cri-client.js';
 import { mirrorConfig, TestDaemon } from '../harness/daemon.js';
+import { nodeLeftovers } from '../harness/node-leftovers.js';
+import { until } from '../harness/until.js';
 
 const BUSYBOX = 'registry.k8s.io/e2e-test-images/busybox:1.29-2';
 
@@ -33,21 +35,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await registry?.stop();
 });
-
-async function until<T>(
-  what: string,
-  probe: () => Promise<T>,
-  ok: (v: T) => boolean,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch((err: unknown) => err as T);
-    if (ok(value)) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: still ${String(value)} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function parentOf(pid: number): Promise<number> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
@@ -76,36 +63,6 @@ async function podWithContainer(daemon: TestDaemon, name: string, command = ['sl
   ).container_id!;
   await daemon.client.runtime('StartContainer', { container_id: ctr });
   return { pod, ctr, config };
-}
-
-/** What a pod can leave in the node: IP leases, namespace pins, published host ports. */
-async function nodeLeftovers(daemon: TestDaemon): Promise<string[]> {
-  const left: string[] = [];
-  const leases = path.join(daemon.runDir, 'cni', 'networks');
-  for (const net of await readdir(leases).catch(() => [] as string[])) {
-    for (const f of await readdir(path.join(leases, net)).catch(() => [] as string[])) {
-      if (/^\d+\.\d+\.\d+\.\d+$/.test(f)) left.push(`lease ${net}/${f}`);
-    }
-  }
-  for (const kind of ['netns', 'ipcns', 'utsns']) {
-    for (const f of await readdir(path.join(daemon.runDir, kind)).catch(() => [] as string[]))
-      left.push(`pin ${kind}/${f}`);
-  }
-  const ports = await daemon.asUser([
-    'rootlessctl',
-    '--socket',
-    path.join(daemon.runDir, 'node', 'api.sock'),
-    'list-ports',
-  ]);
-  for (const line of ports.stdout
-    .split('\n')
-    .slice(1)
-    .filter((l) => l.trim() !== '')) {
-    // The daemon's own listeners (streaming, metrics) are published on 127.0.0.1 too; pods' ports are others.
-    if (!/127\.0\.0\.1:\d+\s+127\.0\.0\.1:\d+/.test(line) || /10\.88\./.test(line))
-      left.push(`port ${line.trim()}`);
-  }
-  return left;
 }
 
 /** Everything of the old node is reported gone, with a reason, and removable; nothing is left. */

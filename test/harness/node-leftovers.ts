@@ -1,0 +1,37 @@
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { TestDaemon } from './daemon.js';
+
+/**
+ * What a pod can leave in the node once it is removed: IP leases, namespace pins, host ports
+ * published through rootlesskit. (Processes, mounts, cgroups and files are the harness's leak
+ * check at stop.)
+ */
+export async function nodeLeftovers(daemon: TestDaemon): Promise<string[]> {
+  const left: string[] = [];
+  const leases = path.join(daemon.runDir, 'cni', 'networks');
+  for (const net of await readdir(leases).catch(() => [] as string[])) {
+    for (const f of await readdir(path.join(leases, net)).catch(() => [] as string[])) {
+      if (/^\d+\.\d+\.\d+\.\d+$/.test(f)) left.push(`lease ${net}/${f}`);
+    }
+  }
+  for (const kind of ['netns', 'ipcns', 'utsns']) {
+    for (const f of await readdir(path.join(daemon.runDir, kind)).catch(() => [] as string[]))
+      left.push(`pin ${kind}/${f}`);
+  }
+  const ports = await daemon.asUser([
+    'rootlessctl',
+    '--socket',
+    path.join(daemon.runDir, 'node', 'api.sock'),
+    'list-ports',
+  ]);
+  for (const line of ports.stdout
+    .split('\n')
+    .slice(1)
+    .filter((l) => l.trim() !== '')) {
+    // The daemon's own listeners (streaming, metrics) are published on 127.0.0.1 too; pods' ports are others.
+    if (!/127\.0\.0\.1:\d+\s+127\.0\.0\.1:\d+/.test(line) || /10\.88\./.test(line))
+      left.push(`port ${line.trim()}`);
+  }
+  return left;
+}
