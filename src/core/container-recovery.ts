@@ -10,14 +10,18 @@
  *              still be alive (its pid file names a live `conmon`); if it is not, nobody holds
  *              the container's stdio, log or exit code, so the container is killed and marked
  *              EXITED with reason ContainerMonitorDied. Otherwise it keeps running, untouched:
- *              same id, pid, created and started times;
+ *              same id, pid, created and started times. A record still `created` whose
+ *              process the runtime reports running (the daemon died between `crun start`
+ *              and saving the start) is recorded running, started when its process did;
  *   exited   → kept as it is.
  * Names are reserved again, image holds of vanished containers dropped and writable layers
  * no record names removed. One bad record never stops the daemon: it is reported and skipped.
  */
 import { describeError } from '../errors.js';
+import { processStartedAt } from '../os/process-start.js';
 import { recordExit, settleDeadMonitor } from './container-lifecycle.js';
 import type { ContainerRecord } from './container-store.js';
+import { statusOf } from './container-view.js';
 import { type CoreContext, fromGoneNode } from './core-context.js';
 
 export interface ContainerRecoveryReport {
@@ -57,7 +61,29 @@ async function recoverOne(
   const pod = core.sandboxes.get(record.podSandboxId);
   const settled = await settleDeadMonitor(core, record, { nodeGone: pod ? fromGoneNode(core, pod) : false });
   if (settled) return 'monitorDied';
-  return record.state === 'running' ? 'running' : null;
+  if (record.state === 'created') return adoptStarted(core, record);
+  return 'running';
+}
+
+/** A `created` record whose process runs: StartContainer got as far as `crun start`. */
+async function adoptStarted(core: CoreContext, record: ContainerRecord): Promise<'running' | null> {
+  const state = await core.runtime.state(record.id);
+  if (state?.status !== 'running') return null;
+  const startedAt = (state.pid > 0 ? await processStartedAt(state.pid) : null) ?? core.now();
+  const started: ContainerRecord = { ...record, state: 'running', startedAt: startedAt.toString() };
+  await core.containers.put(started);
+  core.logger.info(
+    { container: record.id },
+    'container was started before the daemon died: recorded running',
+  );
+  core.events.publish(
+    'CONTAINER_STARTED_EVENT',
+    record.id,
+    record.podSandboxId,
+    statusOf(started),
+    core.now(),
+  );
+  return 'running';
 }
 
 export async function recoverContainers(core: CoreContext): Promise<ContainerRecoveryReport> {

@@ -731,6 +731,22 @@ describe('pods, lookup and recovery', () => {
     });
   });
 
+  it('recovers a container started by the runtime whose start the daemon did not record as running', async () => {
+    const id = await create({ metadata: { name: 'started-behind', attempt: 0 } });
+    // The daemon died between `crun start` and saving the record: the runtime runs it.
+    await w.core.close();
+    await w.runtime.start(id);
+    w = { ...w, ...makeService(w) };
+    await w.core.recover();
+    expect(w.core.recovery?.containers).toMatchObject({ running: 1 });
+    const after = (await status(id)).status!;
+    expect(after.state).toBe('CONTAINER_RUNNING');
+    expect(after.started_at).not.toBe('0');
+    // It stops like any running container.
+    await w.service.handlers.StopContainer!({ container_id: id, timeout: '0' }, ctx as never);
+    expect((await status(id)).status!.state).toBe('CONTAINER_EXITED');
+  });
+
   it('the monitor check finds a conmon that died while the daemon runs', async () => {
     const id = await create();
     await start(id);
