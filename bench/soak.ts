@@ -216,9 +216,10 @@ export async function soak(): Promise<number> {
         if (kind === 'fuse-overlayfs' && base === 'fuse-overlayfs') return { node: Number(pidText) };
       }
       if (kind === 'init') {
+        // conmon's pid file holds the pid in the node's pid namespace, not the host's.
         const pidFile = path.join(d.runDir, 'containers', c.id, 'container.pid');
         const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
-        return pid > 0 ? { host: pid } : undefined;
+        return pid > 1 ? { node: pid } : undefined;
       }
       return undefined;
     };
@@ -258,14 +259,11 @@ export async function soak(): Promise<number> {
           done = kill(await d.nodePid());
           break;
         case 'conmon':
-        case 'fuse-overlayfs': {
-          const found = await containerProcess(kind);
-          if (found?.node) done = (await d.enter(['kill', '-9', String(found.node)])).exitCode === 0;
-          break;
-        }
+        case 'fuse-overlayfs':
         case 'container-process': {
-          const found = await containerProcess('init');
-          done = kill(found?.host);
+          // Pids of the node's pid namespace: killed from inside the node.
+          const found = await containerProcess(kind === 'container-process' ? 'init' : kind);
+          if (found) done = (await d.enter(['kill', '-9', String(found.node)])).exitCode === 0;
           break;
         }
       }
