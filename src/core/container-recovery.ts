@@ -4,7 +4,9 @@
  *
  * For each record found on disk:
  *   creating → CreateContainer never answered: everything the record names is undone
- *              (runtime state, writable layer, image hold) and the record deleted;
+ *              (runtime state, writable layer, image hold) and the record deleted; if that
+ *              fails, the container is shown EXITED (reason CreateContainerError) for
+ *              RemoveContainer to finish, never kept hidden;
  *   created / running → conmon's exit file is read first: an exit that happened while the
  *              daemon was down is recorded with its code and time. Without one, conmon must
  *              still be alive (its pid file names a live `conmon`); if it is not, nobody holds
@@ -43,12 +45,41 @@ async function undoCreating(core: CoreContext, record: ContainerRecord): Promise
   await core.containers.delete(record.id);
 }
 
+/**
+ * A `creating` record that cannot be undone now (a busy mount, a runtime that does not answer)
+ * must not stay hidden with its layer and image hold: it becomes a visible EXITED container
+ * that says so, and RemoveContainer (kubelet's garbage collection) finishes the job.
+ */
+async function surfaceUnfinished(core: CoreContext, record: ContainerRecord, err: unknown): Promise<void> {
+  core.containerNames.reserve(record.reservedName, record.id);
+  await recordExit(
+    core,
+    { ...record, state: 'created' },
+    {
+      exitCode: 255,
+      exitedAt: new Date(),
+      oomKilled: false,
+      reason: 'CreateContainerError',
+      message: `CreateContainer did not finish before the daemon stopped, and undoing it failed (${describeError(err)}); remove the container`,
+    },
+  );
+}
+
 async function recoverOne(
   core: CoreContext,
   record: ContainerRecord,
 ): Promise<'rolledBack' | 'exitedWhileDown' | 'monitorDied' | 'running' | null> {
   if (record.state === 'creating') {
-    await undoCreating(core, record);
+    try {
+      await undoCreating(core, record);
+    } catch (err) {
+      core.logger.error(
+        { container: record.id, err },
+        'cannot undo an unfinished CreateContainer; shown as exited',
+      );
+      await surfaceUnfinished(core, record, err);
+      return null;
+    }
     return 'rolledBack';
   }
   core.containerNames.reserve(record.reservedName, record.id);

@@ -4,8 +4,9 @@ import type { TestDaemon } from './daemon.js';
 
 /**
  * What a pod can leave in the node once it is removed: IP leases, namespace pins, host ports
- * published through rootlesskit. (Processes, mounts, cgroups and files are the harness's leak
- * check at stop.)
+ * published through rootlesskit, iptables rules of the CNI plugins (bridge masquerade chains,
+ * portmap DNAT rules: each names its pod's container id in a comment). (Processes, mounts,
+ * cgroups and files are the harness's leak check at stop.)
  */
 export async function nodeLeftovers(daemon: TestDaemon): Promise<string[]> {
   const left: string[] = [];
@@ -32,6 +33,12 @@ export async function nodeLeftovers(daemon: TestDaemon): Promise<string[]> {
     // The daemon's own listeners (streaming, metrics) are published on 127.0.0.1 too; pods' ports are others.
     if (!/127\.0\.0\.1:\d+\s+127\.0\.0\.1:\d+/.test(line) || /10\.88\./.test(line))
       left.push(`port ${line.trim()}`);
+  }
+  const rules = await daemon.enter(['iptables-save']);
+  for (const line of rules.stdout.split('\n')) {
+    // CNI names every per-pod rule after the pod: `-m comment --comment "name: ... id: <id>"`.
+    if (/^-A .*--comment "?name: [^"]* id: "?[0-9a-f]{64}/.test(line) || /^:CNI-[0-9a-f]{24} /.test(line))
+      left.push(`iptables ${line.slice(0, 160)}`);
   }
   return left;
 }

@@ -79,7 +79,8 @@ async function removeEverything(): Promise<void> {
   }
   expect(await nodeLeftovers(daemon)).toEqual([]);
   const snapshots = path.join(daemon.rootDir, 'snapshots', 'fuse-overlayfs', 'snapshots');
-  expect(await readdir(snapshots).catch(() => [])).toEqual([]);
+  const layers = await readdir(snapshots).catch(() => [] as string[]);
+  expect(layers, layers.length > 0 ? await daemon.logTail(60) : '').toEqual([]);
 }
 
 async function containerState(id: string) {
@@ -146,7 +147,10 @@ describe('the daemon killed in the middle of a request, then started again', () 
       }
       const snapshots = path.join(daemon.rootDir, 'snapshots', 'fuse-overlayfs', 'snapshots');
       const listed = (await daemon.client.runtime('ListContainers', {})).containers ?? [];
-      expect((await readdir(snapshots).catch(() => [])).length).toBe(listed.length);
+      const layers = await readdir(snapshots).catch(() => [] as string[]);
+      expect(layers.length, layers.length !== listed.length ? await daemon.logTail(80) : '').toBe(
+        listed.length,
+      );
       for (const c of listed) await daemon.client.runtime('RemoveContainer', { container_id: c.id! });
       const id = await createContainer(pod, 'half');
       await daemon.client.runtime('StartContainer', { container_id: id });

@@ -747,6 +747,34 @@ describe('pods, lookup and recovery', () => {
     expect((await status(id)).status!.state).toBe('CONTAINER_EXITED');
   });
 
+  it('a half-created container whose undo fails at recovery is shown EXITED and removable, never hidden', async () => {
+    w.runtime.failNext('create', new Error('daemon killed'));
+    await expect(create({ metadata: { name: 'half', attempt: 0 } })).rejects.toThrow();
+    const storeDir = path.join(w.dir, 'root', 'containers');
+    const keep = await create({ metadata: { name: 'keep', attempt: 0 } });
+    await w.core.close();
+    const { writeFile } = await import('node:fs/promises');
+    const halfId = 'f'.repeat(64);
+    await writeFile(
+      path.join(storeDir, `${halfId}.json`),
+      JSON.stringify({
+        ...(await readRecord(storeDir, keep)),
+        id: halfId,
+        state: 'creating',
+        reservedName: 'half',
+      }),
+    );
+    await w.snapshotter.prepare(halfId, ['/layers/top']);
+    w = { ...w, ...makeService(w) };
+    w.runtime.failNext('delete', new Error('crun delete: device or resource busy'));
+    await w.core.recover();
+    const shown = (await status(halfId)).status!;
+    expect(shown).toMatchObject({ state: 'CONTAINER_EXITED', reason: 'CreateContainerError' });
+    expect(shown.message).toMatch(/did not finish.*busy/);
+    await w.service.handlers.RemoveContainer!({ container_id: halfId }, ctx as never);
+    expect(w.snapshotter.snapshots.has(halfId)).toBe(false);
+  });
+
   it('the monitor check finds a conmon that died while the daemon runs', async () => {
     const id = await create();
     await start(id);
