@@ -25,8 +25,10 @@ version=$(jq -er .version cri-api.json) || fail "proto/cri-api.json has no \"ver
 file_in_module=$(jq -er .file cri-api.json) || fail "proto/cri-api.json has no \"file\""
 pinned=$(jq -er .sha256 cri-api.json) || fail "proto/cri-api.json has no \"sha256\""
 out=cri-api/api.proto
+source_line="${module} ${version} ${file_in_module}"
 
-if [ -f "$out" ] && [ "$(sha256sum "$out" | cut -d' ' -f1)" = "$pinned" ]; then
+if [ -f "$out" ] && [ "$(cat cri-api/SOURCE 2>/dev/null)" = "$source_line" ] &&
+  [ "$(sha256sum "$out" | cut -d' ' -f1)" = "$pinned" ]; then
   exit 0
 fi
 
@@ -64,6 +66,7 @@ if [ -n "$imports" ]; then
 fi
 
 mkdir -p cri-api
+rm -f cri-api/SOURCE
 tmp=$(mktemp cri-api/.api.proto.XXXXXX)
 cp "$dir/$file_in_module" "$tmp"
 chmod 0644 "$tmp"
@@ -71,5 +74,5 @@ mv -f "$tmp" "$out"
 if [ -f "$dir/LICENSE" ]; then
   cp "$dir/LICENSE" cri-api/LICENSE.tmp && chmod 0644 cri-api/LICENSE.tmp && mv -f cri-api/LICENSE.tmp cri-api/LICENSE
 fi
-printf '%s\n' "${module} ${version} ${file_in_module}" >cri-api/SOURCE
+printf '%s\n' "$source_line" >cri-api/SOURCE
 echo "fetch-cri-api: ${module}@${version} ${file_in_module} (sha256 ${actual}) -> proto/${out}" >&2
