@@ -8,6 +8,8 @@
  *     the error. Aim: p50 <= 20 ms (exits are events from the exit directory, not a poll).
  *   - idle CPU with N running containers (default 50, 10 pods x 5): the in-node daemon's
  *     utime+stime over a quiet window (default 30 s), as a share of one core. Aim: <= 0.5 %.
+ *   - a /metrics scrape with those containers: its latency from the host, and the daemon's CPU
+ *     per scrape (metrics read state only when scraped, so this is their whole cost).
  *
  * Needs root (a real daemon as the test user).
  */
@@ -24,6 +26,8 @@ const IDLE_PODS = Number(process.env.BENCH_IDLE_PODS ?? 10);
 const CONTAINERS_PER_POD = Number(process.env.BENCH_IDLE_CONTAINERS_PER_POD ?? 5);
 const IDLE_WINDOW_MS = Number(process.env.BENCH_IDLE_WINDOW_MS ?? 30_000);
 const REPOSITORY = 'rootless-cri/bench-exits';
+/** /metrics scrapes timed with the idle containers running (state is read at scrape time). */
+const SCRAPES = Number(process.env.BENCH_SCRAPES ?? 50);
 
 /** utime + stime of a process, in clock ticks (/proc/<pid>/stat fields 14 and 15). */
 async function cpuTicks(pid: number): Promise<number> {
@@ -118,6 +122,24 @@ export async function benchExits(): Promise<void> {
     console.log(
       `exits: idle daemon CPU with ${IDLE_PODS * CONTAINERS_PER_POD} running containers (${IDLE_PODS} pods): ` +
         `${share.toFixed(2)} % of a core over ${seconds.toFixed(0)} s (aim: <= 0.5 %)`,
+    );
+    const listeners = (await cri.runtime('Status', { verbose: true })).info?.listeners ?? '{}';
+    const metricsUrl = (JSON.parse(listeners) as { metrics: string }).metrics;
+    const running = `rootless_cri_containers{state="running"} ${IDLE_PODS * CONTAINERS_PER_POD}`;
+    const scrapeMs: number[] = [];
+    const ticksBeforeScrapes = await cpuTicks(pid);
+    for (let i = 0; i < SCRAPES; i++) {
+      const t = performance.now();
+      const body = await (await fetch(metricsUrl)).text();
+      scrapeMs.push(performance.now() - t);
+      if (!body.includes(running)) throw new Error(`the scrape does not show ${running}`);
+    }
+    const cpuMsPerScrape = (((await cpuTicks(pid)) - ticksBeforeScrapes) * 1000) / ticksPerSecond / SCRAPES;
+    scrapeMs.sort((a, b) => a - b);
+    console.log(
+      `exits: /metrics scrape with ${IDLE_PODS * CONTAINERS_PER_POD} running containers (n=${SCRAPES}): ` +
+        `p50 ${percentile(scrapeMs, 50).toFixed(1)} ms  p90 ${percentile(scrapeMs, 90).toFixed(1)} ms; ` +
+        `daemon CPU ${cpuMsPerScrape.toFixed(1)} ms a scrape (${(cpuMsPerScrape / 150).toFixed(3)} % of a core at one scrape every 15 s)`,
     );
     for (const id of pods) {
       await cri.runtime('StopPodSandbox', { pod_sandbox_id: id });

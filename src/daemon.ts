@@ -19,13 +19,14 @@ import { createImageFsInfoHandler } from './image/image-fs-info.js';
 import { createImageService } from './image/image-service.js';
 import { OverlaySnapshotter } from './image/overlay-snapshotter.js';
 import type { Logger } from './log.js';
-import { createMetrics } from './metrics.js';
+import { addStateCollectors, createMetrics } from './metrics.js';
 import { NodeCgroupManager } from './os/cgroup-manager.js';
 import { hostDialer } from './os/host-dialer.js';
 import { type MetricsServer, startMetricsServer } from './os/metrics-server.js';
 import { readNodeIdentity } from './os/node-identity.js';
 import { CrunConmonRuntime } from './os/oci-runtime.js';
 import { RootlesskitPortManager } from './os/port-manager.js';
+import { observeRuns } from './os/process-runner.js';
 import { Programs } from './os/programs.js';
 import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
@@ -34,7 +35,12 @@ import { inUserNamespace } from './rootless/node.js';
 import { prepareNodeForKubelet } from './rootless/node-setup.js';
 import { ListenerPublisher, startPublished } from './rootless/published-listeners.js';
 import { writePidFile } from './rootless/supervisor.js';
-import { delegateControllersToPods, NodeHealth, probeNodeFacts } from './runtime-info/node-health.js';
+import {
+  delegateControllersToPods,
+  NodeHealth,
+  probeNodeFacts,
+  uplinkPresent,
+} from './runtime-info/node-health.js';
 import { createRuntimeInfoHandlers } from './runtime-info/runtime-info.js';
 import { createDaemonStreaming } from './streaming/streaming-wiring.js';
 import { packageVersion } from './version.js';
@@ -73,6 +79,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   const stateDir = facts.rootlesskitStateDir;
   const portManager = stateDir ? new RootlesskitPortManager(path.join(stateDir, 'api.sock')) : null;
   const metrics = createMetrics();
+  observeRuns(metrics.helpers);
   // The daemon's own listeners on the host: handed over by the supervisor, or rootlesskit's
   // port driver (see src/rootless/published-listeners.ts).
   const publisher = new ListenerPublisher({
@@ -115,6 +122,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     config,
     logger,
     ...(hostDialerSocket ? { dial: hostDialer(hostDialerSocket) } : {}),
+    metrics: metrics.imagePulls,
   });
   const node = await readNodeIdentity();
   logger.info({ node }, 'joined the node');
@@ -127,6 +135,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     images,
     snapshotter,
     logger,
+    observer: {
+      containerStarted: () => metrics.containers.started(),
+      containerExited: (record) => metrics.containers.exited(record.reason),
+    },
   });
   const pods = createPodSandboxService({ core, config, logger, portManager, os: sandboxOs });
   const containers = createContainerService({
@@ -139,14 +151,15 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     address: config.streaming.address,
     logger,
     targets: { exec: containers.exec, attach: containers.attach, portForward: pods.portForward },
-    serverOptions: { connectionLimits: config.streaming.connectionLimits },
+    serverOptions: { connectionLimits: config.streaming.connectionLimits, metrics: metrics.operations },
   });
 
   const readiness = new ReadinessGate();
   let podCidr = config.network.podCidr;
   let metricsServer: MetricsServer | null = null;
+  const health = new NodeHealth(config, facts, programs);
   const runtimeInfo = createRuntimeInfoHandlers({
-    health: new NodeHealth(config, facts, programs),
+    health,
     podCidr: {
       get: () => podCidr,
       set: (cidr) => {
@@ -176,6 +189,28 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     ...streaming.handlers,
   };
   const server = createCriServer({ logger, readiness, metrics: metrics.rpc, handlers });
+  addStateCollectors(metrics.registry, {
+    podStates: () => core.sandboxes.list().map((r) => r.state),
+    containerStates: () => core.containers.list().map((r) => r.state),
+    eventSubscribersDropped: () => core.events.dropped,
+    conditions: async () => {
+      const { runtime, network } = await health.check();
+      return { runtime: runtime.ready, network: network.ready };
+    },
+    ...(stateDir ? { uplinkUp: uplinkPresent } : {}),
+    ...(portManager ? { rootlesskitUp: () => portManager.list().then(() => true) } : {}),
+    listeners: () => publisher.status(),
+    recovery: () =>
+      core.recovery && {
+        durationSeconds: core.recovery.durationMs / 1000,
+        problems: core.recovery.problems.length,
+      },
+    quarantined: () => ({
+      images: images.quarantined().length,
+      sandboxRecords: core.recovery?.sandboxes?.problems.length ?? 0,
+      containerRecords: core.recovery?.containers?.movedAside ?? 0,
+    }),
+  });
 
   if (config.metrics.enabled) {
     metricsServer = await startPublished(

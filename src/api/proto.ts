@@ -1,5 +1,11 @@
 /**
- * Loads the CRI v1 API (proto/api.proto) for grpc-js, once per process.
+ * Loads the CRI v1 API for grpc-js, once per process: proto/cri-api/api.proto, the upstream
+ * file of the k8s.io/cri-api version pinned in proto/cri-api.json, put there by the build
+ * (proto/fetch-cri-api.sh).
+ *
+ * Conventions of the API that the handlers rely on: timestamps are int64 nanoseconds since
+ * the Unix epoch, request "timeout" fields are seconds, and proto3 scalars have no presence
+ * ("" / 0 / false mean "not set").
  *
  * The TypeScript types come from src/api/generated/, produced by `npm run gen:types`. The
  * generator and this loader must agree on how messages look in JavaScript, so the options
@@ -34,8 +40,8 @@ export const PROTO_LOADER_OPTIONS: Readonly<protoLoader.Options> = Object.freeze
   oneofs: true,
 });
 
-/** Path of the proto file inside the package, e.g. /opt/rootless-cri/proto/api.proto. */
-const PROTO_RELATIVE_PATH = join('proto', 'api.proto');
+/** Path of the proto file inside the package, e.g. /opt/rootless-cri/proto/cri-api/api.proto. */
+const PROTO_RELATIVE_PATH = join('proto', 'cri-api', 'api.proto');
 
 export interface CriDefinitions {
   /** Absolute path of the proto file that was loaded. */
@@ -55,14 +61,14 @@ export interface CriDefinitions {
 let cached: CriDefinitions | undefined;
 
 /**
- * proto/api.proto inside the package. The module runs from src/cri/ under vitest and from
+ * proto/cri-api/api.proto inside the package. The module runs from src/cri/ under vitest and from
  * dist/src/cri/ when compiled, so the package root is found by walking up (src/version.ts).
  */
 export function findProtoPath(startDir?: string): string {
   const candidate = join(packageRoot(startDir), PROTO_RELATIVE_PATH);
   if (!existsSync(candidate)) {
     throw new InternalError(
-      `${candidate} is missing; reinstall rootless-cri or check that the proto directory was shipped with the package`,
+      `${candidate} is missing; run \`npm run build\` (it fetches the pinned CRI API, proto/cri-api.json) or reinstall rootless-cri`,
     );
   }
   return candidate;

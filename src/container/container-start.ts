@@ -49,6 +49,7 @@ export function createStartContainer(deps: ContainerDeps) {
       const started = { ...record, state: 'running' as const, startedAt: deps.core.now().toString() };
       await deps.core.containers.put(started);
       ctx.logger.info({ container: id }, `container ${describeContainer(record)} started`);
+      deps.core.observer.containerStarted?.(started);
       void deps.core.events.publish(
         'CONTAINER_STARTED_EVENT',
         id,

@@ -232,6 +232,17 @@ function buildArgs(config: ContainerConfig__Output, image: ImageRuntimeConfig): 
   return all;
 }
 
+/**
+ * The request's stop signal: the CRI Signal enum names a signal with a `SIGNAL_` prefix
+ * (`SIGNAL_SIGTERM`; `SIGNAL_RUNTIME_DEFAULT` for "the image's or SIGTERM"). A number the
+ * API does not know arrives as the number.
+ */
+function requestStopSignal(value: ContainerConfig__Output['stop_signal'] | undefined): string | null {
+  const name = String(value ?? '');
+  if (name === 'SIGNAL_RUNTIME_DEFAULT') return null;
+  return signalName(name.startsWith('SIGNAL_') ? name.slice('SIGNAL_'.length) : name);
+}
+
 function signalName(value: string | undefined): string | null {
   if (value === undefined || value === '' || value === 'RUNTIME_DEFAULT') return null;
   const signals = osConstants.signals as Record<string, number>;
@@ -586,8 +597,7 @@ export const withProcess: SpecOpt = async (draft, input) => {
     env: buildEnv(imageConfig.Env ?? [], config.envs, sandbox.hostname),
     cwd,
   };
-  draft.stopSignal =
-    signalName(String(config.stop_signal ?? '')) ?? signalName(imageConfig.StopSignal) ?? 'SIGTERM';
+  draft.stopSignal = requestStopSignal(config.stop_signal) ?? signalName(imageConfig.StopSignal) ?? 'SIGTERM';
   return [];
 };
 

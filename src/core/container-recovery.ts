@@ -32,6 +32,8 @@ export interface ContainerRecoveryReport {
   exitedWhileDown: number;
   monitorDied: number;
   rolledBack: number;
+  /** Unreadable records, moved aside as .corrupt (each also in `problems`). */
+  movedAside: number;
   problems: string[];
 }
 
@@ -124,9 +126,11 @@ export async function recoverContainers(core: CoreContext): Promise<ContainerRec
     exitedWhileDown: 0,
     monitorDied: 0,
     rolledBack: 0,
+    movedAside: 0,
     problems: [],
   };
   const loaded = await core.containers.load();
+  report.movedAside = loaded.problems.length;
   for (const p of loaded.problems) {
     report.problems.push(`${p.file}: ${p.message} (moved aside as .corrupt)`);
     core.logger.error({ file: p.file, problem: p.message }, 'container record unreadable; moved aside');

@@ -15,6 +15,7 @@ import type { SandboxStore } from './sandbox-store.js';
 
 /** Hooks for metrics; every one optional. */
 export interface CoreObserver {
+  containerStarted?(record: ContainerRecord): void;
   containerExited?(record: ContainerRecord): void;
 }
 

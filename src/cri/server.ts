@@ -1,6 +1,6 @@
 /**
  * The CRI gRPC server: registers every RuntimeService and ImageService RPC of
- * proto/api.proto through the edge adapter, and owns the unix socket.
+ * the CRI API (proto/cri-api/api.proto, see src/api/proto.ts) through the edge adapter, and owns the unix socket.
  *
  * Only wiring lives here (STYLE.md habit 1): each handler sits in a module named after
  * what it does and is passed in by the composition root (src/daemon.ts). An RPC without a

@@ -2,8 +2,15 @@ import type { AuthConfig__Output } from '../api/generated/runtime/v1/AuthConfig.
 import type { PullImageRequest__Output } from '../api/generated/runtime/v1/PullImageRequest.js';
 import type { PullImageResponse } from '../api/generated/runtime/v1/PullImageResponse.js';
 import type { CallContext } from '../api/handlers.js';
-import { CancelledError, CriError, DeadlineExceededError, InvalidArgumentError } from '../errors.js';
+import {
+  CancelledError,
+  CriError,
+  DeadlineExceededError,
+  errorKind,
+  InvalidArgumentError,
+} from '../errors.js';
 import type { Logger } from '../log.js';
+import type { ImagePullMetrics, PullSummary } from '../metrics.js';
 import type { ContentStore } from './content-store.js';
 import { type Digest, parseDigest } from './digest.js';
 import type { ActivePulls } from './image-gc.js';
@@ -39,6 +46,8 @@ export interface PullDeps {
   collectGarbage(): Promise<unknown>;
   /** A whole pull's time limit (image.pull_deadline_seconds); 0 or absent: none. */
   pullDeadlineMs?: number;
+  /** Told of every pull's outcome, once, here in the handler. */
+  metrics?: ImagePullMetrics;
 }
 
 /** The parts of an image config the daemon relies on; the rest is kept as data. */
@@ -120,8 +129,12 @@ export function createPullImageHandler(deps: PullDeps) {
     const ref = parseImageReference(name);
     const deadline = withPullDeadline(ctx.signal, deps.pullDeadlineMs, ref);
     try {
-      const id = await pullImage(deps, ref, toAuthConfig(request.auth), deadline.signal);
-      return { image_ref: id };
+      const pulled = await pullImage(deps, ref, toAuthConfig(request.auth), deadline.signal);
+      deps.metrics?.pulled(pulled.summary);
+      return { image_ref: pulled.id };
+    } catch (err) {
+      deps.metrics?.failed(errorKind(err));
+      throw err;
     } finally {
       deadline.clear();
     }
@@ -163,16 +176,28 @@ export function withPullDeadline(
   };
 }
 
-/** Pulls `ref` and records it; returns the image id. */
+/** Opens a blob's download from the registry (what the content store calls when it needs one). */
+type BlobOpener = Pick<RegistrySession, 'openBlob'>;
+
+/** Pulls `ref` and records it; returns the image id and what the pull downloaded. */
 export async function pullImage(
   deps: PullDeps,
   ref: ImageReference,
   auth: AuthConfig | undefined,
   signal: AbortSignal | undefined,
-): Promise<Digest> {
+): Promise<{ id: Digest; summary: PullSummary }> {
   const what = `pull of ${ref}`;
   const started = Date.now();
   const session = deps.registry.session(ref, auth);
+  // The layer blobs this pull itself downloads: the content store opens a download only when
+  // the blob is neither stored nor being downloaded by another pull.
+  const downloaded = new Map<string, number>();
+  const downloads: BlobOpener = {
+    openBlob: (descriptor, options) => {
+      downloaded.set(descriptor.digest, descriptor.size);
+      return session.openBlob(descriptor, options);
+    },
+  };
   const resolved = await session.resolve({ signal });
   const { manifest } = resolved;
   const id = parseDigest(manifest.config.digest, 'config digest');
@@ -212,7 +237,7 @@ export async function pullImage(
         `registry ${resolved.endpoint.host}`,
       );
     }
-    await fetchLayers(deps, session, layers, signal, what, resolved.endpoint.host);
+    await fetchLayers(deps, downloads, layers, signal, what, resolved.endpoint.host);
     if (signal?.aborted) throw abortError(signal, what);
 
     const tag = ref.digest === undefined ? ref.repoTag() : undefined;
@@ -263,7 +288,15 @@ export async function pullImage(
       },
       'pulled image',
     );
-    return id;
+    let bytes = configBytes.length + resolved.manifestBytes.length + (resolved.index?.bytes.length ?? 0);
+    for (const size of downloaded.values()) bytes += size;
+    const summary: PullSummary = {
+      bytes,
+      layersDownloaded: downloaded.size,
+      layersPresent: layers.length - downloaded.size,
+      durationSeconds: (Date.now() - started) / 1000,
+    };
+    return { id, summary };
   } catch (err) {
     // Nothing of a failed or cancelled pull stays behind: what it stored that no image uses
     // (its config, manifest, finished layers) goes now, not at the next removal.
@@ -285,7 +318,7 @@ export async function pullImage(
  */
 async function fetchLayers(
   deps: PullDeps,
-  session: RegistrySession,
+  session: BlobOpener,
   layers: readonly LayerRecord[],
   signal: AbortSignal | undefined,
   what: string,
@@ -349,7 +382,7 @@ async function fetchLayers(
  */
 async function fetchForUnpack(
   deps: PullDeps,
-  session: RegistrySession,
+  session: BlobOpener,
   layer: LayerRecord,
   signal: AbortSignal,
   tee: boolean,
@@ -371,7 +404,7 @@ async function fetchForUnpack(
  * its reader; without a listener that 'error' would be an uncaught exception that ends the
  * daemon. The no-op listener keeps the error on the stream, where the store's read finds it.
  */
-async function openBlobGuarded(session: RegistrySession, layer: LayerRecord, signal: AbortSignal) {
+async function openBlobGuarded(session: BlobOpener, layer: LayerRecord, signal: AbortSignal) {
   const stream = await session.openBlob(
     { mediaType: layer.mediaType, digest: layer.digest, size: layer.size },
     { signal },

@@ -4,6 +4,7 @@ import type { ImageHandlers } from '../api/handlers.js';
 import type { Config } from '../config.js';
 import { NotFoundError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { ImagePullMetrics } from '../metrics.js';
 import type { Dialer } from '../os/host-dialer.js';
 import { ContentStore } from './content-store.js';
 import { ActivePulls, collectGarbage } from './image-gc.js';
@@ -83,6 +84,8 @@ export interface ImageServiceOptions {
   lookup?: import('node:net').LookupFunction;
   /** How registry connections are opened; the daemon passes the host dialer. */
   dial?: Dialer;
+  /** Told of every pull's outcome (bytes, layers, duration, failure kind). */
+  metrics?: ImagePullMetrics;
 }
 
 /** The largest N such that IDs 0..N are all mapped, from a /proc/<pid>/uid_map text. */
@@ -173,6 +176,7 @@ export function createImageService(options: ImageServiceOptions): ImageService {
       logger,
       collectGarbage: gc,
       pullDeadlineMs: config.image.pullDeadlineSeconds * 1000,
+      metrics: options.metrics,
     }),
     ImageStatus: createImageStatusHandler({ store, readConfig }),
     ListImages: createListImagesHandler(store),

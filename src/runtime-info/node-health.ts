@@ -34,6 +34,11 @@ function exists(p: string): Promise<boolean> {
   );
 }
 
+/** Whether the node's uplink device is there (slirp4netns holds it; it goes when slirp4netns dies). */
+export function uplinkPresent(): Promise<boolean> {
+  return exists(UPLINK_DEVICE);
+}
+
 export async function probeNodeFacts(
   cgroups: Pick<CgroupManager, 'available' | 'controllers'>,
   inUserNamespace: boolean,
@@ -105,7 +110,7 @@ export class NodeHealth implements RuntimeHealth {
       ? { ready: true }
       : { ready: false, reason: cni.reason, message: cni.message };
     // In a rootlesskit node the uplink is slirp4netns's tap0: gone when slirp4netns died.
-    if (network.ready && this.facts.rootlesskitStateDir && !(await exists(UPLINK_DEVICE))) {
+    if (network.ready && this.facts.rootlesskitStateDir && !(await uplinkPresent())) {
       network = {
         ready: false,
         reason: 'UplinkDown',

@@ -11,6 +11,7 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import type { StdioOptions, StreamSession } from '../core/stream-targets.js';
+import { type ErrorKind, errorKind } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SpdyConnection, SpdyStream } from './spdy-connection.js';
 
@@ -45,7 +46,7 @@ export interface SessionChannels {
 
 export type SessionOutcome =
   | { kind: 'exited'; exitCode: number }
-  | { kind: 'failed'; message: string }
+  | { kind: 'failed'; message: string; errorKind: ErrorKind }
   | { kind: 'aborted' };
 
 /** True when the protocol reports the exit status as v4 JSON (v4 and v5). */
@@ -232,7 +233,7 @@ export async function runSession(channels: SessionChannels, run: RunSessionOptio
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     logger.info({ err: error }, 'streaming session could not start');
-    const outcome: SessionOutcome = { kind: 'failed', message };
+    const outcome: SessionOutcome = { kind: 'failed', message, errorKind: errorKind(error) };
     channels.writeError(statusPayload(run.protocol, outcome, run.command));
     channels.stdin?.resume();
     return outcome;
@@ -312,7 +313,11 @@ export async function runSession(channels: SessionChannels, run: RunSessionOptio
   const outcome: SessionOutcome =
     'code' in first
       ? { kind: 'exited', exitCode: first.code }
-      : { kind: 'failed', message: first.error instanceof Error ? first.error.message : String(first.error) };
+      : {
+          kind: 'failed',
+          message: first.error instanceof Error ? first.error.message : String(first.error),
+          errorKind: errorKind(first.error),
+        };
   channels.writeError(statusPayload(run.protocol, outcome, run.command));
   return outcome;
 }
@@ -375,7 +380,11 @@ export async function serveRemoteCommandOverSpdy(
     );
     connection.close();
     await connection.closed$;
-    return { kind: 'failed', message: 'timed out waiting for the client to create streams' };
+    return {
+      kind: 'failed',
+      message: 'timed out waiting for the client to create streams',
+      errorKind: 'DeadlineExceeded',
+    };
   }
 
   const errorStream = got.get('error')!;

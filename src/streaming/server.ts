@@ -19,8 +19,9 @@ import type { AttachRequest } from '../api/generated/runtime/v1/AttachRequest.js
 import type { ExecRequest } from '../api/generated/runtime/v1/ExecRequest.js';
 import type { PortForwardRequest } from '../api/generated/runtime/v1/PortForwardRequest.js';
 import type { AttachTarget, ExecTarget, PortForwardTarget, StdioOptions } from '../core/stream-targets.js';
-import { InvalidArgumentError } from '../errors.js';
+import { errorKind, InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { OperationMetrics } from '../metrics.js';
 import {
   ConnectionGuard,
   type ConnectionLimits,
@@ -146,6 +147,8 @@ export interface StreamingServiceOptions {
   clientCloseTimeoutMs?: number;
   /** Connection caps and timeouts (default DEFAULT_CONNECTION_LIMITS). */
   connectionLimits?: Partial<ConnectionLimits>;
+  /** Told of every exec and attach session's end and every port-forward dial. */
+  metrics?: OperationMetrics;
 }
 
 export interface StreamingService {
@@ -357,6 +360,7 @@ export async function createStreamingService(options: StreamingServiceOptions): 
         void runStored(stored, connection, queue, PORT_FORWARD_PROTOCOL, log);
         return;
       }
+      const started = performance.now();
       const common = { subprotocol: chosen, options: stored.request, logger: log };
       const run =
         stored.kind === 'exec'
@@ -370,7 +374,10 @@ export async function createStreamingService(options: StreamingServiceOptions): 
               ...common,
               start: () => options.attach.attach(stored.request.containerId, stdio(stored.request)),
             });
-      void run.then(logOutcome(log), (error) => log.error({ err: error }, 'websocket session failed'));
+      void run.then(
+        (outcome) => sessionEnded(stored.kind, started, outcome, log),
+        (error) => sessionThrew(stored.kind, started, error, log),
+      );
     });
   }
 
@@ -381,12 +388,13 @@ export async function createStreamingService(options: StreamingServiceOptions): 
     protocol: string,
     log: Logger,
   ): Promise<void> {
+    const started = performance.now();
     try {
       if (stored.kind === 'portforward') {
         const podSandboxId = stored.request.podSandboxId;
         await servePortForward(connection, (handler) => queue.consume(handler), {
           logger: log,
-          dial: (port) => options.portForward.dial(podSandboxId, port),
+          dial: (port) => timedDial(() => options.portForward.dial(podSandboxId, port)),
         });
         return;
       }
@@ -409,11 +417,46 @@ export async function createStreamingService(options: StreamingServiceOptions): 
               ...common,
               start: () => options.attach.attach(stored.request.containerId, stdio(request)),
             });
-      logOutcome(log)(outcome);
+      sessionEnded(stored.kind, started, outcome, log);
     } catch (error) {
-      log.error({ err: error }, 'streaming session failed');
+      sessionThrew(stored.kind, started, error, log);
     } finally {
       connection.destroy();
+    }
+  }
+
+  /** Where an exec or attach session ends: its log line and its metrics. */
+  function sessionEnded(
+    kind: 'exec' | 'attach',
+    started: number,
+    outcome: SessionOutcome,
+    log: Logger,
+  ): void {
+    logOutcome(log)(outcome);
+    // A client that hangs up (Ctrl-C) ends its session; that is no failure of ours.
+    const failure = outcome.kind === 'failed' ? outcome.errorKind : undefined;
+    options.metrics?.observe(kind, (performance.now() - started) / 1000, failure);
+  }
+
+  /** A session that broke rather than ended (a bug or the host): logged as an error. */
+  function sessionThrew(kind: StreamingKind, started: number, error: unknown, log: Logger): void {
+    log.error({ err: error }, 'streaming session failed');
+    // A port-forward connection's operations are its dials, counted by timedDial.
+    if (kind !== 'portforward') {
+      options.metrics?.observe(kind, (performance.now() - started) / 1000, errorKind(error));
+    }
+  }
+
+  /** A port-forward connection is an operation: its dial to the pod's port, timed and counted. */
+  async function timedDial(dial: () => Promise<Duplex>): Promise<Duplex> {
+    const started = performance.now();
+    try {
+      const socket = await dial();
+      options.metrics?.observe('port_forward', (performance.now() - started) / 1000);
+      return socket;
+    } catch (error) {
+      options.metrics?.observe('port_forward', (performance.now() - started) / 1000, errorKind(error));
+      throw error;
     }
   }
 

@@ -28,7 +28,7 @@ export interface DaemonStreamingOptions {
   serverOptions?: Partial<
     Pick<
       StreamingServiceOptions,
-      'tokenTtlMs' | 'clientCloseTimeoutMs' | 'streamCreationTimeoutMs' | 'connectionLimits'
+      'tokenTtlMs' | 'clientCloseTimeoutMs' | 'streamCreationTimeoutMs' | 'connectionLimits' | 'metrics'
     >
   >;
 }

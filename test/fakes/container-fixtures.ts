@@ -67,6 +67,7 @@ export function mount(overrides: Partial<Mount__Output> = {}): Mount__Output {
     recursive_read_only: false,
     image: null,
     image_sub_path: '',
+    mount_options: [],
     ...overrides,
   };
 }
@@ -99,7 +100,7 @@ export function containerConfig(
     linux: { resources: null, security_context: sc === null ? null : securityContext(sc) },
     windows: null,
     CDI_devices: [],
-    stop_signal: 'RUNTIME_DEFAULT',
+    stop_signal: 'SIGNAL_RUNTIME_DEFAULT',
     ...overrides,
   };
 }

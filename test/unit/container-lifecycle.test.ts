@@ -222,7 +222,7 @@ describe('create, start, stop, remove', () => {
   });
 
   it('the request stop_signal wins over the image one', async () => {
-    const id = await create({ stop_signal: 'SIGINT' });
+    const id = await create({ stop_signal: 'SIGNAL_SIGINT' });
     await start(id);
     w.runtime.handles(id, 'SIGINT', 130);
     await w.service.handlers.StopContainer!({ container_id: id, timeout: '30' }, ctx as never);
@@ -406,6 +406,7 @@ function mountOf(containerPath: string) {
     recursive_read_only: false,
     image: null,
     image_sub_path: '',
+    mount_options: [],
   };
 }
 

@@ -1074,7 +1074,8 @@ describe('the rest of the spec', () => {
     });
     expect(r.stopSignal).toBe('SIGQUIT');
     expect(
-      (await build(containerConfig({ stop_signal: 'SIGINT' }), { Cmd: ['sh'], StopSignal: '3' })).stopSignal,
+      (await build(containerConfig({ stop_signal: 'SIGNAL_SIGINT' }), { Cmd: ['sh'], StopSignal: '3' }))
+        .stopSignal,
     ).toBe('SIGINT');
     expect((await build(containerConfig(), { Cmd: ['sh'], StopSignal: '3' })).stopSignal).toBe('SIGQUIT');
     expect((await build(containerConfig())).stopSignal).toBe('SIGTERM');

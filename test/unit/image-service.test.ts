@@ -10,6 +10,7 @@ import { CancelledError, InvalidArgumentError, NotFoundError } from '../../src/e
 import { contiguousIdMax, createImageService, type ImageService } from '../../src/image/image-service.js';
 import { chainIds, type LayerUnpacker } from '../../src/image/layer-store.js';
 import { silentLogger } from '../../src/log.js';
+import type { ImagePullMetrics, PullSummary } from '../../src/metrics.js';
 import { FakeRegistry, sha256 } from '../fakes/fake-registry.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
 
@@ -77,13 +78,14 @@ function config(extra: Partial<Config['image']> = {}): Pick<Config, 'rootDir' | 
   };
 }
 
-async function startService(): Promise<ImageService> {
+async function startService(metrics?: ImagePullMetrics): Promise<ImageService> {
   const s = createImageService({
     config: config(),
     logger: silentLogger(),
     idMap: { uidMax: 65536, gidMax: 65536 },
     unpacker: fakeUnpacker,
     lookup: noDns,
+    metrics,
   });
   await s.recover();
   return s;
@@ -547,5 +549,44 @@ describe('contiguousIdMax', () => {
     expect(contiguousIdMax('0 0 4294967295\n')).toBe(0xfffffffe);
     expect(contiguousIdMax('0 1000 1\n')).toBe(0);
     expect(contiguousIdMax('0 1000 1\n5 100000 10\n')).toBe(0);
+  });
+});
+
+describe('pull metrics', () => {
+  it('reports what each pull downloaded and found stored, and a failed pull by its kind', async () => {
+    const pulls: PullSummary[] = [];
+    const failures: string[] = [];
+    await service.close();
+    service = await startService({ pulled: (p) => pulls.push(p), failed: (r) => failures.push(r) });
+    const app = push('app', 'v1', ['layer one', 'layer two']);
+    const other = push('other', 'v1', ['layer one', 'layer three']);
+    await pull(`${registry.host}/app:v1`);
+    await pull(`${registry.host}/other:v1`);
+    await pull(`${registry.host}/app:v1`);
+    expect(await caught(pull(`${registry.host}/app:missing`))).toBeInstanceOf(NotFoundError);
+    const blobBytes = (image: typeof app, layers: number[]) =>
+      image.manifest.length + image.config.size + layers.reduce((sum, i) => sum + image.layers[i]!.size, 0);
+    expect(pulls).toEqual([
+      {
+        bytes: blobBytes(app, [0, 1]),
+        layersDownloaded: 2,
+        layersPresent: 0,
+        durationSeconds: expect.any(Number),
+      },
+      // 'layer one' is stored already: only 'layer three' comes from the registry.
+      {
+        bytes: blobBytes(other, [1]),
+        layersDownloaded: 1,
+        layersPresent: 1,
+        durationSeconds: expect.any(Number),
+      },
+      {
+        bytes: blobBytes(app, []),
+        layersDownloaded: 0,
+        layersPresent: 2,
+        durationSeconds: expect.any(Number),
+      },
+    ]);
+    expect(failures).toEqual(['NotFound']);
   });
 });

@@ -153,7 +153,11 @@ describe('remote command messages', () => {
     expect(failure.message).toMatch(/non-zero exit code/);
     expect(
       JSON.parse(
-        statusPayload('v4.channel.k8s.io', { kind: 'failed', message: 'no such container' }).toString(),
+        statusPayload('v4.channel.k8s.io', {
+          kind: 'failed',
+          message: 'no such container',
+          errorKind: 'NotFound',
+        }).toString(),
       ),
     ).toMatchObject({
       status: 'Failure',
