@@ -75,20 +75,23 @@ async function runOnce(daemon: TestDaemon, parallel: number): Promise<OperationS
   await mkdir(outDir, { recursive: true });
   await writeFile(params, paramsFile(parallel));
   for (const p of [dir, outDir, params]) await chown(p, daemon.user.uid, daemon.user.gid);
-  const r = await daemon.enter([
-    'sh',
-    '-c',
-    'cd /tmp && exec "$@"',
-    'sh',
-    CRITEST,
-    `-runtime-endpoint=unix://${daemon.socket}`,
-    `-image-endpoint=unix://${daemon.socket}`,
-    '-benchmark',
-    `-benchmarking-params-file=${params}`,
-    `-benchmarking-output-dir=${outDir}`,
-    `-report-dir=${dir}`,
-    '-ginkgo.no-color',
-  ]);
+  const r = await daemon.enter(
+    [
+      'sh',
+      '-c',
+      'cd /tmp && exec "$@"',
+      'sh',
+      CRITEST,
+      `-runtime-endpoint=unix://${daemon.socket}`,
+      `-image-endpoint=unix://${daemon.socket}`,
+      '-benchmark',
+      `-benchmarking-params-file=${params}`,
+      `-benchmarking-output-dir=${outDir}`,
+      `-report-dir=${dir}`,
+      '-ginkgo.no-color',
+    ],
+    30 * 60_000,
+  );
   if (r.exitCode !== 0) {
     throw new Error(
       `critest -benchmark (parallel ${parallel}) exited with ${r.exitCode}; its output ends:\n${`${r.stdout}\n${r.stderr}`.slice(-4000)}`,

@@ -7,7 +7,8 @@
  * daemon lists that the model does not know is a PHANTOM. At the end everything is removed and
  * the harness's leak check (processes, mounts, cgroups, files) plus the node's leftovers (IP
  * leases, namespace pins, host ports) are counted. Prints one summary; exits 1 when anything
- * was lost, a phantom seen, an object could not be removed, or something leaked.
+ * was lost, a phantom seen, an object could not be removed, something leaked, or a call failed
+ * INTERNAL (refusals after a fault, such as exec in an exited container, are expected).
  *
  * Faults: the daemon, the supervisor, the supervisor's nsenter child, a container's conmon, a
  * container's process, a container's fuse-overlayfs, slirp4netns, and (rarely: it ends every
@@ -87,6 +88,7 @@ export async function soak(): Promise<number> {
   const failedOps: Counter = new Map();
   const faults: Counter = new Map();
   const adopted: Counter = new Map();
+  const internal: string[] = [];
   const problems: string[] = [];
   let lost = 0;
   let phantoms = 0;
@@ -343,7 +345,13 @@ export async function soak(): Promise<number> {
         await operations[name]!();
         bump(ops, name);
       } catch (err) {
-        bump(failedOps, `${name}: ${String((err as { code?: number }).code ?? '?')}`);
+        const code = (err as { code?: number }).code;
+        bump(failedOps, `${name}: ${String(code ?? '?')}`);
+        // Refusals (FAILED_PRECONDITION for an exited container, NOT_FOUND...) are expected after
+        // faults; INTERNAL or UNKNOWN never are: each is shown.
+        if (code === undefined || code === 2 || code === 13) {
+          internal.push(`${name}: ${String((err as Error).message ?? err).slice(0, 400)}`);
+        }
         // A create that failed after the record was made, or a call cut by a fault: the daemon
         // is asked what exists, and the model follows the calls that answered.
         await ensureServing();
@@ -388,6 +396,7 @@ export async function soak(): Promise<number> {
           operationsFailed: { count: sum(failedOps), byKindAndCode: Object.fromEntries(failedOps) },
           faults: { injected: sum(faults), byKind: Object.fromEntries(faults) },
           keptByFailedCalls: Object.fromEntries(adopted),
+          internalErrors: internal.slice(0, 20),
           lost,
           phantoms,
           unremovable,
@@ -399,9 +408,9 @@ export async function soak(): Promise<number> {
       ),
     );
     console.log(
-      `soak: ${minutes} min, ${sum(ops)} operations, ${sum(faults)} faults, ${lost} lost, ${phantoms} phantoms, ${unremovable} unremovable, ${leaks} leaks`,
+      `soak: ${minutes} min, ${sum(ops)} operations, ${sum(faults)} faults, ${lost} lost, ${phantoms} phantoms, ${unremovable} unremovable, ${leaks} leaks, ${internal.length} internal errors`,
     );
-    return lost + phantoms + unremovable + leaks === 0 ? 0 : 1;
+    return lost + phantoms + unremovable + leaks + internal.length === 0 ? 0 : 1;
   } finally {
     await daemon?.stop().catch(() => undefined);
     await registry.stop();

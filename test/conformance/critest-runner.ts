@@ -116,7 +116,16 @@ export async function runCritest(daemon: TestDaemon, options: RunCritestOptions)
     ...(skipRegex ? [`-ginkgo.skip=${skipRegex}`] : []),
     ...(options.extraArgs ?? []),
   ];
-  const r = await daemon.enter(['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args]);
+  // A whole suite takes 1–2 minutes here, more on a loaded machine: only a hang is cut short.
+  const r = await daemon.enter(
+    ['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args],
+    options.timeoutMs ?? 20 * 60_000,
+  );
+  if (r.exitCode !== 0 && /Interrupted by User/.test(`${r.stdout}${r.stderr}`)) {
+    throw new Error(
+      `critest was cut short (timeout ${options.timeoutMs ?? 20 * 60_000} ms or a signal):\n${r.stdout.slice(-2000)}`,
+    );
+  }
   const xml = await readFile(junit, 'utf8').catch(() => '');
   return { outcomes: parseJunit(xml), exitCode: r.exitCode, output: `${r.stdout}\n${r.stderr}` };
 }
