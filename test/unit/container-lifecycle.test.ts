@@ -547,6 +547,8 @@ describe('update, reopen, stats, events', () => {
     };
     await w.service.handlers.ReopenContainerLog!({ container_id: id }, ctx as never);
     expect(existsSync(log)).toBe(true);
+    // The directory and the .tmp name conmon uses were checked first.
+    expect(w.os.calls).toContain(`checkLogReopen ${log}`);
     expect(w.runtime.calls.filter((c) => c.method === 'control').map((c) => c.args)).toEqual([
       [id, 'reopen-log'],
     ]);
