@@ -118,7 +118,7 @@ export function checkExecLimits(process: ExecProcess, daemonStackSoftBytes: numb
   }
   if (size.bytes > limit) {
     throw new InvalidArgumentError(
-      `the container's command line and environment (${process.args.length} arguments, ${env.length} variables, ` +
+      `the container's command line and environment (${process.args.length} arguments, ${process.env.length} variables, ` +
         `image's included) take ${mib(size.bytes)} with their pointers; the kernel refuses to execute a program ` +
         `over ${mib(limit)} (E2BIG: a quarter of the stack limit${stack === null ? ', at most 6 MiB' : ` of ${mib(stack)}`}): ` +
         'use fewer or smaller variables (enableServiceLinks: false drops the per-Service ones), or put the data in a file',
