@@ -59,6 +59,8 @@ export interface Config {
     portDriver: PortDriver;
     /** How the daemon's own listeners reach the host (src/rootless/published-listeners.ts). */
     publishListeners: PublishListenersMode;
+    /** How pods' TCP host ports reach the host (src/rootless/host-port-forwarder.ts). */
+    hostPorts: PublishListenersMode;
     copyUp: string[];
     stateDir: string;
     disableHostLoopback: boolean;
@@ -138,6 +140,7 @@ export interface ConfigOverrides {
   'node.slirp4netns_mtu'?: number;
   'node.port_driver'?: PortDriver;
   'node.publish_listeners'?: PublishListenersMode;
+  'node.host_ports'?: PublishListenersMode;
   'node.copy_up'?: string[];
   'node.state_dir'?: string;
   'node.disable_host_loopback'?: boolean;
@@ -476,6 +479,7 @@ const SCHEMA = table({
     slirp4netns_mtu: integer(1280, 65520),
     port_driver: oneOf(PORT_DRIVERS),
     publish_listeners: oneOf(PUBLISH_MODES),
+    host_ports: oneOf(PUBLISH_MODES),
     copy_up: list(absolutePath()),
     state_dir: absolutePath(),
     disable_host_loopback: boolean(),
@@ -766,6 +770,7 @@ export function resolveConfig(
       slirp4netnsMtu: node.slirp4netns_mtu ?? 65520,
       portDriver: node.port_driver ?? 'builtin',
       publishListeners: node.publish_listeners ?? 'handoff',
+      hostPorts: node.host_ports ?? 'handoff',
       copyUp: node.copy_up ?? ['/etc', '/run', '/var/lib'],
       stateDir: node.state_dir ?? join(runDir, 'node'),
       disableHostLoopback: node.disable_host_loopback ?? true,

@@ -31,6 +31,7 @@ import { Programs } from './os/programs.js';
 import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
 import { ipcHostListeners } from './rootless/host-listeners.js';
+import { HostPortForwarder } from './rootless/host-port-forwarder.js';
 import { inUserNamespace } from './rootless/node.js';
 import { prepareNodeForKubelet } from './rootless/node-setup.js';
 import { ListenerPublisher, startPublished } from './rootless/published-listeners.js';
@@ -80,11 +81,12 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   const portManager = stateDir ? new RootlesskitPortManager(path.join(stateDir, 'api.sock')) : null;
   const metrics = createMetrics();
   observeRuns(metrics.helpers);
+  const hostListeners = ipcHostListeners(logger);
   // The daemon's own listeners on the host: handed over by the supervisor, or rootlesskit's
   // port driver (see src/rootless/published-listeners.ts).
   const publisher = new ListenerPublisher({
     runDir: config.runDir,
-    source: ipcHostListeners(logger),
+    source: hostListeners,
     ports: portManager,
     mode: config.node.publishListeners,
     logger,
@@ -140,7 +142,25 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       containerExited: (record) => metrics.containers.exited(record.reason),
     },
   });
-  const pods = createPodSandboxService({ core, config, logger, portManager, os: sandboxOs });
+  // Pods' TCP host ports: forwarded by the daemon (src/rootless/host-port-forwarder.ts).
+  const hostPorts =
+    config.node.hostPorts === 'handoff' && hostListeners
+      ? new HostPortForwarder({
+          source: hostListeners,
+          fallback: portManager,
+          runDir: config.runDir,
+          nodeId: node.id,
+          logger,
+        })
+      : null;
+  await hostPorts?.open();
+  const pods = createPodSandboxService({
+    core,
+    config,
+    logger,
+    portManager: hostPorts ?? portManager,
+    os: sandboxOs,
+  });
   const containers = createContainerService({
     core,
     logger,
@@ -176,6 +196,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
         metrics: metricsServer ? `http://127.0.0.1:${metricsServer.port}/metrics` : null,
         published: publisher.status(),
         streamingConnections: streaming.service?.connectionStats() ?? null,
+        hostPorts: hostPorts?.stats() ?? { via: 'port-driver' },
       },
       quarantine: { images: images.quarantined() },
     }),
@@ -251,6 +272,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     logger.error({ err: describeError(err) }, 'recovery failed; the daemon cannot serve and exits');
     await server.close(1_000).catch(() => undefined);
     await publisher.close().catch(() => undefined);
+    await hostPorts?.close().catch(() => undefined);
     await streaming.close().catch(() => undefined);
     await metricsServer?.close().catch(() => undefined);
     return 2;
@@ -282,6 +304,8 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       try {
         await server.close(5_000);
         await publisher.close();
+        // Pods' host ports close with the daemon; the next one opens them again.
+        await hostPorts?.close();
         await streaming.close();
         await images.close();
         // Pods and containers keep running: conmon and the infra processes outlive the daemon.

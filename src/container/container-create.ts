@@ -22,6 +22,7 @@ import { adjustSpec } from '../core/spec-adjust.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import type { ContainerDeps } from './container-deps.js';
+import { checkExecLimits } from './exec-limits.js';
 import { buildOciSpec, containerLogPath, type ImageRuntimeConfig } from './spec-builder.js';
 
 export function createCreateContainer(deps: ContainerDeps) {
@@ -145,6 +146,8 @@ export function createCreateContainer(deps: ContainerDeps) {
       });
       built.spec = adjusted.spec;
       built.warnings.push(...adjusted.warnings);
+      // After the adjusters: the environment they add counts too.
+      checkExecLimits(built.spec.process, deps.hostFacts.stackSoftLimit);
       for (const warning of built.warnings) log.warn(warning);
       await deps.os.makeVolumeDirs(rootfs, built.imageVolumes);
       if (logPath !== '') await deps.os.prepareLogDirectory(logPath);

@@ -6,17 +6,22 @@
  * createContainerService; unit tests build it with fakes.
  */
 import { mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import type { RuntimeCore } from '../core/runtime-core.js';
 import type { SpecAdjuster } from '../core/spec-adjust.js';
 import type { Logger } from '../log.js';
 import { resolveInRoot } from '../os/in-root.js';
+import { checkLogReopen, prepareLogFile } from '../os/safe-log-file.js';
 import type { HostFacts, SpecFiles } from './spec-builder.js';
 
 /** The files the container layer creates itself. */
 export interface ContainerOs {
-  /** Creates the directory a log file goes in. */
+  /**
+   * Creates the directory a log file goes in and the file itself, so that conmon can open it by
+   * path safely: refused when another user could plant a link there (os/safe-log-file.ts).
+   */
   prepareLogDirectory(logPath: string): Promise<void>;
+  /** Before conmon reopens a log: the directory is still private, its `.tmp` name not a link. */
+  checkLogReopen?(logPath: string): Promise<void>;
   /** Creates image VOLUME directories inside the rootfs (in-root, never through a link out). */
   makeVolumeDirs(rootfs: string, containerPaths: string[]): Promise<void>;
 }
@@ -43,8 +48,12 @@ export function dateToNanoseconds(date: Date): string {
 export { describeContainer } from '../core/container-lifecycle.js';
 
 export class NodeContainerOs implements ContainerOs {
-  async prepareLogDirectory(logPath: string): Promise<void> {
-    await mkdir(path.dirname(logPath), { recursive: true, mode: 0o755 });
+  prepareLogDirectory(logPath: string): Promise<void> {
+    return prepareLogFile(logPath);
+  }
+
+  checkLogReopen(logPath: string): Promise<void> {
+    return checkLogReopen(logPath);
   }
 
   async makeVolumeDirs(rootfs: string, containerPaths: string[]): Promise<void> {

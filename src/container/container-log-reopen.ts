@@ -30,6 +30,7 @@ export function createReopenContainerLog(deps: ContainerDeps, waitMs = REOPEN_WA
       );
     }
     if (record.logPath === '') return {};
+    await deps.os.checkLogReopen?.(record.logPath);
     const written = await deps.core.runtime.control(record.id, 'reopen-log');
     if (!written) {
       throw new FailedPreconditionError(

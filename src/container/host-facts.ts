@@ -4,6 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { arch, release } from 'node:os';
+import { parseStackLimit } from './exec-limits.js';
 
 /** A device node of the node, for privileged containers. */
 export interface HostDevice {
@@ -38,6 +39,11 @@ export interface HostFacts {
   devices: readonly HostDevice[];
   apparmor: boolean;
   selinux: boolean;
+  /**
+   * The daemon's soft RLIMIT_STACK in bytes (null: unlimited), which containers inherit: it sets
+   * how much command line and environment execve accepts (exec-limits.ts). Absent: not known.
+   */
+  stackSoftLimit?: number | null;
 }
 
 async function text(p: string): Promise<string> {
@@ -67,14 +73,16 @@ export async function probeHostFacts(options: {
   recursiveReadOnlyMounts?: boolean;
 }): Promise<HostFacts> {
   const { cgroupV2, controllers } = options;
-  const [capLastCap, uidMap, gidMap, oom, apparmor, selinux] = await Promise.all([
+  const [capLastCap, uidMap, gidMap, oom, apparmor, selinux, limits] = await Promise.all([
     text('/proc/sys/kernel/cap_last_cap'),
     text('/proc/self/uid_map'),
     text('/proc/self/gid_map'),
     text('/proc/self/oom_score_adj'),
     text('/sys/module/apparmor/parameters/enabled'),
     text('/sys/fs/selinux/enforce'),
+    text('/proc/self/limits'),
   ]);
+  const stackSoftLimit = parseStackLimit(limits);
   return {
     cgroupV2,
     controllers,
@@ -87,5 +95,6 @@ export async function probeHostFacts(options: {
     devices: [],
     apparmor: apparmor.trim() === 'Y',
     selinux: selinux.trim() !== '',
+    ...(stackSoftLimit !== undefined ? { stackSoftLimit } : {}),
   };
 }

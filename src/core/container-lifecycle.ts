@@ -45,7 +45,7 @@ export async function recordExit(
   exit: ObservedExit,
 ): Promise<ContainerRecord> {
   const oom = exit.oomKilled || (exit.exitCode === 137 && (await cgroupOomKilled(core, record)));
-  const reason = exit.reason ?? (oom ? 'OOMKilled' : exit.exitCode === 0 ? 'Completed' : 'Error');
+  let reason = exit.reason ?? (oom ? 'OOMKilled' : exit.exitCode === 0 ? 'Completed' : 'Error');
   // A process that failed because its root filesystem went away (fuse-overlayfs killed) says
   // so: the exit code alone (135, SIGBUS) tells an operator nothing.
   let message = exit.message;
@@ -59,6 +59,14 @@ export async function recordExit(
     if (!alive) {
       message =
         "the container's root filesystem went away while it ran (its fuse-overlayfs process died?); the process failed on it. Remove and recreate the container";
+    }
+  }
+  // A process that failed at execve (after `crun start`) never ran the entrypoint: say why.
+  if (message === undefined && reason === 'Error' && record.state === 'running' && core.runtime.execFailure) {
+    const failure = await core.runtime.execFailure(record.id, record.logPath).catch(() => null);
+    if (failure) {
+      reason = 'StartError';
+      message = failure.message;
     }
   }
   const updated: ContainerRecord = {

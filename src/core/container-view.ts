@@ -50,6 +50,14 @@ export function statusOf(record: ContainerRecord): ContainerStatus {
   };
 }
 
+/** An env value as a record holds it (bytes, or their JSON form after a reload) as text. */
+function envText(value: unknown): string {
+  if (value instanceof Uint8Array) return Buffer.from(value).toString('utf8');
+  if (typeof value === 'string') return value;
+  const data = (value as { data?: unknown } | null)?.data;
+  return Array.isArray(data) ? Buffer.from(data as number[]).toString('utf8') : '';
+}
+
 export function verboseInfo(record: ContainerRecord): Record<string, string> {
   const info = {
     sandboxID: record.podSandboxId,
@@ -63,7 +71,12 @@ export function verboseInfo(record: ContainerRecord): Record<string, string> {
     warnings: record.warnings,
     image: record.image,
     user: record.user,
-    config: record.config,
+    // Values as text: a Buffer would show as {"type":"Buffer","data":[...]}, several times
+    // larger (a 2 MiB environment made a verbose status kubelet cannot receive).
+    config: {
+      ...record.config,
+      envs: (record.config.envs ?? []).map((e) => ({ key: e.key, value: envText(e.value) })),
+    },
   };
   return { info: JSON.stringify(info) };
 }

@@ -11,15 +11,21 @@
  * The process spec is the container's own (user, env, cwd, capabilities) with the command
  * replaced. crun exec runs in the foreground and exits with the process's status.
  *
- * An exec session is a process group: crun leads it (the runner starts every child in its own
- * group) and, without a tty, the exec'd process and everything it forks stay in it. So:
+ * Where an exec session's processes are: crun forks an intermediate process that calls
+ * setsid(), joins the container's namespaces, starts the exec'd process (a child of crun, whose
+ * pid goes to the pid file) and exits. So the exec'd process and everything it forks are in a
+ * session and process group led by a pid that no longer exists: neither the pid-file pid's
+ * group nor crun's (issue 12 item 3: `sh -c 'sleep 100000 & echo started'` kept ExecSync
+ * waiting for its output forever, and the sleep ran on). Hence:
  * - ExecSync answers when the exec'd process exits, with what it wrote until then (and for a
- *   short drain after); what it left running in the background is killed with the group, as
- *   a probe must not leave processes behind. At the deadline the whole group is killed, the
- *   output collected so far is dropped and the answer is DEADLINE_EXCEEDED with the time
- *   that really passed.
- * - a streaming exec whose client goes away is killed the same way (the pid crun wrote as
- *   well: with a tty the process leads its own session).
+ *   short drain after). Whatever still holds its output pipes then (a background child) is
+ *   found through /proc and killed with its process group, as a probe must not leave
+ *   processes behind; the output is awaited a bounded time after that, never longer.
+ * - At the deadline the exec'd process's group (read from /proc while crun, its parent, still
+ *   runs) is killed, and whatever holds the pipes; the output collected so far is dropped and
+ *   the answer is DEADLINE_EXCEEDED with the time that really passed.
+ * - a streaming exec whose client goes away is killed the same way (its group, and the pid
+ *   crun wrote).
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
@@ -38,12 +44,15 @@ import { failpoint } from '../failpoint.js';
 import type { Logger } from '../log.js';
 import type { OciProcess, OciSpec } from './oci-spec.js';
 import { collectStream, type ProcessHandle, start } from './process-runner.js';
+import { channelHolders, processGroupOf, stdioChannels } from './process-tree.js';
 import type { StdioOptions, StreamSession } from './stream-session.js';
 
 /** Upper bound of what ExecSync keeps of each stream (the CRI API's 16 MiB). */
 export const EXEC_OUTPUT_CAP = 16 * 1024 * 1024;
 /** After the exec'd process exited: how long output still in flight is awaited. */
 const EXIT_DRAIN_MS = 100;
+/** After what held the output open was killed: how long its last bytes are awaited. */
+const LEFTOVER_DRAIN_MS = 1000;
 /** Unix socket paths longer than this do not fit sockaddr_un. */
 const MAX_SOCKET_PATH = 100;
 
@@ -163,6 +172,12 @@ export class CrunExec {
     });
     const stdout = collectStream(handle.stdout, EXEC_OUTPUT_CAP);
     const stderr = collectStream(handle.stderr, EXEC_OUTPUT_CAP);
+    // What crun's stdout and stderr are, read while it surely runs (it outlives the exec'd
+    // process): a background child that keeps them open is found by them later.
+    const channels = handle.spawned.then(
+      () => (handle.pid === undefined ? new Set<string>() : stdioChannels(handle.pid, [1, 2])),
+      () => new Set<string>(),
+    );
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((resolve) => {
       timer = setTimeout(() => resolve('deadline'), options.timeoutMs);
@@ -179,6 +194,7 @@ export class CrunExec {
       const outcome = await Promise.race([handle.exited, deadline, aborted]);
       if (outcome === 'deadline' || outcome === 'aborted') {
         await this.killSession(handle, prepared.pidFile);
+        await killChannelHolders(await channels);
         if (outcome === 'aborted') {
           const reason: unknown = options.signal?.reason;
           throw reason instanceof CriError ? reason : new CancelledError('ExecSync was cancelled');
@@ -190,8 +206,18 @@ export class CrunExec {
       }
       // The exec'd process exited: output it wrote is in the pipes; anything it left running
       // in the background (holding them open) goes with the rest of its session.
-      await Promise.race([Promise.all([stdout, stderr]), sleep(EXIT_DRAIN_MS)]);
+      const drained = await Promise.race([
+        Promise.all([stdout, stderr]).then(() => true),
+        sleep(EXIT_DRAIN_MS).then(() => false),
+      ]);
       await this.killLeftovers(handle, prepared.pidFile);
+      if (!drained) {
+        await killChannelHolders(await channels);
+        await Promise.race([Promise.all([stdout, stderr]), sleep(LEFTOVER_DRAIN_MS)]);
+      }
+      // Whatever still holds the pipes now (out of our reach) does not hold the answer.
+      handle.stdout?.destroy();
+      handle.stderr?.destroy();
       const [out, err] = await Promise.all([stdout, stderr]);
       return { exitCode: exitCodeOf(outcome.exitCode, outcome.signal), stdout: out, stderr: err };
     } finally {
@@ -316,7 +342,11 @@ export class CrunExec {
       const pid = await readPid(pidFile);
       if (pid !== null) {
         // While crun runs, it is the parent of this pid, so the pid cannot have been reused.
-        if (!handle.done) signalTree(pid);
+        if (!handle.done) {
+          // Its group first (the session crun's intermediate process started), then itself.
+          await killGroupOf(pid);
+          signalTree(pid);
+        }
         break;
       }
       if (handle.done || Date.now() >= deadline) break;
@@ -341,6 +371,29 @@ export class CrunExec {
       }
     }
     handle.kill('SIGKILL');
+  }
+}
+
+/** SIGKILL to the process group `pid` is in, unless that is this process's own group. */
+async function killGroupOf(pid: number): Promise<void> {
+  const group = await processGroupOf(pid);
+  if (group === null || group <= 1 || group === (await processGroupOf(process.pid))) return;
+  try {
+    process.kill(-group, 'SIGKILL');
+  } catch {
+    // the group is gone
+  }
+}
+
+/** Kills whatever (else) holds these pipes or sockets, with the process groups they are in. */
+async function killChannelHolders(channels: ReadonlySet<string>): Promise<void> {
+  for (const holder of await channelHolders(channels)) {
+    await killGroupOf(holder);
+    try {
+      process.kill(holder, 'SIGKILL');
+    } catch {
+      // gone
+    }
   }
 }
 

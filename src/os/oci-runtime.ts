@@ -26,6 +26,7 @@ import type { Logger } from '../log.js';
 import { conmonFiles, startConmon } from './conmon.js';
 import { attachToConmon, writeFifoNonBlocking } from './conmon-attach.js';
 import { CrunExec, EXEC_OUTPUT_CAP, type ExecResult } from './crun-exec.js';
+import { type ExecFailure, readExecFailure } from './exec-failure.js';
 import { type ExitInfo, type ExitListener, ExitWatcher } from './exit-watcher.js';
 import { nativeHelperPath } from './native-helpers.js';
 import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
@@ -33,7 +34,7 @@ import { CommandFailedError, type RunResult, run } from './process-runner.js';
 import { killTree } from './process-tree.js';
 import type { StdioOptions, StreamSession } from './stream-session.js';
 
-export type { ExecResult, ExitInfo, ExitListener };
+export type { ExecFailure, ExecResult, ExitInfo, ExitListener };
 export { EXEC_OUTPUT_CAP };
 
 export interface CreateOptions {
@@ -113,6 +114,11 @@ export interface OciRuntime {
   monitorAlive(id: string): Promise<boolean | null>;
   /** Drops the runtime's per-container files (after delete). */
   cleanup(id: string): Promise<void>;
+  /**
+   * Why an exited container's process never ran its entrypoint (its execve failed after start),
+   * from what the runtime left in its log (`logPath`, '' = the state dir's); null when it ran.
+   */
+  execFailure?(id: string, logPath: string): Promise<ExecFailure | null>;
 }
 
 export interface CrunConmonOptions {
@@ -486,6 +492,11 @@ export class CrunConmonRuntime implements OciRuntime {
     await rm(path.join(this.options.socketDir, id), { recursive: true, force: true });
     this.exits.forget(id);
     this.monitors.delete(id);
+  }
+
+  execFailure(id: string, logPath: string): Promise<ExecFailure | null> {
+    if (!ID.test(id)) return Promise.resolve(null);
+    return readExecFailure(logPath || path.join(this.dir(id), 'ctr.log'));
   }
 }
 

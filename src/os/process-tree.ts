@@ -3,14 +3,57 @@
  * helpers that detach from us (conmon daemonizes, so its children are not in our process group)
  * when their work must be undone: an aborted create kills conmon and the runtime it started.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 
-async function parentOf(pid: number): Promise<number | null> {
+/** Field `index` (0 = state) of /proc/<pid>/stat after the command name; null when gone. */
+async function statField(pid: number, index: number): Promise<number | null> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
   if (stat === null) return null;
   // The command name may hold spaces and parentheses: the fields after the last ')' are fixed.
-  const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-  return Number.isSafeInteger(ppid) ? ppid : null;
+  const value = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[index]);
+  return Number.isSafeInteger(value) ? value : null;
+}
+
+function parentOf(pid: number): Promise<number | null> {
+  return statField(pid, 1);
+}
+
+/** The process group of `pid`; null when it is gone. */
+export function processGroupOf(pid: number): Promise<number | null> {
+  return statField(pid, 2);
+}
+
+/**
+ * What a process's stdio fds point at ("pipe:[ino]" or "socket:[ino]": Node gives a child
+ * socketpairs), for finding later who else holds them. Read while the process runs.
+ */
+export async function stdioChannels(pid: number, fds: readonly number[]): Promise<Set<string>> {
+  const channels = new Set<string>();
+  for (const fd of fds) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    if (/^(pipe|socket):\[\d+\]$/.test(target)) channels.add(target);
+  }
+  return channels;
+}
+
+/**
+ * The processes, other than this one, that hold an fd on one of these channels: whoever keeps a
+ * child's output open after the child exited (a background process it started).
+ */
+export async function channelHolders(channels: ReadonlySet<string>): Promise<number[]> {
+  if (channels.size === 0) return [];
+  const holders: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    const fds = await readdir(`/proc/${entry}/fd`).catch(() => [] as string[]);
+    for (const fd of fds) {
+      if (channels.has(await readlink(`/proc/${entry}/fd/${fd}`).catch(() => ''))) {
+        holders.push(Number(entry));
+        break;
+      }
+    }
+  }
+  return holders;
 }
 
 /**

@@ -44,8 +44,6 @@ export type ListenAnswer =
   | { type: 'rcri:listener-error'; id: number; code: string; message: string }
   | { type: 'rcri:connection'; id: number };
 
-const LOOPBACK = /^127(\.\d{1,3}){3}$/;
-
 function isListenRequest(message: unknown): message is ListenRequest {
   const m = message as Partial<ListenRequest> | null;
   return (
@@ -61,9 +59,10 @@ function isListenRequest(message: unknown): message is ListenRequest {
 }
 
 /**
- * Supervisor side: answers the daemon's listen requests on `child`'s IPC channel. Only
- * loopback addresses are bound (the daemon's listeners are published on the host's
- * 127.0.0.1, as before).
+ * Supervisor side: answers the daemon's listen requests on `child`'s IPC channel. The daemon's
+ * own listeners ask for 127.0.0.1; pods' TCP host ports (host-port-forwarder.ts) for the
+ * address of their port mapping, which rootlesskit's driver would have bound the same way.
+ * IP literals only.
  */
 export function serveHostListeners(child: ChildProcess, logger: Logger): void {
   child.on('message', (message: unknown) => {
@@ -73,8 +72,8 @@ export function serveHostListeners(child: ChildProcess, logger: Logger): void {
       if (child.connected)
         child.send({ type: 'rcri:listener-error', id, code, message: why } satisfies ListenAnswer);
     };
-    if (!LOOPBACK.test(host)) {
-      fail('EINVAL', `the supervisor binds loopback addresses only, not ${host}`);
+    if (net.isIP(host) === 0) {
+      fail('EINVAL', `the supervisor binds IP addresses only, not ${JSON.stringify(host)}`);
       return;
     }
     // Paused: a connection this process accepts before it closes its copy of the listener
@@ -125,10 +124,15 @@ export class HostListenError extends Error {
  */
 export function ipcHostListeners(logger: Logger): HostListenerSource | null {
   if (typeof process.send !== 'function' || process.channel === undefined) return null;
-  // The channel must not keep the daemon alive on its own.
+  // The channel must not keep the daemon alive on its own, except while an answer is awaited
+  // (a daemon that starts by opening its pods' host ports again has nothing else to wait on).
   process.channel.unref();
   let nextId = 1;
   const pending = new Map<number, { resolve: (s: net.Server) => void; reject: (e: Error) => void }>();
+  const settled = (id: number) => {
+    pending.delete(id);
+    if (pending.size === 0) process.channel?.unref();
+  };
   const servers = new Map<number, net.Server>();
   process.on('message', (message: ListenAnswer, handle: unknown) => {
     if (typeof message !== 'object' || message === null) return;
@@ -141,7 +145,7 @@ export function ipcHostListeners(logger: Logger): HostListenerSource | null {
     }
     const waiter = pending.get(message.id);
     if (waiter === undefined) return;
-    pending.delete(message.id);
+    settled(message.id);
     if (message.type === 'rcri:listener' && handle instanceof net.Server) {
       servers.set(message.id, handle);
       handle.once('close', () => servers.delete(message.id));
@@ -167,13 +171,14 @@ export function ipcHostListeners(logger: Logger): HostListenerSource | null {
         }
         const id = nextId++;
         pending.set(id, { resolve, reject });
+        process.channel?.ref();
         process.send(
           { type: 'rcri:listen', id, host, port } satisfies ListenRequest,
           undefined,
           {},
           (err) => {
             if (!err) return;
-            pending.delete(id);
+            settled(id);
             reject(
               new HostListenError('EPIPE', `cannot ask the supervisor for a host listener: ${err.message}`),
             );

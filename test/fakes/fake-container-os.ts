@@ -14,6 +14,10 @@ export class FakeContainerOs implements ContainerOs {
     this.calls.push(`prepareLogDirectory ${logPath}`);
   }
 
+  async checkLogReopen(logPath: string): Promise<void> {
+    this.calls.push(`checkLogReopen ${logPath}`);
+  }
+
   async makeVolumeDirs(rootfs: string, containerPaths: string[]): Promise<void> {
     this.calls.push(`makeVolumeDirs ${rootfs} ${containerPaths.join(',')}`);
   }

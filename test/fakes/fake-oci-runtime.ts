@@ -10,6 +10,7 @@
 import { FailedPreconditionError, NotFoundError } from '../../src/errors.js';
 import type {
   CreateOptions,
+  ExecFailure,
   ExecResult,
   ExitInfo,
   ExitListener,
@@ -51,6 +52,8 @@ export class FakeOciRuntime implements OciRuntime {
   sessions: StreamSession[] = [];
   /** Signals the init of a container drops (PID 1 without a handler): by container id. */
   readonly dropsSignals = new Map<string, Set<string>>();
+  /** Containers whose process failed at execve after start (what execFailure reports), by id. */
+  readonly execFailures = new Map<string, ExecFailure>();
 
   /** The next call of `method` throws `error` (once). */
   failNext(method: FakeRuntimeMethod, error: Error): void {
@@ -251,5 +254,10 @@ export class FakeOciRuntime implements OciRuntime {
 
   async cleanup(id: string): Promise<void> {
     this.record('cleanup', [id]);
+  }
+
+  async execFailure(id: string, logPath: string): Promise<ExecFailure | null> {
+    this.record('execFailure', [id, logPath]);
+    return this.execFailures.get(id) ?? null;
   }
 }

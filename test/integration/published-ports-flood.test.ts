@@ -10,6 +10,11 @@
  *    /metrics answers;
  *  - a pod's existing host port (still rootlesskit's) keeps serving;
  *  - the daemon logs the refusals and verbose Status counts them.
+ * A pod's host port flooded the same way (before: rootlesskit's parent reached 20,000 fds, the
+ * flooded port and an untouched one of another pod stopped serving for good, 9,130 fds stayed
+ * held): now forwarded by the daemon (host-port-forwarder.ts), both serve again seconds after the
+ * flood, rootlesskit's fds do not move, a new host port can be published, and a daemon killed
+ * with -9 opens the host ports again when it starts.
  * The attacker user is ROOTLESS_CRI_ATTACKER_USER (default rcri-test2), created by
  * `deploy/setup-host.sh --user rcri-test2`.
  */
@@ -70,6 +75,27 @@ setTimeout(() => {
 }, seconds * 1000);
 `;
 
+/** The flood, as the other user, against the host's 127.0.0.1:`port`; resolves with its summary. */
+async function flood(port: number): Promise<{ attempts: number; connected: number; peak: number }> {
+  const { stdout } = await execFileAsync(
+    'bash',
+    [
+      RUN_AS_USER,
+      ATTACKER,
+      '--',
+      process.execPath,
+      '-e',
+      FLOOD_SCRIPT,
+      String(port),
+      String(FLOOD_CONNECTIONS),
+      String(FLOOD_SECONDS),
+      String(FLOOD_MAX_ATTEMPTS),
+    ],
+    { timeout: (FLOOD_SECONDS + 30) * 1000, maxBuffer: 1 << 20 },
+  );
+  return JSON.parse(stdout.trim().split('\n').pop()!);
+}
+
 async function fdCount(pid: number): Promise<number> {
   return (await readdir(`/proc/${pid}/fd`)).length;
 }
@@ -82,6 +108,7 @@ async function rootlesskitParentPid(): Promise<number> {
 async function verboseListeners(): Promise<{
   published: { name: string; port: number; via: string; listening: boolean; republished: number }[];
   streamingConnections: { refused: number; evicted: number; open: number };
+  hostPorts: { ports: number; connections: { refused: number; evicted: number; open: number } };
 }> {
   const r = await daemon.client.runtime('Status', { verbose: true });
   return JSON.parse(r.info!.listeners!);
@@ -261,6 +288,76 @@ describe('a connection flood from another local user (row 47)', () => {
     expect(after.published.every((p) => p.listening)).toBe(true);
     expect(after.streamingConnections.refused + after.streamingConnections.evicted).toBeGreaterThan(0);
     expect(await daemon.logTail(400)).toMatch(/connection limits reached/);
+  }, 120_000);
+
+  it("a flood on a pod's host port: it and another pod's serve again seconds after, rootlesskit untouched", async () => {
+    const bystanderPort = await freePort();
+    const bystander = await runPod('bystander', {
+      port_mappings: [{ container_port: HTTP_SERVER_PORT, host_port: bystanderPort, host_ip: '127.0.0.1' }],
+    });
+    await runContainer(bystander, 'web', ref('http-server'));
+    const serves = async (port: number) => (await httpGet(port).catch(() => '')) === HTTP_SERVER_INDEX_HTML;
+    await timeUntil(() => serves(bystanderPort), 30_000);
+    expect((await verboseListeners()).hostPorts.ports).toBe(2);
+    const rootlesskit = await rootlesskitParentPid();
+    const rootlesskitFdsBefore = await fdCount(rootlesskit);
+    const daemonPid = await daemon.daemonPid();
+
+    let daemonFdsPeak = 0;
+    let rootlesskitFdsPeak = 0;
+    const sampler = setInterval(() => {
+      void fdCount(daemonPid).then(
+        (n) => (daemonFdsPeak = Math.max(daemonFdsPeak, n)),
+        () => {},
+      );
+      void fdCount(rootlesskit).then(
+        (n) => (rootlesskitFdsPeak = Math.max(rootlesskitFdsPeak, n)),
+        () => {},
+      );
+    }, 250);
+    const flooding = flood(hostPort);
+    await new Promise((resolve) => setTimeout(resolve, (FLOOD_SECONDS * 1000) / 2));
+    const bystanderDuring = await serves(bystanderPort);
+    const summary = await flooding.finally(() => clearInterval(sampler));
+    const floodEnded = Date.now();
+
+    const targetBackMs = await timeUntil(() => serves(hostPort), 10_000);
+    const bystanderBackMs = await timeUntil(() => serves(bystanderPort), 10_000);
+    // The node's port publishing still works: a new pod's host port serves.
+    const newcomerPort = await freePort();
+    const newcomer = await runPod('newcomer', {
+      port_mappings: [{ container_port: HTTP_SERVER_PORT, host_port: newcomerPort, host_ip: '127.0.0.1' }],
+    });
+    await runContainer(newcomer, 'web', ref('http-server'));
+    await timeUntil(() => serves(newcomerPort), 30_000);
+    const stats = (await verboseListeners()).hostPorts.connections;
+    console.log(
+      JSON.stringify({
+        hostPortFlood: summary,
+        bystanderDuring,
+        targetBackMs,
+        bystanderBackMs,
+        sinceFloodEndMs: Date.now() - floodEnded,
+        daemonFdsPeak,
+        rootlesskitFds: { before: rootlesskitFdsBefore, peak: rootlesskitFdsPeak },
+        hostPortConnections: stats,
+      }),
+    );
+    expect(summary.attempts).toBeGreaterThan(FLOOD_CONNECTIONS);
+    // The pod's busybox httpd forked for each of the ~20,000 connections the flood made it take.
+    expect(targetBackMs).toBeLessThan(10_000);
+    expect(bystanderBackMs).toBeLessThan(5000);
+    expect(rootlesskitFdsPeak).toBeLessThan(rootlesskitFdsBefore + 20);
+    // 2,048 forwarded connections at most, two fds each, plus the daemon's own.
+    expect(daemonFdsPeak).toBeLessThan(4096 + 1000);
+    expect(stats.refused + stats.evicted).toBeGreaterThan(0);
+  }, 180_000);
+
+  it('a daemon killed with -9 opens the host ports again when it starts', async () => {
+    await daemon.kill9();
+    await daemon.serve();
+    await timeUntil(async () => (await httpGet(hostPort).catch(() => '')) === HTTP_SERVER_INDEX_HTML, 30_000);
+    expect((await verboseListeners()).hostPorts.ports).toBe(3);
   }, 120_000);
 
   it('keeps the channel to the supervisor out of every other process of the node', async () => {

@@ -437,6 +437,24 @@ describe('status, exits and lists', () => {
     ]);
   });
 
+  it('a process that failed at execve after start is EXITED with StartError and why (issue 12 item 5)', async () => {
+    const failed = await create({ metadata: { name: 'e2big', attempt: 0 } });
+    const crashed = await create({ metadata: { name: 'crashed', attempt: 0 } });
+    await start(failed);
+    await start(crashed);
+    const message =
+      'the container exited before its entrypoint ran: the OCI runtime could not execute /bin/true: Argument list too long';
+    w.runtime.execFailures.set(failed, { path: '/bin/true', error: 'Argument list too long', message });
+    w.runtime.exitNow(failed, 1);
+    w.runtime.exitNow(crashed, 1);
+    await w.core.exitsRecorded();
+    expect((await status(failed)).status).toMatchObject({ exit_code: 1, reason: 'StartError', message });
+    expect((await status(crashed)).status).toMatchObject({ exit_code: 1, reason: 'Error', message: '' });
+    // Asked with the container's log; a container that exits 0 is not looked at.
+    const asked = w.runtime.calls.filter((c) => c.method === 'execFailure').map((c) => c.args[0]);
+    expect(asked.sort()).toEqual([failed, crashed].sort());
+  });
+
   it('ListContainers filters by id prefix, pod, state and labels', async () => {
     const other = 'c'.repeat(64);
     await seedSandbox(w.core.sandboxes, w.node, sandboxRecord({ id: other, cgroupParent: '/pods/pod2' }));
@@ -482,6 +500,12 @@ describe('status, exits and lists', () => {
     expect(r.status!.resources?.linux?.memory_limit_in_bytes).toBe('10485760');
     expect(r.status!.user?.linux).toMatchObject({ uid: '0', gid: '0' });
   });
+
+  it('verbose status shows environment values as text, not as Buffer objects', async () => {
+    const id = await create({ envs: [{ key: 'GREETING', value: Buffer.from('hello') }] as never });
+    const info = JSON.parse((await status(id, true)).info!.info!) as { config: { envs: unknown[] } };
+    expect(info.config.envs).toEqual([{ key: 'GREETING', value: 'hello' }]);
+  });
 });
 
 describe('update, reopen, stats, events', () => {
@@ -524,6 +548,8 @@ describe('update, reopen, stats, events', () => {
     };
     await w.service.handlers.ReopenContainerLog!({ container_id: id }, ctx as never);
     expect(existsSync(log)).toBe(true);
+    // The directory and the .tmp name conmon uses were checked first.
+    expect(w.os.calls).toContain(`checkLogReopen ${log}`);
     expect(w.runtime.calls.filter((c) => c.method === 'control').map((c) => c.args)).toEqual([
       [id, 'reopen-log'],
     ]);
