@@ -274,8 +274,15 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         if (podConfig.log_directory !== '')
           await mkdir(podConfig.log_directory, { recursive: true, mode: 0o755 });
 
-        step('marking the sandbox ready');
-        await save({ ...record, state: 'ready' });
+        // NRI (issue 17): plugins see the pod while its record is still `creating` (not listed,
+        // not ready); one may veto it. The sync gate is held until the record says ready.
+        step('consulting the NRI plugins');
+        rollback.push('tell the NRI plugins the pod is gone', () => deps.core.nri.undoRunPodSandbox(record));
+        await deps.core.nri.withSyncBlocked(async () => {
+          await deps.core.nri.runPodSandbox(record);
+          step('marking the sandbox ready');
+          await save({ ...record, state: 'ready' });
+        });
         rollback.commit();
         ctx.logger.info({ sandbox: id, name, ip: record.network?.ip ?? '' }, 'pod sandbox ready');
         // containerd sends both: the sandbox exists, and it runs.
