@@ -5,7 +5,6 @@
  * (what this host cannot support, with the reason) and critest-pending.txt (capabilities not
  * landed yet, with their issue). Results come from critest's JUnit report.
  */
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -100,6 +99,8 @@ export interface RunCritestOptions {
   reportDir: string;
   extraArgs?: string[];
   timeoutMs?: number;
+  /** The daemon's NRI socket: critest runs its NRI specs only when given one (-nri-socket). */
+  nriSocket?: string;
 }
 
 export async function runCritest(daemon: TestDaemon, options: RunCritestOptions): Promise<CritestResult> {
@@ -114,6 +115,7 @@ export async function runCritest(daemon: TestDaemon, options: RunCritestOptions)
     '-ginkgo.v',
     `-ginkgo.junit-report=${junit}`,
     ...(skipRegex ? [`-ginkgo.skip=${skipRegex}`] : []),
+    ...(options.nriSocket ? [`-nri-socket=${options.nriSocket}`] : []),
     ...(options.extraArgs ?? []),
   ];
   const r = await daemon.enter(['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args]);
