@@ -98,6 +98,7 @@ export interface RunCritestOptions {
   skip: SpecFilter[];
   reportDir: string;
   extraArgs?: string[];
+  /** The whole run (default 20 minutes; a run killed midway reports its specs "Interrupted by User"). */
   timeoutMs?: number;
   /** The daemon's NRI socket: critest runs its NRI specs only when given one (-nri-socket). */
   nriSocket?: string;
@@ -118,7 +119,10 @@ export async function runCritest(daemon: TestDaemon, options: RunCritestOptions)
     ...(options.nriSocket ? [`-nri-socket=${options.nriSocket}`] : []),
     ...(options.extraArgs ?? []),
   ];
-  const r = await daemon.enter(['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args]);
+  const r = await daemon.enter(
+    ['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args],
+    options.timeoutMs ?? 20 * 60_000,
+  );
   const xml = await readFile(junit, 'utf8').catch(() => '');
   return { outcomes: parseJunit(xml), exitCode: r.exitCode, output: `${r.stdout}\n${r.stderr}` };
 }
