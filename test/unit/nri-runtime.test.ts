@@ -6,6 +6,7 @@
  * (including exits recorded while a plugin synchronizes), plugin-initiated updates and
  * evictions, and the resource filter on its own.
  */
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -218,6 +219,8 @@ describe('NRI in the pod lifecycle', () => {
     const attempted = p.calls.find((c) => c.method === 'RunPodSandbox')!.request.pod.id as string;
     expect(methodsFor(p, attempted)).toEqual(['RunPodSandbox', 'StopPodSandbox', 'RemovePodSandbox']);
     expect(w.core.sandboxes.list()).toEqual([]);
+    // Nothing removes a log directory: a vetoed pod must not have made it.
+    expect(existsSync(path.join(w.dir, 'logs', 'pod'))).toBe(false);
     const id = await runPod();
     expect(w.core.sandboxStatus(id)?.state).toBe('SANDBOX_READY');
   });
