@@ -141,6 +141,14 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       containerStarted: () => metrics.containers.started(),
       containerExited: (record) => metrics.containers.exited(record.reason),
     },
+    // NRI (issue 17): plugins on config.nri.socketPath, consulted by the core and the RPCs.
+    nri: config.nri.enable
+      ? {
+          socketPath: config.nri.socketPath,
+          registrationTimeoutMs: config.nri.pluginRegistrationTimeoutMs,
+          requestTimeoutMs: config.nri.pluginRequestTimeoutMs,
+        }
+      : null,
   });
   // Pods' TCP host ports: forwarded by the daemon (src/rootless/host-port-forwarder.ts).
   const hostPorts =
@@ -166,6 +174,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     logger,
     hostFacts: await probeHostFacts({ controllers: cgroups.controllers, cgroupV2: cgroups.available }),
     writableLayerRoot: snapshotRoot,
+    adjusters: core.nri.enabled ? [core.nri.specAdjuster()] : [],
   });
   const streaming = createDaemonStreaming({
     address: config.streaming.address,
@@ -199,6 +208,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
         hostPorts: hostPorts?.stats() ?? { via: 'port-driver' },
       },
       quarantine: { images: images.quarantined() },
+      nri: core.nri.status(),
     }),
   });
   const handlers: CriHandlers = {
@@ -292,8 +302,20 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
     },
     'recovered',
   );
+  // NRI plugins synchronize with what recovery found, so the socket opens only now.
+  try {
+    await core.nri.start();
+  } catch (err) {
+    logger.error({ err: describeError(err) }, 'the NRI socket cannot be opened; the daemon exits');
+    await server.close(1_000).catch(() => undefined);
+    await publisher.close().catch(() => undefined);
+    await streaming.close().catch(() => undefined);
+    await metricsServer?.close().catch(() => undefined);
+    await core.close().catch(() => undefined);
+    return 2;
+  }
   readiness.open();
-  logger.info({ socket: config.socket }, 'rootless-cri ready');
+  logger.info({ socket: config.socket, nri: core.nri.enabled }, 'rootless-cri ready');
 
   return new Promise((resolve) => {
     let stopping = false;
@@ -308,6 +330,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
         await hostPorts?.close();
         await streaming.close();
         await images.close();
+        await core.nri.stop();
         // Pods and containers keep running: conmon and the infra processes outlive the daemon.
         await core.close();
         await metricsServer?.close();

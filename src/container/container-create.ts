@@ -144,6 +144,8 @@ export function createCreateContainer(deps: ContainerDeps) {
         sandbox,
         ...(signal ? { signal } : {}),
       });
+      // An adjuster (NRI) is told how the creation ends: rolled back here, or created below.
+      rollback.push('tell the spec adjusters the container was not created', () => adjusted.settle(false));
       built.spec = adjusted.spec;
       built.warnings.push(...adjusted.warnings);
       // After the adjusters: the environment they add counts too.
@@ -191,6 +193,7 @@ export function createCreateContainer(deps: ContainerDeps) {
       record = { ...record, state: 'created', pid };
       await deps.core.containers.put(record);
       rollback.commit();
+      await adjusted.settle(true);
     } catch (err) {
       log.warn({ step, err }, 'CreateContainer failed; rolling back');
       const failures = await rollback.unwind();

@@ -32,22 +32,29 @@ export function createStartContainer(deps: ContainerDeps) {
           `container ${describeContainer(record)} is ${record.state}, not created: only a created container can be started`,
         );
       }
-      try {
-        await deps.core.runtime.start(id);
-      } catch (err) {
-        const info = await deps.core.runtime.exitInfo(id).catch(() => null);
-        await recordExit(deps.core, record, {
-          exitCode: info?.exitCode ?? 128,
-          exitedAt: info?.exitedAt ?? new Date(),
-          oomKilled: false,
-          reason: 'StartError',
-          message: describeError(err),
-        });
-        throw err;
-      }
-      failpoint('container.runtime-started');
-      const started = { ...record, state: 'running' as const, startedAt: deps.core.now().toString() };
-      await deps.core.containers.put(started);
+      const created = record;
+      // NRI (issue 17): a plugin may veto the start; the sync gate is held until the record
+      // says running (or the start failed), PostStartContainer follows.
+      const started = await deps.core.nri.withSyncBlocked(async () => {
+        await deps.core.nri.startContainer(created);
+        try {
+          await deps.core.runtime.start(id);
+        } catch (err) {
+          const info = await deps.core.runtime.exitInfo(id).catch(() => null);
+          await recordExit(deps.core, created, {
+            exitCode: info?.exitCode ?? 128,
+            exitedAt: info?.exitedAt ?? new Date(),
+            oomKilled: false,
+            reason: 'StartError',
+            message: describeError(err),
+          });
+          throw err;
+        }
+        failpoint('container.runtime-started');
+        const running = { ...created, state: 'running' as const, startedAt: deps.core.now().toString() };
+        await deps.core.containers.put(running);
+        return running;
+      });
       ctx.logger.info({ container: id }, `container ${describeContainer(record)} started`);
       deps.core.observer.containerStarted?.(started);
       void deps.core.events.publish(
@@ -57,6 +64,11 @@ export function createStartContainer(deps: ContainerDeps) {
         statusOf(started),
         deps.core.now(),
       );
+      await deps.core.nri
+        .postStartContainer(started)
+        .catch((err: unknown) =>
+          ctx.logger.warn({ container: id, err: describeError(err) }, 'NRI PostStartContainer failed'),
+        );
     });
     return {};
   };

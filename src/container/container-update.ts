@@ -8,6 +8,7 @@
 import type { CallContext } from '../api/handlers.js';
 import type { RuntimeRequest, RuntimeResponse } from '../api/proto.js';
 import { observeExitLocked } from '../core/container-lifecycle.js';
+import { criResourcesWith } from '../core/nri-runtime.js';
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import { type ContainerDeps, describeContainer } from './container-deps.js';
 import { criToOciResources } from './resources.js';
@@ -40,10 +41,24 @@ export function createUpdateContainerResources(deps: ContainerDeps) {
         deps.hostFacts,
         record.cgroupPath !== null,
       );
-      for (const warning of warnings) ctx.logger.warn({ container: id }, warning);
-      if (Object.keys(resources).length > 0) await deps.core.runtime.update(id, resources);
-      const kept = record.warnings.filter((w) => !/ dropped: /.test(w));
-      await deps.core.containers.put({ ...record, resources: requested, warnings: [...kept, ...warnings] });
+      // NRI (issue 17): plugins may adjust the resources or veto the update; the sync gate is
+      // held until the record shows what was applied.
+      const current = record;
+      const updated = await deps.core.nri.withSyncBlocked(async () => {
+        const nri = await deps.core.nri.updateContainer(current, resources);
+        warnings.push(...nri.warnings);
+        for (const warning of warnings) ctx.logger.warn({ container: id }, warning);
+        if (Object.keys(nri.resources).length > 0) await deps.core.runtime.update(id, nri.resources);
+        const kept = current.warnings.filter((w) => !/ dropped: /.test(w));
+        const next = {
+          ...current,
+          resources: nri.resources === resources ? requested : criResourcesWith(requested, nri.resources),
+          warnings: [...kept, ...warnings],
+        };
+        await deps.core.containers.put(next);
+        return next;
+      });
+      await deps.core.nri.postUpdateContainer(updated);
     });
     return {};
   };

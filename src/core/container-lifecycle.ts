@@ -79,8 +79,12 @@ export async function recordExit(
     message: message ?? record.message,
   };
   // A container that exited before it was ever started has no start time; CRI wants
-  // finished >= started, which '0' satisfies.
-  await core.containers.put(updated);
+  // finished >= started, which '0' satisfies. NRI plugins learn of the first transition to
+  // EXITED here, whoever caused it.
+  await core.nri.withSyncBlocked(async () => {
+    await core.containers.put(updated);
+    await core.nri.containerStopped(updated);
+  });
   core.logger.info(
     { container: record.id, exitCode: exit.exitCode, reason },
     `container ${describeContainer(record)} exited`,
@@ -277,7 +281,10 @@ export async function removeContainerLocked(core: CoreContext, record: Container
       'could not record the image release (disk full); it is dropped at the next start',
     );
   });
-  await core.containers.delete(record.id);
+  await core.nri.withSyncBlocked(async () => {
+    await core.containers.delete(record.id);
+    await core.nri.containerRemoved(record);
+  });
   core.containerNames.releaseByOwner(record.id);
   core.logger.info({ container: record.id }, `container ${describeContainer(record)} removed`);
   core.events.publish('CONTAINER_DELETED_EVENT', record.id, record.podSandboxId, null, core.now());

@@ -19,6 +19,18 @@ export interface CoreObserver {
   containerExited?(record: ContainerRecord): void;
 }
 
+/**
+ * What the core's own transitions tell NRI plugins (core/nri-runtime.ts implements it; every
+ * method is a no-op when NRI is off).
+ */
+export interface NriLifecycle {
+  /** Holds plugin synchronization off while `fn` changes what the stores show. */
+  withSyncBlocked<T>(fn: () => Promise<T>): Promise<T>;
+  /** The container's first transition to EXITED, whoever caused it. */
+  containerStopped(record: ContainerRecord): Promise<void>;
+  containerRemoved(record: ContainerRecord): Promise<void>;
+}
+
 export interface CoreContext {
   readonly sandboxes: SandboxStore;
   readonly sandboxNames: NameRegistrar;
@@ -36,6 +48,8 @@ export interface CoreContext {
   readonly observer: CoreObserver;
   /** The node the daemon runs in (os/node-identity.ts); records of another node are gone. */
   readonly nodeId: string;
+  /** NRI plugins (issue 17): told of exits and removals. */
+  readonly nri: NriLifecycle;
 }
 
 /** A sandbox made in another node than this one: its pins, infra pid and port ids are void. */

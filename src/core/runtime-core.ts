@@ -31,6 +31,7 @@ import { type ContainerRecord, ContainerStore, criContainerState } from './conta
 import { statusOf } from './container-view.js';
 import type { CoreContext, CoreObserver } from './core-context.js';
 import { type ContainerEventKind, EventBus } from './event-bus.js';
+import { NriRuntime, type NriRuntimeOptions } from './nri-runtime.js';
 import type { ContainerSnapshotter, ImageLookup } from './providers.js';
 import type { SandboxInfo } from './sandbox-info.js';
 import { type RecoveryReport, recoverSandboxes } from './sandbox-recovery.js';
@@ -82,6 +83,8 @@ export interface RuntimeCoreOptions {
   /** How often monitors are checked for having died without an exit file (ms; 0 = never). */
   monitorCheckMs?: number;
   observer?: RuntimeCoreObserver;
+  /** NRI plugins ([nri] enable = true); null or absent = off. */
+  nri?: NriRuntimeOptions | null;
 }
 
 export function nowNanoseconds(): bigint {
@@ -104,6 +107,7 @@ export class RuntimeCore implements CoreContext {
   readonly now: () => bigint;
   readonly observer: RuntimeCoreObserver;
   readonly nodeId: string;
+  readonly nri: NriRuntime;
   private readonly sandboxOs: Pick<SandboxOs, 'isPinned' | 'infraAlive'>;
   private readonly monitorCheckMs: number;
   private monitorTimer: NodeJS.Timeout | null = null;
@@ -133,6 +137,7 @@ export class RuntimeCore implements CoreContext {
       },
       podContainerStatuses: (podId) => this.podContainers(podId).map(statusOf),
     });
+    this.nri = new NriRuntime(this, options.nri ?? null);
   }
 
   get recovery(): CoreRecoveryReport | null {

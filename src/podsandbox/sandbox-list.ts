@@ -36,9 +36,11 @@ export function createListPodSandbox(deps: SandboxDeps) {
     request: RuntimeRequest<'ListPodSandbox'>,
     _ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'ListPodSandbox'>> {
+    // A sandbox still `creating` is RunPodSandbox in flight (recovery turns one a crash left
+    // into notready): not listed, as NRI plugins consulted meanwhile must not see it exposed.
     const items = deps.core.sandboxes
       .list()
-      .filter((r) => matchesFilter(r, request.filter))
+      .filter((r) => r.state !== 'creating' && matchesFilter(r, request.filter))
       .sort((a, b) => (BigInt(a.createdAt) < BigInt(b.createdAt) ? -1 : 1))
       .map(sandboxOf);
     return { items };

@@ -32,7 +32,11 @@ export function createRemovePodSandbox(deps: SandboxDeps) {
         removeFiles(deps, record),
       ]);
       for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
-      await deps.core.sandboxes.delete(id);
+      // NRI (issue 17): plugins learn of the removal as the record goes.
+      await deps.core.nri.withSyncBlocked(async () => {
+        await deps.core.sandboxes.delete(id);
+        await deps.core.nri.removePodSandbox(record);
+      });
       deps.core.sandboxNames.releaseByOwner(id);
       deps.core.publishSandbox('CONTAINER_DELETED_EVENT', id, lastStatus);
       ctx.logger.info({ sandbox: id }, 'pod sandbox removed');

@@ -8,8 +8,8 @@
  *   chain that pins the net/ipc/uts namespaces, brings lo up, sets the hostname, writes the
  *   IPC sysctls and starts the infra process (pid POD) inside the cgroup leaf → record the
  *   infra pid and the CNI config → CNI ADD, while resolv.conf, hostname and the log directory
- *   are written → host ports → net.* sysctls (they may name eth0, which ADD creates) → hosts
- *   (it needs the IP) → log directory → record "ready".
+ *   are written → host ports → net.* sysctls (they may name eth0, which ADD creates) → NRI
+ *   plugins (a veto rolls back) → hosts (it needs the IP) → log directory → record "ready".
  *
  * A record is saved before every external side effect that recovery must undo, naming it. A
  * save is skipped only when it would tell recovery nothing new: the cgroups created when they
@@ -265,17 +265,25 @@ export function createRunPodSandbox(deps: SandboxDeps) {
           });
         }
 
-        step('writing hosts and the log directory');
-        const hosts = podNetwork
-          ? hostsFileFor(record.network?.ip ?? '', hostname)
-          : await readFile(deps.paths.nodeHosts, 'utf8').catch(() => hostsFileFor('', hostname));
-        await writeFile(path.join(record.filesDir, 'hosts'), hosts, { mode: 0o644 });
-        // Last: nothing removes it, so a failed request must not have made it.
-        if (podConfig.log_directory !== '')
-          await mkdir(podConfig.log_directory, { recursive: true, mode: 0o755 });
+        // NRI (issue 17): plugins see the pod while its record is still `creating` (not listed,
+        // not ready); one may veto it. The sync gate is held until the record says ready.
+        step('consulting the NRI plugins');
+        rollback.push('tell the NRI plugins the pod is gone', () => deps.core.nri.undoRunPodSandbox(record));
+        await deps.core.nri.withSyncBlocked(async () => {
+          await deps.core.nri.runPodSandbox(record);
 
-        step('marking the sandbox ready');
-        await save({ ...record, state: 'ready' });
+          step('writing hosts and the log directory');
+          const hosts = podNetwork
+            ? hostsFileFor(record.network?.ip ?? '', hostname)
+            : await readFile(deps.paths.nodeHosts, 'utf8').catch(() => hostsFileFor('', hostname));
+          await writeFile(path.join(record.filesDir, 'hosts'), hosts, { mode: 0o644 });
+          // Last: nothing removes it, so a failed request must not have made it.
+          if (podConfig.log_directory !== '')
+            await mkdir(podConfig.log_directory, { recursive: true, mode: 0o755 });
+
+          step('marking the sandbox ready');
+          await save({ ...record, state: 'ready' });
+        });
         rollback.commit();
         ctx.logger.info({ sandbox: id, name, ip: record.network?.ip ?? '' }, 'pod sandbox ready');
         // containerd sends both: the sandbox exists, and it runs.

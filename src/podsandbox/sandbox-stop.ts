@@ -18,6 +18,8 @@ export async function stopSandbox(deps: SandboxDeps, id: string): Promise<void> 
   const record = deps.core.sandboxes.get(id);
   if (!record) return;
   await deps.core.stopPodContainers(id, 0);
+  // NRI (issue 17): once per pod, with every container EXITED and the sandbox still readable.
+  await deps.core.nri.stopPodSandbox(record);
   const released = await releaseRunningResources(deps, record);
   const alreadyStopped = record.state === 'notready' && record.stoppedAt !== null;
   const next: SandboxRecord = {

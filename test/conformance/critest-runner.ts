@@ -5,7 +5,6 @@
  * (what this host cannot support, with the reason) and critest-pending.txt (capabilities not
  * landed yet, with their issue). Results come from critest's JUnit report.
  */
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -99,7 +98,10 @@ export interface RunCritestOptions {
   skip: SpecFilter[];
   reportDir: string;
   extraArgs?: string[];
+  /** The whole run (default 20 minutes; a run killed midway reports its specs "Interrupted by User"). */
   timeoutMs?: number;
+  /** The daemon's NRI socket: critest runs its NRI specs only when given one (-nri-socket). */
+  nriSocket?: string;
 }
 
 export async function runCritest(daemon: TestDaemon, options: RunCritestOptions): Promise<CritestResult> {
@@ -114,6 +116,7 @@ export async function runCritest(daemon: TestDaemon, options: RunCritestOptions)
     '-ginkgo.v',
     `-ginkgo.junit-report=${junit}`,
     ...(skipRegex ? [`-ginkgo.skip=${skipRegex}`] : []),
+    ...(options.nriSocket ? [`-nri-socket=${options.nriSocket}`] : []),
     ...(options.extraArgs ?? []),
   ];
   // A whole suite takes 1–2 minutes here, more on a loaded machine: only a hang is cut short.

@@ -42,7 +42,10 @@ describe('critest v1.37.0 inside the node', () => {
     registry = await startRegistry();
     const catalogue = await buildCatalogue({ cacheDir: path.join(REPORT_DIR, '..', 'test-images') });
     await pushCatalogue(registry.host, catalogue.images);
-    daemon = await TestDaemon.start({ extraConfig: mirrorConfig(registry.url) });
+    // NRI on, at its default socket in the run dir: critest's NRI specs connect their own
+    // plugins to it (they are [Serial]; without -nri-socket critest skips them).
+    daemon = await TestDaemon.start({ extraConfig: `${mirrorConfig(registry.url)}\n[nri]\nenable = true\n` });
+    const nriSocket = path.join(daemon.runDir, 'nri.sock');
     const reportDirFor = async (name: string) => {
       const dir = path.join(daemon.tmp, name);
       await mkdir(dir);
@@ -57,7 +60,7 @@ describe('critest v1.37.0 inside the node', () => {
       }
     };
     const reportDir = await reportDirFor('critest');
-    result = await runCritest(daemon, { skip: [...skips, ...pending], reportDir });
+    result = await runCritest(daemon, { skip: [...skips, ...pending], reportDir, nriSocket });
     await noPodsOrContainers('first critest run');
     // The same suite again against the same daemon: state left by one run must not break the next.
     // Strict, like the first run: no spec is retried (the "removing stopped container" flake was
@@ -65,6 +68,7 @@ describe('critest v1.37.0 inside the node', () => {
     second = await runCritest(daemon, {
       skip: [...skips, ...pending],
       reportDir: await reportDirFor('critest-2'),
+      nriSocket,
     });
     await noPodsOrContainers('second critest run');
     // Streaming over WebSocket (crictl --transport websocket, critest -websocket-*).

@@ -3,6 +3,7 @@
  * for unit tests of the pod and container RPC modules. Each fake is reachable from the result
  * so a test can drive it (exits, monitor deaths, failures) and read what was called.
  */
+import type { NriRuntimeOptions } from '../../src/core/nri-runtime.js';
 import { RuntimeCore } from '../../src/core/runtime-core.js';
 import { silentLogger } from '../../src/log.js';
 import { FakeCgroupManager } from './fake-cgroup-manager.js';
@@ -31,6 +32,8 @@ export function fakeCore(options: {
   now?: () => bigint;
   monitorCheckMs?: number;
   nodeId?: string;
+  /** NRI on, with its socket here (off by default). */
+  nri?: NriRuntimeOptions;
 }): FakeCoreParts {
   const journal = options.journal ?? [];
   const runtime = options.runtime ?? new FakeOciRuntime();
@@ -49,6 +52,7 @@ export function fakeCore(options: {
     ...(options.now ? { now: options.now } : {}),
     monitorCheckMs: options.monitorCheckMs ?? 0,
     nodeId: options.nodeId ?? 'fake-node',
+    nri: options.nri ?? null,
   });
   return { core, runtime, cgroups, sandboxOs, images, snapshotter };
 }
