@@ -116,7 +116,12 @@ export async function runCritest(daemon: TestDaemon, options: RunCritestOptions)
     ...(skipRegex ? [`-ginkgo.skip=${skipRegex}`] : []),
     ...(options.extraArgs ?? []),
   ];
-  const r = await daemon.enter(['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args]);
+  // A whole run takes minutes (the first one pulls every image): the harness's default 2-minute
+  // limit on a command would interrupt critest mid-spec ("Interrupted by User").
+  const r = await daemon.enter(
+    ['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args],
+    options.timeoutMs ?? 30 * 60_000,
+  );
   const xml = await readFile(junit, 'utf8').catch(() => '');
   return { outcomes: parseJunit(xml), exitCode: r.exitCode, output: `${r.stdout}\n${r.stderr}` };
 }
