@@ -17,7 +17,7 @@ export const FAILPOINTS = [
   'sandbox.namespaces-made',
   /** CNI ADD done (an IP leased), not recorded. */
   'sandbox.network-added',
-  /** The writable layer is mounted; the runtime has not created the container. */
+  /** The writable layer and any image volumes are mounted; the runtime has not created the container. */
   'container.rootfs-mounted',
   /** conmon and crun created the container; the record still says "creating". */
   'container.runtime-created',

@@ -4,7 +4,7 @@
  *
  * Steps, each pushing its undo on a rollback stack (STYLE.md habit 8):
  *   reserve the name → `creating` record → image marked in use → writable layer
- *   (snapshotter.prepare) → OCI spec (spec-builder) and image VOLUME dirs → log directory →
+ *   (snapshotter.prepare) → image volumes (image-volumes.ts) → OCI spec (spec-builder) and image VOLUME dirs → log directory →
  *   conmon's cgroup leaf (<pod cgroup>/conmon) → conmon + `crun create` → `created` record.
  * On failure the stack runs in reverse with fresh timeouts, the record is deleted and the
  * name released; a failure of the rollback itself is logged with what is left.
@@ -23,6 +23,7 @@ import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from '..
 import { failpoint } from '../failpoint.js';
 import type { ContainerDeps } from './container-deps.js';
 import { checkExecLimits } from './exec-limits.js';
+import { imageVolumeRecords, mountImageVolumes, planImageVolumes } from './image-volumes.js';
 import { buildOciSpec, containerLogPath, type ImageRuntimeConfig } from './spec-builder.js';
 
 export function createCreateContainer(deps: ContainerDeps) {
@@ -66,6 +67,7 @@ export function createCreateContainer(deps: ContainerDeps) {
     });
 
     const id = deps.newId();
+    const imageVolumes = await planImageVolumes(deps.core.images, id, config.mounts);
     const podMeta = sandbox.config.metadata ?? { name: '', namespace: '', uid: '' };
     const reservedName = containerName(config.metadata, podMeta);
     deps.core.containerNames.reserve(reservedName, id);
@@ -106,6 +108,7 @@ export function createCreateContainer(deps: ContainerDeps) {
       tty: config.tty,
       stdin: config.stdin,
       stdinOnce: config.stdin_once,
+      ...(imageVolumes.length > 0 ? { imageVolumes: imageVolumeRecords(imageVolumes) } : {}),
     };
     let step = 'writing the container record';
     try {
@@ -122,12 +125,14 @@ export function createCreateContainer(deps: ContainerDeps) {
       rollback.push('remove the writable layer', () => deps.core.snapshotter.remove(id));
       const { rootfs } = await deps.core.snapshotter.prepare(id, image.layerDirs);
       record = { ...record, rootfs };
+      step = 'mounting image volumes';
+      const mounts = await mountImageVolumes(deps.core, id, config.mounts, imageVolumes, rollback);
       failpoint('container.rootfs-mounted');
 
       step = 'building the OCI spec';
       const built = await buildOciSpec({
         containerId: id,
-        config,
+        config: imageVolumes.length > 0 ? { ...config, mounts } : config,
         sandbox,
         image: {
           config: image.config as { config?: ImageRuntimeConfig | null },

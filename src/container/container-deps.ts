@@ -10,6 +10,7 @@ import type { RuntimeCore } from '../core/runtime-core.js';
 import type { SpecAdjuster } from '../core/spec-adjust.js';
 import type { Logger } from '../log.js';
 import { resolveInRoot } from '../os/in-root.js';
+import type { NodeCounters } from '../os/process-counters.js';
 import { checkLogReopen, prepareLogFile } from '../os/safe-log-file.js';
 import type { HostFacts, SpecFiles } from './spec-builder.js';
 
@@ -38,6 +39,8 @@ export interface ContainerDeps {
   writableLayerRoot: string;
   /** Run over every new container's spec before it is created (NRI, CDI, hooks). */
   adjusters: readonly SpecAdjuster[];
+  /** Processes, pod network counters and filesystems, for the metrics RPCs (pod-metrics.ts). */
+  counters: NodeCounters;
 }
 
 /** A Date as CRI nanoseconds. */

@@ -17,6 +17,7 @@ import type { RuntimeCore } from '../core/runtime-core.js';
 import type { SpecAdjuster } from '../core/spec-adjust.js';
 import type { AttachTarget, ExecTarget } from '../core/stream-targets.js';
 import type { Logger } from '../log.js';
+import { type NodeCounters, ProcNodeCounters } from '../os/process-counters.js';
 import { ContainerAttachTarget } from './attach-target.js';
 import { createCreateContainer } from './container-create.js';
 import { type ContainerDeps, type ContainerOs, NodeContainerOs } from './container-deps.js';
@@ -31,6 +32,7 @@ import { createStopContainer } from './container-stop.js';
 import { createUpdateContainerResources } from './container-update.js';
 import { createExecSync } from './exec-sync.js';
 import { ContainerExecTarget } from './exec-target.js';
+import { createMetricsHandlers } from './pod-metrics.js';
 import type { HostFacts, SpecFiles } from './spec-builder.js';
 import { NodeSpecFiles } from './spec-files.js';
 
@@ -48,6 +50,8 @@ export type ContainerHandlers = Pick<
   | 'ListContainerStats'
   | 'PodSandboxStats'
   | 'ListPodSandboxStats'
+  | 'ListMetricDescriptors'
+  | 'ListPodSandboxMetrics'
   | 'GetContainerEvents'
   | 'ExecSync'
 >;
@@ -64,6 +68,8 @@ export interface ContainerServiceOptions {
   overrides?: Partial<Pick<ContainerDeps, 'newId' | 'undoTimeoutMs'>>;
   /** The adjust stage between building a spec and creating the container (NRI, CDI). */
   adjusters?: readonly SpecAdjuster[];
+  /** Replace the /proc readers of the metrics RPCs (tests). */
+  counters?: NodeCounters;
 }
 
 export interface ContainerService {
@@ -89,12 +95,14 @@ export function createContainerService(options: ContainerServiceOptions): Contai
     undoTimeoutMs: options.overrides?.undoTimeoutMs ?? 60_000,
     writableLayerRoot: options.writableLayerRoot ?? '',
     adjusters: options.adjusters ?? [],
+    counters: options.counters ?? new ProcNodeCounters(),
   };
   // Mutations are tracked so that a daemon shutdown waits for them (never cuts a record write).
   const tracked = <A extends unknown[], R>(fn: (...args: A) => Promise<R>) => {
     return (...args: A): Promise<R> => core.track(fn(...args));
   };
   const stats = createStatsHandlers(deps);
+  const metrics = createMetricsHandlers(deps);
   const streamable = { containerView: (id: string) => core.containerView(id) };
   return {
     handlers: {
@@ -110,6 +118,8 @@ export function createContainerService(options: ContainerServiceOptions): Contai
       ListContainerStats: stats.ListContainerStats,
       PodSandboxStats: stats.PodSandboxStats,
       ListPodSandboxStats: stats.ListPodSandboxStats,
+      ListMetricDescriptors: metrics.ListMetricDescriptors,
+      ListPodSandboxMetrics: metrics.ListPodSandboxMetrics,
       GetContainerEvents: createGetContainerEvents(core.events),
       ExecSync: createExecSync({ containers: streamable, runtime: core.runtime }),
     },

@@ -7,9 +7,8 @@
  *            otherwise only the timestamp is set: the value is unknown, not zero);
  *   process: pids.current where pids is delegated, else cgroup.procs counted;
  *   writable layer: snapshotter.usage (allocated bytes and inodes of the upper dir).
- * Timestamps are always set (critest checks they are not zero). Network usage of pods is not
- * reported yet. ListMetricDescriptors and ListPodSandboxMetrics are not implemented (the
- * edge answers UNIMPLEMENTED).
+ * Timestamps are always set (critest checks they are not zero). Pod network usage comes from
+ * the pod's network namespace (pod-metrics.ts, which also answers ListPodSandboxMetrics).
  */
 
 import type { ContainerStatsFilter__Output } from '../api/generated/runtime/v1/ContainerStatsFilter.js';
@@ -22,6 +21,7 @@ import { sandboxInfoOf } from '../core/sandbox-view.js';
 import { NotFoundError } from '../errors.js';
 import type { ContainerDeps } from './container-deps.js';
 import { currentRecords, matchesLabels } from './container-list.js';
+import { podNetworkUsage } from './pod-metrics.js';
 
 /** Keyed by cgroup path: the previous cpu sample, for usage_nano_cores. */
 export class CpuSamples {
@@ -142,6 +142,7 @@ async function podStatsOf(
     linux: {
       cpu: usage.cpu,
       memory: usage.memory,
+      network: await podNetworkUsage(deps, sandbox),
       process: { timestamp: deps.core.now().toString(), process_count: value(usage.processes) },
       containers,
     },

@@ -11,6 +11,7 @@ import type { ExitInfo, OciRuntime } from '../os/oci-runtime.js';
 import type { ContainerRecord } from './container-store.js';
 import { statusOf } from './container-view.js';
 import type { CoreContext } from './core-context.js';
+import { releaseImageVolumes } from './image-volumes.js';
 
 export interface ObservedExit {
   exitCode: number;
@@ -272,6 +273,7 @@ export async function removeContainerLocked(core: CoreContext, record: Container
   failpoint('container.runtime-deleted');
   await core.runtime.cleanup(record.id);
   await core.snapshotter.remove(record.id);
+  await releaseImageVolumes(core, record);
   // The image's hold is bookkeeping: a full disk that cannot record its release must not keep a
   // container from being removed (recovery drops holds of containers that are gone).
   await core.images.release(record.image.id, record.id).catch((err: unknown) => {

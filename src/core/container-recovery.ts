@@ -17,7 +17,7 @@
  *              and saving the start) is recorded running, started when its process did;
  *   exited   → kept as it is.
  * Names are reserved again, image holds of vanished containers dropped and writable layers
- * no record names removed. One bad record never stops the daemon: it is reported and skipped.
+ * (and image volumes) no record names removed. One bad record never stops the daemon: it is reported and skipped.
  */
 import { describeError } from '../errors.js';
 import { processStartedAt } from '../os/process-start.js';
@@ -25,6 +25,7 @@ import { recordExit, settleDeadMonitor } from './container-lifecycle.js';
 import type { ContainerRecord } from './container-store.js';
 import { statusOf } from './container-view.js';
 import { type CoreContext, fromGoneNode } from './core-context.js';
+import { releaseImageVolumes, removeStrayImageVolumes } from './image-volumes.js';
 
 export interface ContainerRecoveryReport {
   loaded: number;
@@ -43,6 +44,7 @@ async function undoCreating(core: CoreContext, record: ContainerRecord): Promise
   await core.runtime.delete(record.id, true);
   await core.runtime.cleanup(record.id);
   await core.snapshotter.remove(record.id);
+  await releaseImageVolumes(core, record);
   await core.images.release(record.image.id, record.id);
   await core.containers.delete(record.id);
 }
@@ -156,6 +158,7 @@ export async function recoverContainers(core: CoreContext): Promise<ContainerRec
         .catch((err: unknown) => report.problems.push(`stray writable layer ${id}: ${describeError(err)}`));
     }
   }
+  await removeStrayImageVolumes(core, report.problems);
   return report;
 }
 

@@ -54,6 +54,16 @@ export interface ResolvedUser {
   username: string | null;
 }
 
+/** One image volume (Mount.image) of a container; see image-volumes.ts. */
+export interface ImageVolume {
+  /** The mount's index in the record's config.mounts. */
+  mountIndex: number;
+  /** The read-only snapshot holding the image's layers. */
+  snapshotId: string;
+  /** The image id (sha256:...), == PullImage's image_ref; ContainerStatus reports it as image_ref. */
+  imageId: string;
+}
+
 export const CONTAINER_RECORD_VERSION = 1;
 
 export type ContainerStateName = 'creating' | 'created' | 'running' | 'exited';
@@ -105,6 +115,8 @@ export interface ContainerRecord {
   tty: boolean;
   stdin: boolean;
   stdinOnce: boolean;
+  /** Image volumes (Mount.image), named before the first is mounted; absent = none. */
+  imageVolumes?: ImageVolume[];
 }
 
 const CRI_STATE: Record<ContainerStateName, ContainerState__Output> = {

@@ -5,6 +5,7 @@
  */
 import type { ContainerStatus } from '../api/proto.js';
 import { type ContainerRecord, criContainerState } from './container-store.js';
+import { imageVolumeStatus } from './image-volumes.js';
 
 export function statusOf(record: ContainerRecord): ContainerStatus {
   const meta = record.config.metadata!;
@@ -30,13 +31,15 @@ export function statusOf(record: ContainerRecord): ContainerStatus {
     message: record.message,
     labels: record.config.labels,
     annotations: record.config.annotations,
-    mounts: record.config.mounts.map((m) => ({
+    mounts: record.config.mounts.map((m, index) => ({
       container_path: m.container_path,
       host_path: m.host_path,
       readonly: m.readonly,
       selinux_relabel: m.selinux_relabel,
       propagation: m.propagation,
       recursive_read_only: m.recursive_read_only,
+      image: imageVolumeStatus(record, index),
+      image_sub_path: m.image_sub_path,
     })),
     log_path: record.logPath,
     resources: record.resources ? { linux: record.resources } : null,

@@ -23,7 +23,12 @@ export interface ImageLookup {
 
 /** Container root filesystems (src/image/snapshotter.ts). */
 export interface ContainerSnapshotter {
-  prepare(id: string, lowerDirs: readonly string[]): Promise<{ rootfs: string }>;
+  /** `readOnly` mounts the snapshot read-only (image volumes). */
+  prepare(
+    id: string,
+    lowerDirs: readonly string[],
+    options?: { readOnly?: boolean },
+  ): Promise<{ rootfs: string }>;
   remove(id: string): Promise<void>;
   usage(id: string): Promise<{ bytes: bigint; inodes: bigint }>;
   /** Ids with a snapshot (recovery removes those no record names). */
