@@ -5,6 +5,7 @@
  *   doctor [--json]          check the host and say what is missing
  *   enter -- CMD...          run CMD as uid 0 inside the node namespaces (like `podman unshare`)
  *   stop [--all]             stop the daemon; --all also tears the node down
+ *   config                   print the resolved configuration (JSON)
  *   overlay --server ...     inside the node: the VXLAN overlay of a multi-node cluster
  *   version                  print the version
  * Global flags: --config FILE, --root-dir DIR, --run-dir DIR, --socket PATH, --log-level LEVEL
@@ -34,6 +35,7 @@ commands:
   doctor [--json]   check this host for everything rootless-cri needs; exit 0 only when all is there
   enter -- CMD...   run CMD as uid 0 inside the node namespaces (like \`podman unshare\`)
   stop [--all]      stop the daemon; --all also stops the node and every pod in it
+  config            print the configuration in effect (file, flags and defaults) as JSON
   overlay ...       inside the node: the VXLAN overlay of a multi-node cluster (overlay --help)
   version           print the version
 
@@ -106,6 +108,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'enter':
       return enter(config, rest);
+    case 'config':
+      // What scripts need to agree with the daemon (deploy/cluster/cluster.sh reads the node's).
+      process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
+      return 0;
     case 'stop':
       return stop(config, logger, Boolean(values.all));
     default:

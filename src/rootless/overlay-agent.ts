@@ -106,8 +106,10 @@ export function parseEndpoint(text: string): { host: string; port: number } | un
 
 export interface PeerPlan {
   peers: OverlayPeer[];
-  /** One line per node left out, saying why. */
+  /** One line per node left out because its values are wrong, saying why. */
   problems: string[];
+  /** One line per node left out for now: it has not announced itself or has no pod CIDR yet. */
+  waiting: string[];
 }
 
 export function planPeers(
@@ -116,6 +118,7 @@ export function planPeers(
 ): PeerPlan {
   const peers: OverlayPeer[] = [];
   const problems: string[] = [];
+  const waiting: string[] = [];
   const taken = new Map<string, string>([[self.address, self.nodeName]]);
   const sorted = [...nodes].sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
   for (const node of sorted) {
@@ -125,7 +128,7 @@ export function planPeers(
     const address = annotations[ADDRESS_ANNOTATION];
     const endpointText = annotations[ENDPOINT_ANNOTATION];
     if (address === undefined || endpointText === undefined) {
-      problems.push(`node ${name}: no overlay annotations yet (its overlay agent has not announced itself)`);
+      waiting.push(`node ${name}: no overlay annotations yet (its overlay agent has not announced itself)`);
       continue;
     }
     if (!isIPv4(address) || !ipv4Within(self.nodeNetwork, address)) {
@@ -149,7 +152,7 @@ export function planPeers(
     const cidrs = node.spec?.podCIDRs ?? (node.spec?.podCIDR ? [node.spec.podCIDR] : []);
     const podCidrs = cidrs.filter((c) => parseIpv4Cidr(c) !== undefined);
     if (podCidrs.length === 0) {
-      problems.push(`node ${name}: no IPv4 pod CIDR assigned yet`);
+      waiting.push(`node ${name}: no IPv4 pod CIDR assigned yet`);
       continue;
     }
     const outside = podCidrs.find((c) => !ipv4Within(self.clusterCidr, c));
@@ -168,7 +171,7 @@ export function planPeers(
       podCidrs,
     });
   }
-  return { peers, problems };
+  return { peers, problems, waiting };
 }
 
 /** The annotations this node must carry (null: already right). */
@@ -240,9 +243,10 @@ export async function runOverlayAgent(
       logger.info({ node: options.nodeName, annotations: patch }, 'announced this node on its Node object');
     }
     const plan = planPeers([...nodes.values()], options);
-    const problems = plan.problems.join('\n');
+    const problems = [...plan.problems, ...plan.waiting].join('\n');
     if (problems !== reportedProblems) {
       for (const p of plan.problems) logger.warn(p);
+      for (const p of plan.waiting) logger.info(p);
       reportedProblems = problems;
     }
     const key = JSON.stringify(plan.peers);

@@ -80,6 +80,7 @@ describe('planPeers', () => {
       SELF,
     );
     expect(plan.problems).toEqual([]);
+    expect(plan.waiting).toEqual([]);
     expect(plan.peers).toEqual([
       {
         name: 'w1',
@@ -113,7 +114,8 @@ describe('planPeers', () => {
       SELF,
     );
     expect(plan.peers.map((p) => p.name)).toEqual(['a-first']);
-    const byNode = Object.fromEntries(plan.problems.map((p) => [p.split(':')[0], p]));
+    expect(plan.waiting.map((p) => p.split(':')[0])).toEqual(['node no-cidr', 'node unannounced']);
+    const byNode = Object.fromEntries([...plan.problems, ...plan.waiting].map((p) => [p.split(':')[0], p]));
     expect(byNode['node unannounced']).toMatch(/no overlay annotations yet/);
     expect(byNode['node no-cidr']).toMatch(/no IPv4 pod CIDR assigned yet/);
     expect(byNode['node outside-net']).toMatch(/not an IPv4 address in 10\.87\.0\.0\/16/);
