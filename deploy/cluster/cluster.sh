@@ -457,12 +457,14 @@ join_node() {
   start_component kube-proxy env "${kubelet_env[@]}" "$deploy/kubelet/kube-proxy.sh" \
     --kubeconfig "$dir/kubelet.kubeconfig" --cluster-cidr "$CLUSTER_CIDR" -- --hostname-override="$name"
 
+  # Ready, and announced by the overlay agent (until then no other node can reach it).
   node_ready() {
     for c in overlay kubelet kube-proxy; do running "$c" || fail "$c exited while waiting for node $name to be Ready"; done
-    [ "$("$k8s_bin/kubectl" --kubeconfig "$dir/node-host.kubeconfig" get node "$name" \
-      -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+    [ "$("$k8s_bin/kubectl" --kubeconfig "$dir/node-host.kubeconfig" get node "$name" -o \
+      'jsonpath={.status.conditions[?(@.type=="Ready")].status} {.metadata.annotations.overlay\.rootless-cri\.io/address}' \
+      2>/dev/null)" = "True $node_address" ]
   }
-  wait_until 180 "node $name to be Ready" - node_ready
+  wait_until 180 "node $name to be Ready and announced on the overlay" - node_ready
   say "node $name is Ready (address $node_address, pod CIDR $("$k8s_bin/kubectl" --kubeconfig "$dir/node-host.kubeconfig" get node "$name" -o 'jsonpath={.spec.podCIDR}'))"
 }
 

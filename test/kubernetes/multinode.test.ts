@@ -107,7 +107,12 @@ function toolsPod(node: string): Obj {
           command: [
             'sh',
             '-c',
-            `mkdir -p /www && echo "served by ${name}" > /www/index.html && httpd -p 8080 -h /www && echo tools-started && exec sleep 3600`,
+            // /cgi-bin/peer answers the address the request came from (busybox httpd sets REMOTE_ADDR).
+            [
+              `mkdir -p /www/cgi-bin && echo "served by ${name}" > /www/index.html`,
+              `printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/peer`,
+              'chmod +x /www/cgi-bin/peer && httpd -p 8080 -h /www && echo tools-started && exec sleep 3600',
+            ].join(' && '),
           ],
           readinessProbe: { httpGet: { path: '/index.html', port: 8080 }, periodSeconds: 1 },
         },
@@ -369,6 +374,12 @@ describe('a two-node rootless cluster, each node another user', { timeout: 330_0
   });
 
   it(`spreads a ${REPLICAS}-replica Deployment over both nodes, pod IPs from each node's CIDR`, async () => {
+    // A node just Ready may still carry the not-ready taint for a moment; the spread honours
+    // taints (so that a drain can move every pod), so wait until neither node has one.
+    await waitFor('both nodes untainted', async () => {
+      const nodes = await json<{ items: { spec: { taints?: unknown[] } }[] }>(['get', 'nodes']);
+      return nodes.items.every((n) => (n.spec.taints ?? []).length === 0) ? true : undefined;
+    });
     const started = Date.now();
     await k(
       ['apply', '-f', '-'],
@@ -435,8 +446,43 @@ describe('a two-node rootless cluster, each node another user', { timeout: 330_0
         `http://${tools[to]}:8080/`,
       ]);
       expect(body).toBe(`served by tools-${to}`);
+      // No NAT between pods: the other side sees the caller's own pod IP.
+      const peer = await k([
+        'exec',
+        `tools-${from}`,
+        '--',
+        'wget',
+        '-q',
+        '-O',
+        '-',
+        `http://${tools[to]}:8080/cgi-bin/peer`,
+      ]);
+      // (busybox httpd listens on IPv6 and reports an IPv4 peer as [::ffff:a.b.c.d])
+      expect(peer.trim().replace(/^\[::ffff:(.*)\]$/, '$1')).toBe(tools[from]);
     }
-    await check(SUITE, 'pod to pod across the nodes by IP, both ways', `${tools[CP]} <-> ${tools[WORKER]}`);
+    await check(
+      SUITE,
+      'pod to pod across the nodes by IP, both ways, source address kept',
+      `${tools[CP]} <-> ${tools[WORKER]}`,
+    );
+  });
+
+  it("keeps pods from the host's loopback, which the node itself reaches (the overlay's path)", async () => {
+    // The worker node reaches the control plane's API server on the host's 127.0.0.1 through
+    // slirp4netns' gateway 10.0.2.2 (host loopback is on for the overlay); its pods must not.
+    const url = `https://10.0.2.2:${cp!.portBase}/healthz`;
+    const fromNode = await worker!.daemon.enter(['curl', '-sk', '--max-time', '10', url]);
+    expect(fromNode.stdout).toBe('ok');
+    const fromPod = await kubectl([
+      'exec',
+      `tools-${WORKER}`,
+      '--',
+      'sh',
+      '-c',
+      `nc -w 5 10.0.2.2 ${cp!.portBase} </dev/null && echo connected || echo refused`,
+    ]);
+    expect(fromPod.stdout.trim()).toBe('refused');
+    await check(SUITE, "pods refused the host's loopback (10.0.2.2), the node reaches it", url);
   });
 
   it('serves ClusterIP Services by DNS name from each node to pods on the other (kube-proxy, CoreDNS)', async () => {
