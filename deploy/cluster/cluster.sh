@@ -5,14 +5,14 @@
 #   cluster.sh node-config [--name N] [--port-base P]   print the rootless-cri settings this node
 #                                                       needs (merge them into its config.toml and
 #                                                       restart rootless-cri serve)
-#   cluster.sh init [--name N] [--port-base P] [--node-address IP] [--api-san IP]...
+#   cluster.sh init [--name N] [--port-base P] [--node-address IP] [--host-address IP] [--api-san IP]...
 #                   [--coredns-image IMAGE]             the control plane (etcd, kube-apiserver,
 #                                                       kube-controller-manager, kube-scheduler) in
 #                                                       this node, CoreDNS, and this node joined
 #   cluster.sh token                                    (control plane) a new bootstrap token, as
 #                                                       the join command for a worker
 #   cluster.sh join --server HOST:PORT --token T --ca-hash sha256:H
-#                   [--name N] [--port-base P] [--node-address IP]
+#                   [--name N] [--port-base P] [--node-address IP] [--host-address IP]
 #                                                       join this node: the cluster CA checked
 #                                                       against H, kubelet's certificate by TLS
 #                                                       bootstrapping, the overlay, kube-proxy
@@ -37,7 +37,9 @@
 #   P+0 API server (control plane)  P+1 kubelet   P+2/udp VXLAN   P+3 streaming   P+4 metrics
 #   P+16 .. P+31  NodePorts 30000 .. 30015 of this node
 # Every published port is on the host's 127.0.0.1; a port already taken stops the command before
-# anything starts, naming the port and what it is for.
+# anything starts, naming the port and what it is for. Nodes on hosts of their own publish on
+# --host-address ADDR instead, where the other nodes reach them (the API server's certificate names
+# it; --server of a join is then ADDR:P+0 of the control plane).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 deploy=$(dirname "$here")
@@ -58,11 +60,11 @@ say() { echo "cluster.sh: $*" >&2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 command=${1:-}
-[ -n "$command" ] || { sed -n '2,40p' "$0"; exit 2; }
-case "$command" in -h|--help|help) sed -n '2,40p' "$0"; exit 0 ;; esac
+[ -n "$command" ] || { sed -n '2,42p' "$0"; exit 2; }
+case "$command" in -h|--help|help) sed -n '2,42p' "$0"; exit 0 ;; esac
 shift
 dir=${ROOTLESS_CRI_CLUSTER_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/rootless-cri-cluster}
-name="" port_base="" node_address="" server="" token="" ca_hash="" coredns_image=$DEFAULT_COREDNS_IMAGE
+name="" port_base="" node_address="" host_address="" server="" token="" ca_hash="" coredns_image=$DEFAULT_COREDNS_IMAGE
 api_sans=() positional=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -70,12 +72,13 @@ while [ $# -gt 0 ]; do
     --name) name="${2:?--name needs a node name}"; shift 2 ;;
     --port-base) port_base="${2:?--port-base needs a port}"; shift 2 ;;
     --node-address) node_address="${2:?--node-address needs an IPv4 address}"; shift 2 ;;
+    --host-address) host_address="${2:?--host-address needs an IPv4 address}"; shift 2 ;;
     --server) server="${2:?--server needs HOST:PORT}"; shift 2 ;;
     --token) token="${2:?--token needs a token}"; shift 2 ;;
     --ca-hash) ca_hash="${2:?--ca-hash needs sha256:HEX}"; shift 2 ;;
     --api-san) api_sans+=("${2:?--api-san needs an IP address}"); shift 2 ;;
     --coredns-image) coredns_image="${2:?--coredns-image needs an image}"; shift 2 ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     -*) die "unknown option $1 (cluster.sh --help)" ;;
     *) positional+=("$1"); shift ;;
   esac
@@ -91,6 +94,9 @@ saved() { [ -r "$env_file" ] && sed -n "s/^$1=//p" "$env_file" | tail -n1; }
 [ -n "$name" ] || name=$(saved NAME || true)
 [ -n "$port_base" ] || port_base=$(saved PORT_BASE || true)
 [ -n "$node_address" ] || node_address=$(saved NODE_ADDRESS || true)
+[ -n "$host_address" ] || host_address=$(saved HOST_ADDRESS || true)
+[ -n "$host_address" ] || host_address=127.0.0.1
+[[ "$host_address" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--host-address $host_address: expected an IPv4 address"
 if [ -z "$name" ]; then
   name=$(printf '%s-%s' "$(hostname -s)" "$(id -un)" | tr 'A-Z_' 'a-z-' | tr -cd 'a-z0-9.-')
 fi
@@ -172,7 +178,7 @@ check_ports() {
   while read -r spec what; do
     port=${spec%/*} proto=${spec#*/}
     if port_taken "$port" "$proto"; then
-      die "host port 127.0.0.1:$port/$proto ($what) is already taken by another node or program; nothing was started. Give this node another --port-base (now $port_base; README, Several nodes)"
+      die "host port $host_address:$port/$proto ($what) is already taken by another node or program; nothing was started. Give this node another --port-base (now $port_base; README, Several nodes)"
     fi
   done
 }
@@ -188,8 +194,8 @@ published_file() { echo "$dir/run/ports"; }
 
 publish() { # PORT/PROTO CHILD_IP:CHILD_PORT WHAT
   local port=${1%%/*} proto=${1#*/} child=$2 what=$3 out id
-  if ! out=$(rootlessctl --socket "$state_dir/api.sock" add-ports --json "127.0.0.1:$port:$child/$proto" 2>&1); then
-    fail "cannot publish $what on the host's 127.0.0.1:$port/$proto: $out"
+  if ! out=$(rootlessctl --socket "$state_dir/api.sock" add-ports --json "$host_address:$port:$child/$proto" 2>&1); then
+    fail "cannot publish $what on the host's $host_address:$port/$proto: $out"
   fi
   id=$(jq -r '.id' <<<"$out" 2>/dev/null || echo "$out")
   echo "$id $port/$proto $what" >>"$(published_file)"
@@ -298,6 +304,7 @@ make_pki() {
   ossl req -x509 -new -key "$pki/ca.key" -subj "/CN=rootless-cri-cluster-ca" -days 3650 -out "$pki/ca.crt"
   # 10.0.2.2: the host's loopback as every node (slirp4netns' default network) reaches it.
   sans="IP:127.0.0.1,IP:$node_address,IP:$KUBERNETES_SERVICE_IP,IP:10.0.2.2"
+  [ "$host_address" = 127.0.0.1 ] || sans+=",IP:$host_address"
   for san in "${api_sans[@]}"; do sans+=",IP:$san"; done
   sans+=",DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.$CLUSTER_DOMAIN"
   signed_cert apiserver /CN=kube-apiserver "subjectAltName=$sans\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature"
@@ -307,7 +314,7 @@ make_pki() {
   local admin_user
   admin_user=$(jq -n --arg c "$pki/admin.crt" --arg k "$pki/admin.key" '{"client-certificate": $c, "client-key": $k}')
   kubeconfig https://127.0.0.1:6443 "$admin_user" >"$dir/admin.kubeconfig"
-  kubeconfig "https://127.0.0.1:$api_port" "$admin_user" >"$dir/admin-host.kubeconfig"
+  kubeconfig "https://$host_address:$api_port" "$admin_user" >"$dir/admin-host.kubeconfig"
 }
 
 kubectl_admin() { "$k8s_bin/kubectl" --kubeconfig "$dir/admin-host.kubeconfig" "$@"; }
@@ -328,7 +335,7 @@ EOF
 }
 
 join_command() {
-  echo "$here/cluster.sh join --server 127.0.0.1:$api_port --token $1 --ca-hash sha256:$(ca_hash_of "$dir/pki/ca.crt")"
+  echo "$here/cluster.sh join --server $host_address:$api_port --token $1 --ca-hash sha256:$(ca_hash_of "$dir/pki/ca.crt")"
 }
 
 # RBAC and discovery for joining nodes, and what kube-proxy and the overlay agent (which run with
@@ -401,6 +408,7 @@ save_settings() { # ROLE SERVER-AS-HOST SEES
     echo "ROLE=$1"
     echo "PORT_BASE=$port_base"
     echo "NODE_ADDRESS=$node_address"
+    echo "HOST_ADDRESS=$host_address"
     echo "SERVER=$2"
   } >"$env_file"
 }
@@ -433,7 +441,7 @@ join_node() {
   start_component overlay "${cli[@]}" enter -- "${cli[@]}" overlay \
     --server "$server_in_node" --ca-file "$dir/pki/ca.crt" \
     --cert-file "$dir/kubelet/pki/kubelet-client-current.pem" --node "$name" \
-    --address "$node_address" --endpoint "127.0.0.1:$vxlan_host_port" \
+    --address "$node_address" --endpoint "$host_address:$vxlan_host_port" \
     --cluster-cidr "$CLUSTER_CIDR" --node-network "$NODE_NETWORK" --port "$VXLAN_PORT"
   wait_until 60 "the overlay device with $node_address" overlay \
     sh -c "\"\$@\" ip -4 -o addr show dev vxlan0 | grep -qF ' $node_address/'" sh "${cli[@]}" enter --
@@ -457,9 +465,11 @@ join_node() {
   start_component kube-proxy env "${kubelet_env[@]}" "$deploy/kubelet/kube-proxy.sh" \
     --kubeconfig "$dir/kubelet.kubeconfig" --cluster-cidr "$CLUSTER_CIDR" -- --hostname-override="$name"
 
-  # Ready, and announced by the overlay agent (until then no other node can reach it).
+  # Ready, and announced by the overlay agent (until then no other node can reach it). kubelet's
+  # own health first: after a restart the Node may still show the Ready of the previous run.
   node_ready() {
     for c in overlay kubelet kube-proxy; do running "$c" || fail "$c exited while waiting for node $name to be Ready"; done
+    [ "$(in_node curl -s --max-time 5 http://127.0.0.1:10248/healthz 2>/dev/null)" = ok ] || return 1
     [ "$("$k8s_bin/kubectl" --kubeconfig "$dir/node-host.kubeconfig" get node "$name" -o \
       'jsonpath={.status.conditions[?(@.type=="Ready")].status} {.metadata.annotations.overlay\.rootless-cri\.io/address}' \
       2>/dev/null)" = "True $node_address" ]
@@ -488,7 +498,7 @@ cmd_init() {
   done
   { echo "$api_port/tcp API server"; node_ports; } | check_ports
   make_pki
-  save_settings control-plane "127.0.0.1:$api_port"
+  save_settings control-plane "$host_address:$api_port"
   local pki="$dir/pki" admin="$dir/admin.kubeconfig"
   start_component etcd "${cli[@]}" enter -- "$k8s_bin/etcd" --name="$name" --data-dir="$dir/etcd" \
     --listen-client-urls=http://127.0.0.1:2379 --advertise-client-urls=http://127.0.0.1:2379 \
@@ -507,7 +517,7 @@ cmd_init() {
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --enable-bootstrap-token-auth
   published_now=1
   publish "$api_port/tcp" 127.0.0.1:6443 "API server"
-  api_ready() { curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "https://127.0.0.1:$api_port/readyz"; }
+  api_ready() { curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "https://$host_address:$api_port/readyz"; }
   wait_until 120 "the API server to be ready" kube-apiserver api_ready
   bootstrap_objects || fail "cannot create the bootstrap RBAC and cluster-info objects"
   start_component kube-controller-manager "${cli[@]}" enter -- "$k8s_bin/kube-controller-manager" \
@@ -522,7 +532,7 @@ cmd_init() {
     --leader-elect=false --bind-address=127.0.0.1
   coredns_objects || fail "cannot create CoreDNS"
   token=$(new_token) || fail "cannot create a bootstrap token"
-  join_node https://127.0.0.1:6443 "127.0.0.1:$api_port"
+  join_node https://127.0.0.1:6443 "$host_address:$api_port"
   say "control plane up; kubectl on this host: KUBECONFIG=$dir/admin-host.kubeconfig"
   say "join a worker (as its user, with its own --name and --port-base) with:"
   join_command "$(new_token)"
