@@ -317,7 +317,10 @@ make_pki() {
   kubeconfig "https://$host_address:$api_port" "$admin_user" >"$dir/admin-host.kubeconfig"
 }
 
-kubectl_admin() { "$k8s_bin/kubectl" --kubeconfig "$dir/admin-host.kubeconfig" "$@"; }
+# kubectl's discovery cache goes with the node's files, not into ~/.kube.
+kubectl_as() { local config=$1; shift; "$k8s_bin/kubectl" --kubeconfig "$config" --cache-dir "$dir/run/kubectl-cache" "$@"; }
+kubectl_admin() { kubectl_as "$dir/admin-host.kubeconfig" "$@"; }
+kubectl_node() { kubectl_as "$dir/node-host.kubeconfig" "$@"; }
 
 new_token() {
   local id secret
@@ -470,12 +473,12 @@ join_node() {
   node_ready() {
     for c in overlay kubelet kube-proxy; do running "$c" || fail "$c exited while waiting for node $name to be Ready"; done
     [ "$(in_node curl -s --max-time 5 http://127.0.0.1:10248/healthz 2>/dev/null)" = ok ] || return 1
-    [ "$("$k8s_bin/kubectl" --kubeconfig "$dir/node-host.kubeconfig" get node "$name" -o \
+    [ "$(kubectl_node get node "$name" -o \
       'jsonpath={.status.conditions[?(@.type=="Ready")].status} {.metadata.annotations.overlay\.rootless-cri\.io/address}' \
       2>/dev/null)" = "True $node_address" ]
   }
   wait_until 180 "node $name to be Ready and announced on the overlay" - node_ready
-  say "node $name is Ready (address $node_address, pod CIDR $("$k8s_bin/kubectl" --kubeconfig "$dir/node-host.kubeconfig" get node "$name" -o 'jsonpath={.spec.podCIDR}'))"
+  say "node $name is Ready (address $node_address, pod CIDR $(kubectl_node get node "$name" -o 'jsonpath={.spec.podCIDR}'))"
 }
 
 up_already() {
@@ -595,14 +598,16 @@ cmd_down() {
   local c
   for c in "${COMPONENTS[@]}"; do stop_component "$c"; done
   unpublish_all
-  say "node $name is down; its files stay in $dir (\`cluster.sh ${role_cmd:-init or join}\` starts it again)"
+  local again=join
+  [ "$(saved ROLE || true)" = control-plane ] && again=init
+  say "node $name is down; its files stay in $dir (\`cluster.sh $again\` starts it again)"
 }
 
 cmd_leave() {
   [ -r "$env_file" ] || die "no cluster node in $dir"
   [ "$(saved ROLE)" = worker ] || die "the control plane's node does not leave; \`cluster.sh down\` stops it"
   local c pods
-  pods=$("$k8s_bin/kubectl" --kubeconfig "$dir/node-host.kubeconfig" get pods -A --field-selector "spec.nodeName=$name" \
+  pods=$(kubectl_node get pods -A --field-selector "spec.nodeName=$name" \
     -o 'jsonpath={range .items[?(@.metadata.ownerReferences[0].kind!="DaemonSet")]}{.metadata.namespace}/{.metadata.name} {end}' 2>/dev/null || true)
   [ -z "$pods" ] || say "pods still on $name (\`cluster.sh remove-node $name\` on the control plane drains it first): $pods"
   for c in kube-proxy kubelet overlay; do stop_component "$c"; done
@@ -610,7 +615,7 @@ cmd_leave() {
   # kubelet's volume mounts live in the node's mount namespace; files of pods may belong to
   # subordinate ids: both are the node's to remove.
   in_node sh -c 'grep -F " $1/" /proc/self/mountinfo | cut -d" " -f5 | sort -r | while read -r m; do umount "$m"; done; rm -rf "$1"' sh "$dir" ||
-    die "could not remove $dir"
+    rm -rf "$dir" || die "could not remove $dir (files of pods may belong to the node's subordinate ids: remove it with \`rootless-cri enter -- rm -rf $dir\` while the node runs)"
   say "node $name left the cluster; the rootless node itself still runs (rootless-cri stop --all ends it)"
 }
 

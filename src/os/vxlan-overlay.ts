@@ -25,8 +25,8 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
-import { InvalidArgumentError } from '../errors.js';
-import { type RunOptions, run, runChecked } from './process-runner.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../errors.js';
+import { outputTail, type RunOptions, run, runChecked } from './process-runner.js';
 import { SAFE_PATH } from './programs.js';
 
 export interface OverlayDeviceSpec {
@@ -186,14 +186,23 @@ export class IprouteOverlayNetwork implements OverlayNetwork {
       else await runChecked('ip', ['link', 'set', 'dev', spec.device, 'mtu', String(spec.mtu)], RUN);
       if (same) return this.finishDevice(spec);
     }
-    await runChecked(
+    const add = await run(
       'ip',
       [
         ...['link', 'add', spec.device, 'address', mac, 'mtu', String(spec.mtu), 'type', 'vxlan'],
         ...['id', String(spec.vni), 'dstport', String(spec.port), 'nolearning'],
       ],
-      { ...RUN, what: `creating the VXLAN device ${spec.device}` },
+      RUN,
     );
+    if (add.exitCode !== 0) {
+      const said = outputTail(add);
+      throw new FailedPreconditionError(
+        `cannot create the VXLAN device ${spec.device}: ${said}` +
+          (/unknown device type|not supported/i.test(said)
+            ? '; the kernel has no vxlan support loaded: as root, `modprobe vxlan` (deploy/setup-host.sh does)'
+            : ''),
+      );
+    }
     await this.finishDevice(spec);
   }
 
