@@ -91,6 +91,7 @@ uid=$(id -u)
 env_file="$dir/node.env"
 # Saved by init/join; later commands take their values from it.
 saved() { [ -r "$env_file" ] && sed -n "s/^$1=//p" "$env_file" | tail -n1; }
+name_given=$name
 [ -n "$name" ] || name=$(saved NAME || true)
 [ -n "$port_base" ] || port_base=$(saved PORT_BASE || true)
 [ -n "$node_address" ] || node_address=$(saved NODE_ADDRESS || true)
@@ -149,6 +150,10 @@ check_daemon() {
   config_json=$("${cli[@]}" config) || die "cannot read the rootless-cri config ($config_name)"
   cfg() { jq -r "$1" <<<"$config_json"; }
   state_dir=$(cfg .node.stateDir)
+  # Without --name (and nothing saved) the node is called what its config calls it.
+  if [ -z "$name_given" ] && [ -z "$(saved NAME || true)" ] && [ "$(cfg .node.hostname)" != null ]; then
+    name=$(cfg .node.hostname)
+  fi
   local socket problems=()
   socket=$(cfg .socket)
   [ "$(cfg .node.hostname)" = "$name" ] || problems+=("node.hostname is $(cfg .node.hostname), not $name")
@@ -324,8 +329,7 @@ kubectl_node() { kubectl_as "$dir/node-host.kubeconfig" "$@"; }
 
 new_token() {
   local id secret
-  id=$(tr -dc 'a-z0-9' </dev/urandom | head -c 6)
-  secret=$(tr -dc 'a-z0-9' </dev/urandom | head -c 16)
+  id=$(openssl rand -hex 3) && secret=$(openssl rand -hex 8) || die "openssl rand failed"
   kubectl_admin apply -f - >/dev/null <<EOF
 {"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
  "metadata": {"name": "bootstrap-token-$id", "namespace": "kube-system"},
@@ -404,7 +408,7 @@ coredns_objects() {
 EOF
 }
 
-save_settings() { # ROLE SERVER-AS-HOST SEES
+save_settings() { # ROLE SERVER (the API server, host:port, as seen from the host)
   mkdir -p "$dir" && chmod 700 "$dir"
   {
     echo "NAME=$name"
@@ -433,7 +437,7 @@ join_node() {
     >"$dir/node-host.kubeconfig"
 
   published_now=1
-  local spec what i
+  local i
   publish "$kubelet_port/tcp" "$node_address:10250" kubelet
   publish "$vxlan_host_port/udp" "127.0.0.1:$VXLAN_PORT" VXLAN
   for ((i = 0; i < NODEPORT_COUNT; i++)); do
@@ -536,6 +540,8 @@ cmd_init() {
   coredns_objects || fail "cannot create CoreDNS"
   token=$(new_token) || fail "cannot create a bootstrap token"
   join_node https://127.0.0.1:6443 "$host_address:$api_port"
+  # That token only served this node's kubelet.
+  kubectl_admin -n kube-system delete secret "bootstrap-token-${token%%.*}" >/dev/null 2>&1 || true
   say "control plane up; kubectl on this host: KUBECONFIG=$dir/admin-host.kubeconfig"
   say "join a worker (as its user, with its own --name and --port-base) with:"
   join_command "$(new_token)"
