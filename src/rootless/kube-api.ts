@@ -167,7 +167,11 @@ export class KubeApi {
       allowWatchBookmarks: 'true',
       timeoutSeconds: String(timeoutSeconds),
     });
-    const res = await this.open('GET', `/api/v1/nodes?${query}`, { signal });
+    // A watch that goes quiet past the server's own end (a peer gone without a FIN) is dropped.
+    const res = await this.open('GET', `/api/v1/nodes?${query}`, {
+      signal,
+      timeoutMs: (timeoutSeconds + 60) * 1000,
+    });
     if ((res.statusCode ?? 0) !== 200) {
       res.resume();
       throw new KubeApiError(res.statusCode ?? 0, `watch of nodes: ${res.statusCode}`);
