@@ -74,6 +74,12 @@ if [ -e /proc/sys/kernel/unprivileged_userns_clone ] && [ "$(cat /proc/sys/kerne
   log "enabled kernel.unprivileged_userns_clone"
 fi
 
+# The overlay between the nodes of a cluster (deploy/cluster/cluster.sh) is a VXLAN device, which
+# a user namespace can create but cannot make the kernel load: load the module when it is one.
+if [ ! -d /sys/module/vxlan ] && command -v modprobe >/dev/null 2>&1; then
+  modprobe vxlan 2>/dev/null && log "loaded the vxlan kernel module" || log "no vxlan kernel module: nodes cannot form a cluster's overlay"
+fi
+
 [ -n "$user" ] || exit 0
 
 if ! id -u "$user" >/dev/null 2>&1; then

@@ -5,6 +5,8 @@
  *   doctor [--json]          check the host and say what is missing
  *   enter -- CMD...          run CMD as uid 0 inside the node namespaces (like `podman unshare`)
  *   stop [--all]             stop the daemon; --all also tears the node down
+ *   config                   print the resolved configuration (JSON)
+ *   overlay --server ...     inside the node: the VXLAN overlay of a multi-node cluster
  *   version                  print the version
  * Global flags: --config FILE, --root-dir DIR, --run-dir DIR, --socket PATH, --log-level LEVEL
  */
@@ -22,6 +24,7 @@ import { start } from './os/process-runner.js';
 import { formatDoctorReport, runDoctor } from './rootless/doctor.js';
 import { RealHostProbe } from './rootless/host-probe.js';
 import { findNode, inUserNamespace, nsenterArgs, stopNode, withSbin } from './rootless/node.js';
+import { overlayCommand } from './rootless/overlay-command.js';
 import { childOf, stopDaemon, superviseDaemon } from './rootless/supervisor.js';
 import { packageVersion } from './version.js';
 
@@ -32,6 +35,8 @@ commands:
   doctor [--json]   check this host for everything rootless-cri needs; exit 0 only when all is there
   enter -- CMD...   run CMD as uid 0 inside the node namespaces (like \`podman unshare\`)
   stop [--all]      stop the daemon; --all also stops the node and every pod in it
+  config            print the configuration in effect (file, flags and defaults) as JSON
+  overlay ...       inside the node: the VXLAN overlay of a multi-node cluster (overlay --help)
   version           print the version
 
 global flags:
@@ -58,6 +63,12 @@ const GLOBAL_OPTIONS = {
 } as const;
 
 async function main(argv: string[]): Promise<number> {
+  // The overlay agent has flags of its own: everything after its name is its.
+  const overlayAt = argv.indexOf('overlay');
+  if (overlayAt >= 0 && !argv.slice(0, overlayAt).includes('--')) {
+    const { values } = parseArgs({ args: argv.slice(0, overlayAt), options: GLOBAL_OPTIONS });
+    return overlayCommand(argv.slice(overlayAt + 1), createLogger({ level: values['log-level'] ?? 'info' }));
+  }
   const dashDash = argv.indexOf('--');
   const own = dashDash >= 0 ? argv.slice(0, dashDash) : argv;
   const rest = dashDash >= 0 ? argv.slice(dashDash + 1) : [];
@@ -97,6 +108,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'enter':
       return enter(config, rest);
+    case 'config':
+      // What scripts need to agree with the daemon (deploy/cluster/cluster.sh reads the node's).
+      process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
+      return 0;
     case 'stop':
       return stop(config, logger, Boolean(values.all));
     default:

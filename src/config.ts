@@ -81,6 +81,11 @@ export interface Config {
     ipamDataDir: string;
     podCidr: string;
     networkName: string;
+    /**
+     * A CNI config template; when set, the pod CIDR kubelet hands over (UpdateRuntimeConfig) is
+     * written into it and the result installed in cniConfDir (src/os/cni-template.ts).
+     */
+    cniConfTemplate: string | undefined;
   };
   image: {
     snapshotter: Snapshotter;
@@ -154,6 +159,7 @@ export interface ConfigOverrides {
   'network.ipam_data_dir'?: string;
   'network.pod_cidr'?: string;
   'network.network_name'?: string;
+  'network.cni_conf_template'?: string;
   'image.snapshotter'?: Snapshotter;
   'image.fuse_overlayfs'?: string;
   'image.max_concurrent_downloads'?: number;
@@ -499,6 +505,7 @@ const SCHEMA = table({
     ipam_data_dir: absolutePath(),
     pod_cidr: cidr(),
     network_name: networkName(),
+    cni_conf_template: absolutePath(),
   }),
   image: table({
     snapshotter: oneOf(SNAPSHOTTERS),
@@ -785,11 +792,15 @@ export function resolveConfig(
       subtree: raw.cgroup?.subtree ?? 'rootless-cri',
     },
     network: {
-      cniConfDir: network.cni_conf_dir ?? defaultCniConfDir(rootDir),
+      // With a template the daemon writes the config itself: into its own directory.
+      cniConfDir:
+        network.cni_conf_dir ??
+        (network.cni_conf_template ? join(rootDir, 'cni', 'net.d') : defaultCniConfDir(rootDir)),
       cniBinDirs: network.cni_bin_dirs ?? ['/usr/lib/cni', '/opt/cni/bin'],
       ipamDataDir: network.ipam_data_dir ?? join(runDir, 'cni', 'networks'),
       podCidr: network.pod_cidr ?? '10.88.0.0/16',
       networkName: network.network_name ?? 'rootless-cri',
+      cniConfTemplate: network.cni_conf_template,
     },
     image: {
       snapshotter: image.snapshotter ?? 'fuse-overlayfs',

@@ -21,6 +21,7 @@ import { OverlaySnapshotter } from './image/overlay-snapshotter.js';
 import type { Logger } from './log.js';
 import { addStateCollectors, createMetrics } from './metrics.js';
 import { NodeCgroupManager } from './os/cgroup-manager.js';
+import { CniTemplateInstaller } from './os/cni-template.js';
 import { hostDialer } from './os/host-dialer.js';
 import { type MetricsServer, startMetricsServer } from './os/metrics-server.js';
 import { readNodeIdentity } from './os/node-identity.js';
@@ -185,13 +186,24 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
 
   const readiness = new ReadinessGate();
   let podCidr = config.network.podCidr;
+  // A node of a cluster: the CNI config follows the pod CIDR kubelet hands over.
+  const cniTemplate = config.network.cniConfTemplate
+    ? new CniTemplateInstaller({
+        template: config.network.cniConfTemplate,
+        confDir: config.network.cniConfDir,
+      })
+    : null;
   let metricsServer: MetricsServer | null = null;
   const health = new NodeHealth(config, facts, programs);
   const runtimeInfo = createRuntimeInfoHandlers({
     health,
     podCidr: {
       get: () => podCidr,
-      set: (cidr) => {
+      set: async (cidr) => {
+        if (cniTemplate) {
+          const file = await cniTemplate.install(cidr);
+          logger.info({ podCIDR: cidr, file }, 'CNI config written from network.cni_conf_template');
+        }
         podCidr = cidr;
       },
     },

@@ -109,6 +109,13 @@ export class NodeHealth implements RuntimeHealth {
     let network: HealthCondition = cni.ready
       ? { ready: true }
       : { ready: false, reason: cni.reason, message: cni.message };
+    if (!cni.ready && cni.reason === 'NoCniConfig' && this.config.network.cniConfTemplate) {
+      network = {
+        ready: false,
+        reason: 'NoPodCidr',
+        message: `waiting for the node's pod CIDR: kubelet hands it over (UpdateRuntimeConfig) once the controller-manager assigned one, and the daemon then writes ${this.config.network.cniConfTemplate} into ${this.config.network.cniConfDir}`,
+      };
+    }
     // In a rootlesskit node the uplink is slirp4netns's tap0: gone when slirp4netns died.
     if (network.ready && this.facts.rootlesskitStateDir && !(await uplinkPresent())) {
       network = {

@@ -70,6 +70,7 @@ function makeService(
         ipamDataDir: '/nonexistent',
         podCidr: '10.88.0.0/16',
         networkName: 'fake',
+        cniConfTemplate: undefined,
       },
     },
     logger: silentLogger(),
