@@ -87,6 +87,7 @@ beforeEach(async () => {
         ipamDataDir: '/nonexistent',
         podCidr: '10.88.0.0/16',
         networkName: 'fake',
+        cniConfTemplate: undefined,
       },
     },
     logger: silentLogger(),
