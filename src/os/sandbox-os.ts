@@ -307,11 +307,22 @@ export class NodeSandboxOs implements SandboxOs {
     // The wrapper exits once its child is gone; wait for both so nothing is left behind.
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {
-      const alive = (await this.infraAlive(infra)) || (await isLiveProcess(infra.wrapperPid, this.unshare));
+      const alive = (await this.infraAlive(infra)) || (await this.wrapperAlive(infra));
       if (!alive) return;
       await sleep(5);
     }
     throw new InternalError(`the pod infra process ${infra.pid} did not exit within 10s of SIGKILL`);
+  }
+
+  /**
+   * Whether the infra's `unshare` wrapper is still there. Its pid may since belong to another
+   * process, even another pod's wrapper (a new node numbers its pids from 1 again): only a
+   * process started no later than the infra can be its wrapper.
+   */
+  private async wrapperAlive(infra: InfraProcess): Promise<boolean> {
+    if (!(await isLiveProcess(infra.wrapperPid, this.unshare))) return false;
+    const start = await processStartTime(infra.wrapperPid).catch(() => null);
+    return start !== null && BigInt(start) <= BigInt(infra.startTime);
   }
 
   async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {

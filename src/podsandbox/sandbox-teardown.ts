@@ -10,10 +10,14 @@ import type { SandboxRecord } from '../core/sandbox-record.js';
 import { failpoint } from '../failpoint.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 
-/** SIGKILL to the pod's PID 1; its pid namespace (and every process in it) ends with it. */
+/**
+ * SIGKILL to the pod's PID 1; its pid namespace (and every process in it) ends with it. The
+ * infra of a pod from a node that is gone ended with that node, and its pids now name processes
+ * of the new one: nothing to stop, and nothing may be signalled by those pids.
+ */
 export async function stopInfra(deps: SandboxDeps, record: SandboxRecord): Promise<void> {
   const infra = record.namespaces.pid.infra;
-  if (infra) await deps.os.stopInfra(infra);
+  if (infra && !fromGoneNode(deps.core, record)) await deps.os.stopInfra(infra);
 }
 
 /**

@@ -43,6 +43,28 @@ export function sandboxOsContract(s: SandboxOsSubject): ContractCase[] {
       },
     },
     {
+      name: "stopping an infra does not wait on its wrapper's pid once another process holds it",
+      async run() {
+        const start = (pins: { kind: 'net'; path: string }[]) =>
+          s.os.createPodNamespaces({
+            pins,
+            settings: { loopbackUp: false, hostname: null, sysctls: [] },
+            infra: { cgroupLeaf: null },
+          });
+        const dir = await s.pinDir();
+        const first = await start([{ kind: 'net', path: `${dir}/net1` }]);
+        const second = await start([{ kind: 'net', path: `${dir}/net2` }]);
+        assert.ok(first && second, 'two infra processes');
+        await s.os.stopInfra(first);
+        // As after a new node reused the pids: the first infra's wrapper pid is now the second's.
+        // Waiting on it would end in Internal ("did not exit within 10s of SIGKILL").
+        await s.os.stopInfra({ ...first, wrapperPid: second.wrapperPid });
+        assert.equal(await s.os.infraAlive(second), true, 'the other pod is untouched');
+        await s.os.stopInfra(second);
+        await s.os.unpinNamespaces([`${dir}/net1`, `${dir}/net2`]);
+      },
+    },
+    {
       name: 'pins without an infra process; settings later with configureNamespaces',
       async run() {
         const dir = await s.pinDir();

@@ -19,6 +19,7 @@ import { FakeNetworkDriver } from '../fakes/fake-network-driver.js';
 import { FakePortManager } from '../fakes/fake-port-manager.js';
 import { FakeSandboxOs } from '../fakes/fake-sandbox-os.js';
 import { podConfig } from '../fakes/pod-config-builder.js';
+import { until } from '../harness/until.js';
 
 interface World {
   dir: string;
@@ -40,8 +41,10 @@ let clock = 1_000_000_000n;
 function makeService(
   w: Omit<World, 'service' | 'core'>,
   newId?: () => string,
+  nodeId?: string,
 ): { service: PodSandboxService; core: RuntimeCore } {
   const { core } = fakeCore({
+    ...(nodeId ? { nodeId } : {}),
     rootDir: path.join(w.dir, 'root'),
     journal: w.journal,
     sandboxOs: w.os,
@@ -467,9 +470,11 @@ describe('recovery', () => {
     const halfConfig = podConfig();
     halfConfig.metadata!.name = 'half';
     halfConfig.linux!.sysctls = { 'net.ipv4.ip_unprivileged_port_start': '0' };
+    const configured = () => world.os.calls.filter((c) => c.method === 'configureNamespaces').length;
+    const before = configured();
     world.os.blockNext('configureNamespaces');
     void run(halfConfig).catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 30));
+    await until('the half-created pod at its net.* sysctls', async () => configured(), (n) => n > before);
     world.os.killInfra(deadInfra.pid);
 
     // A new daemon over the same disk and node.
@@ -492,6 +497,19 @@ describe('recovery', () => {
       await world.service.handlers.RemovePodSandbox({ pod_sandbox_id: item.id! }, ctx());
     }
     expect(await leftovers()).toEqual([]);
+  });
+
+  it('signals nothing by the pids of a pod from a node that is gone: they name processes of the new node', async () => {
+    const id = await run();
+    const stops = () => world.os.calls.filter((c) => c.method === 'stopInfra').length;
+    const restarted = makeService(world, undefined, 'a-new-node');
+    await restarted.core.recover();
+    world = { ...world, ...restarted };
+    await world.service.handlers.StopPodSandbox({ pod_sandbox_id: id }, ctx());
+    expect((await status(id)).state).toBe('SANDBOX_NOTREADY');
+    await world.service.handlers.RemovePodSandbox({ pod_sandbox_id: id }, ctx());
+    expect(stops()).toBe(0);
+    await expect(status(id)).rejects.toMatchObject({ kind: 'NotFound' });
   });
 
   it('moves an unreadable record aside and still starts', async () => {
