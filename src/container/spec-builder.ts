@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { ContainerConfig__Output, KeyValue__Output, Mount__Output } from '../api/proto.js';
 import type { ResolvedUser } from '../core/container-store.js';
 import type { SandboxInfo } from '../core/sandbox-info.js';
-import { FailedPreconditionError, InvalidArgumentError, UnimplementedError } from '../errors.js';
+import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
 import type { InRootPath } from '../os/in-root.js';
 import type {
   OciDevice,
@@ -298,9 +298,8 @@ async function userMounts(
   for (const m of mounts) {
     const where = `mount ${JSON.stringify(m.container_path)}`;
     if (m.image) {
-      throw new UnimplementedError(
-        `${where}: image volumes (Mount.image) are not supported by rootless-cri yet`,
-      );
+      // CreateContainer mounts image volumes first (image-volumes.ts) and hands binds on.
+      throw new InternalError(`${where}: an image volume reached the spec unmounted`);
     }
     if (m.uidMappings.length > 0 || m.gidMappings.length > 0) {
       throw new InvalidArgumentError(

@@ -508,7 +508,7 @@ describe('mounts', () => {
     expect(find(s, '/data')[0]!.options).toEqual(['rbind', 'rprivate', 'ro', 'rro']);
   });
 
-  it('image volumes (Mount.image) are Unimplemented (catalog 25 never reaches a path)', async () => {
+  it('an image volume that reaches the spec unmounted is an Internal error, never a path (CreateContainer mounts them first)', async () => {
     await rejects(
       containerConfig({
         mounts: [
@@ -525,8 +525,8 @@ describe('mounts', () => {
           }),
         ],
       }),
-      'Unimplemented',
-      /image volumes/,
+      'Internal',
+      /image volume reached the spec unmounted/,
     );
   });
 

@@ -474,7 +474,11 @@ describe('recovery', () => {
     const before = configured();
     world.os.blockNext('configureNamespaces');
     void run(halfConfig).catch(() => undefined);
-    await until('the half-created pod at its net.* sysctls', async () => configured(), (n) => n > before);
+    await until(
+      'the half-created pod at its net.* sysctls',
+      async () => configured(),
+      (n) => n > before,
+    );
     world.os.killInfra(deadInfra.pid);
 
     // A new daemon over the same disk and node.
