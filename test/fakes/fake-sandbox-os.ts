@@ -70,7 +70,8 @@ export class FakeSandboxOs implements SandboxOs {
       throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
     }
     checkSysctls(settings);
-    for (const p of pins) {
+    const userns = request.userNamespace ? [{ path: request.userNamespace.path }] : [];
+    for (const p of [...userns, ...pins]) {
       if (this.pinned.has(p.path)) throw new Error(`${p.path} exists`);
       this.pinned.add(p.path);
     }
