@@ -116,7 +116,11 @@ export async function runCritest(daemon: TestDaemon, options: RunCritestOptions)
     ...(skipRegex ? [`-ginkgo.skip=${skipRegex}`] : []),
     ...(options.extraArgs ?? []),
   ];
-  const r = await daemon.enter(['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args]);
+  // A whole run takes about 2.5 minutes on the build machines: well past enter's default limit.
+  const r = await daemon.enter(
+    ['sh', '-c', 'cd /tmp && exec "$@"', 'sh', ...args],
+    options.timeoutMs ?? 900_000,
+  );
   const xml = await readFile(junit, 'utf8').catch(() => '');
   return { outcomes: parseJunit(xml), exitCode: r.exitCode, output: `${r.stdout}\n${r.stderr}` };
 }

@@ -177,12 +177,12 @@ export class TestDaemon {
     return text.split('\n').slice(-lines).join('\n');
   }
 
-  /** Runs a command as this daemon's user on the host. */
-  async asUser(command: string[], input?: string): Promise<RunResult> {
+  /** Runs a command as this daemon's user on the host (killed after timeoutMs, default 120 s). */
+  async asUser(command: string[], input?: string, timeoutMs = 120_000): Promise<RunResult> {
     const r = await execa('bash', [RUN_AS_USER, this.user.name, '--', ...command], {
       reject: false,
       input,
-      timeout: 120_000,
+      timeout: timeoutMs,
     });
     return { stdout: String(r.stdout), stderr: String(r.stderr), exitCode: r.exitCode ?? -1 };
   }
@@ -198,8 +198,12 @@ export class TestDaemon {
   }
 
   /** Runs a command inside the node (`rootless-cri enter -- ...`). */
-  enter(command: string[]): Promise<RunResult> {
-    return this.cli(['enter', '--', ...command]);
+  enter(command: string[], timeoutMs?: number): Promise<RunResult> {
+    return this.asUser(
+      [process.execPath, CLI, '--config', this.configFile, 'enter', '--', ...command],
+      undefined,
+      timeoutMs,
+    );
   }
 
   /** Runs crictl from the host against this daemon, as the test user. */
