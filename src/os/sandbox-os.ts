@@ -67,6 +67,11 @@ export interface NamespacePaths {
   net?: string;
   ipc?: string;
   uts?: string;
+  /**
+   * The pod's own user namespace, entered first: values that name ids (ping_group_range) are
+   * read in the writer's user namespace.
+   */
+  user?: string;
 }
 
 export interface SysctlWrite {
@@ -431,7 +436,7 @@ function stepDetail(stderr: string): string {
 }
 
 function nsenterArgs(ns: NamespacePaths): string[] {
-  const args: string[] = [];
+  const args: string[] = ns.user ? [`--user=${ns.user}`] : [];
   if (ns.net) args.push(`--net=${ns.net}`);
   if (ns.ipc) args.push(`--ipc=${ns.ipc}`);
   if (ns.uts) args.push(`--uts=${ns.uts}`);

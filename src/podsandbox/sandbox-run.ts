@@ -176,6 +176,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         if (record.namespaces.network.path) nsPaths.net = record.namespaces.network.path;
         if (record.namespaces.ipc.path) nsPaths.ipc = record.namespaces.ipc.path;
         if (record.namespaces.uts.path) nsPaths.uts = record.namespaces.uts.path;
+        if (record.namespaces.user) nsPaths.user = record.namespaces.user.path;
         const netSysctls: SysctlWrite[] = sysctls.filter((s) => sysctlNamespace(s.key) === 'net');
         rollback.push('unpin the pod namespaces', async () => {
           await unpinNetwork(deps, record);

@@ -72,17 +72,25 @@ function usernsOptions(mode: keyof typeof MODE = 'POD', uids: unknown = MAPPING,
   return { namespace_options: { userns_options: { mode: MODE[mode], uids, gids } } };
 }
 
-function podConfig(name: string, securityContext: Record<string, unknown> | null = usernsOptions()) {
+function podConfig(
+  name: string,
+  securityContext: Record<string, unknown> | null = usernsOptions(),
+  sysctls: Record<string, string> = {},
+) {
   return {
     metadata: { name, namespace: 'userns', uid: `uid-${name}`, attempt: 0 },
     hostname: name,
     log_directory: path.join(logRoot, name),
-    linux: securityContext ? { security_context: securityContext } : {},
+    linux: { ...(securityContext ? { security_context: securityContext } : {}), sysctls },
   };
 }
 
-async function runPod(name: string, securityContext?: Record<string, unknown> | null) {
-  const config = podConfig(name, securityContext === undefined ? usernsOptions() : securityContext);
+async function runPod(
+  name: string,
+  securityContext?: Record<string, unknown> | null,
+  sysctls?: Record<string, string>,
+) {
+  const config = podConfig(name, securityContext === undefined ? usernsOptions() : securityContext, sysctls);
   await mkdir(config.log_directory, { recursive: true });
   await chown(config.log_directory, daemon.user.uid, daemon.user.gid);
   const file = await asJsonFile(config);
@@ -200,7 +208,11 @@ describe('Status', () => {
 
 describe('a pod with its own user namespace (hostUsers: false)', () => {
   it('runs as root inside, nested in the node, with image owners shifted and writes stored unshifted', async () => {
-    const pod = await runPod('shifted');
+    // Namespaced sysctls of both kinds: set before and after CNI, in namespaces the pod's user namespace owns.
+    const pod = await runPod('shifted', undefined, {
+      'net.ipv4.ping_group_range': '0 1000',
+      'kernel.shm_rmid_forced': '1',
+    });
     const r = await runToExit(
       pod,
       'inside',
@@ -211,6 +223,8 @@ describe('a pod with its own user namespace (hostUsers: false)', () => {
         'echo written > /data/by-pod && stat -c "%u:%g %n" /data/by-pod',
         'chown 1000:1000 /data/by-pod && stat -c "%u:%g %n" /data/by-pod',
         'cat /data/owned.txt',
+        'cat /proc/sys/net/ipv4/ping_group_range /proc/sys/kernel/shm_rmid_forced',
+        'hostname',
       ].join('; '),
       {},
       LAYERS,
@@ -229,6 +243,7 @@ describe('a pod with its own user namespace (hostUsers: false)', () => {
     expect(r.stdout).toContain('0:0 /data/by-pod');
     expect(r.stdout).toContain('1000:1000 /data/by-pod');
     expect(r.stdout).toContain('owned by 1000:1000');
+    expect(r.stdout.slice(-3), r.log).toEqual(['0\t1000', '1', 'shifted']);
     // In the writable layer on the host's disk the file has the pod's ids unshifted: 1000 of
     // the node is the node user's subordinate id 999 (the node maps 1.. from the first range).
     const upper = path.join(
