@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host for rootless-cri (idempotent; run as root).
 #
-#   deploy/setup-host.sh [--user NAME] [--no-packages]
+#   deploy/setup-host.sh [--user NAME] [--subids N] [--renumber-subids] [--no-packages]
 #
 # - installs the Debian packages rootless-cri drives (rootlesskit, slirp4netns, catatonit,
 #   crun, conmon, fuse-overlayfs, uidmap, CNI plugins, iptables, ...);
 # - makes /dev/fuse and /dev/net/tun usable by unprivileged users (0666, as a normal distro does);
 # - with --user NAME: creates that unprivileged user if missing, gives it subuid/subgid ranges of
-#   65536 IDs, and a delegated cgroup v2 subtree.
+#   1,048,576 IDs in all (--subids N to change: the node's own 65,536 plus room for pods with
+#   their own user namespace, 65,536 each), and a delegated cgroup v2 subtree.
 #
 # cgroup v2 delegation. On a systemd host the right way is systemd's own delegation:
 #   mkdir -p /etc/systemd/system/user@.service.d
@@ -21,14 +22,24 @@ set -euo pipefail
 
 user=""
 packages=1
+subids=1048576
+renumber=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --user) user="${2:?--user needs a name}"; shift 2 ;;
+    --subids) subids="${2:?--subids needs a count}"; shift 2 ;;
+    --renumber-subids) renumber=1; shift ;;
     --no-packages) packages=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "setup-host: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+
+case "$subids" in *[!0-9]*|'') echo "setup-host: --subids takes a number" >&2; exit 2 ;; esac
+if [ "$subids" -lt 65536 ] || [ $((subids % 65536)) -ne 0 ]; then
+  echo "setup-host: --subids must be a multiple of 65536, at least 65536" >&2
+  exit 2
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-host: must run as root (it installs packages and delegates a cgroup)" >&2
@@ -83,29 +94,63 @@ fi
 [ -n "$user" ] || exit 0
 
 if ! id -u "$user" >/dev/null 2>&1; then
-  useradd --create-home --shell /bin/bash "$user"
+  # Without subordinate ids of useradd's choosing (65,536 on Debian): ensure_range gives one range.
+  useradd --create-home --shell /bin/bash -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 "$user"
   log "created user $user"
 fi
 uid=$(id -u "$user")
 
-# subuid/subgid: 65536 IDs each, in a range nobody else uses.
+# subuid/subgid: $subids IDs in all per file, in ranges nobody else uses. The node maps them
+# after the user's own id, in file order (rootlesskit), so node ids 1..65535 are the user's first
+# 65,535 subordinate ids and pods with their own user namespace (hostUsers: false) use the rest.
+# A user who already has fewer (65,536 was the old size) gets the missing ids as one more range
+# after every existing one: the ids they had keep their place in the node, and a running node
+# keeps its mapping until it is restarted (`rootless-cri stop --all`, then serve). A user with
+# as many or more is left alone. With --renumber-subids, a user whose ids are not one range of
+# $subids is given one instead (the old lines are removed), unless it has running processes:
+# files its node stored under the old ids (images, container layers) then show as nobody, so
+# it is for users whose node keeps nothing (test users) or whose images are removed first. One
+# range matters because a pod's id mapping must fall within one of the node's ranges: the
+# runtime splits a mapping that crosses from one to the next into several lines.
 ensure_range() { # file
-  local file=$1
+  local file=$1 have=0 ranges=0 start=100000 end owner s n
   touch "$file"
-  if ! grep -qE "^($user|$uid):" "$file"; then
-    local start=100000 end
-    while read -r line; do
-      IFS=: read -r _ s n <<<"$line"
-      [ -n "${s:-}" ] && [ -n "${n:-}" ] || continue
-      end=$((s + n))
-      [ "$end" -gt "$start" ] && start=$end
-    done <"$file"
-    echo "$user:$start:65536" >>"$file"
-    log "gave $user $file range $start-$((start + 65535))"
+  while IFS=: read -r owner s n || [ -n "${owner:-}" ]; do
+    [ -n "${s:-}" ] && [ -n "${n:-}" ] || continue
+    case "$s$n" in *[!0-9]*) continue ;; esac
+    end=$((s + n))
+    [ "$end" -gt "$start" ] && start=$end
+    if [ "$owner" = "$user" ] || [ "$owner" = "$uid" ]; then
+      have=$((have + n))
+      ranges=$((ranges + 1))
+    fi
+  done <"$file"
+  if [ "$renumber" = 1 ] && [ "$ranges" -gt 0 ] && { [ "$ranges" -gt 1 ] || [ "$have" -lt "$subids" ]; }; then
+    if pgrep -u "$user" >/dev/null; then
+      log "$user has running processes: its $file ranges are not renumbered (stop its node with rootless-cri stop --all, then re-run)"
+    else
+      awk -F: -v u="$user" -v id="$uid" '$1 != u && $1 != id' "$file" >"$file.rootless-cri.tmp"
+      cat "$file.rootless-cri.tmp" >"$file"
+      rm -f "$file.rootless-cri.tmp"
+      log "removed $user's $ranges $file range(s) of $have ids, to give one range"
+      have=0
+    fi
+  fi
+  [ "$have" -lt "$subids" ] || return 0
+  # A last line without its newline would otherwise swallow ours.
+  if [ -s "$file" ] && [ -n "$(tail -c1 "$file")" ]; then echo >>"$file"; fi
+  echo "$user:$start:$((subids - have))" >>"$file"
+  if [ "$have" -eq 0 ]; then
+    log "gave $user $file range $start-$((start + subids - 1))"
+  else
+    log "extended $user's $file ids from $have to $subids (added $start-$((start + subids - have - 1))); a running node of $user keeps its old mapping until it is restarted"
   fi
 }
+exec 9>/run/rootless-cri-setup-host.lock
+flock 9
 ensure_range /etc/subuid
 ensure_range /etc/subgid
+flock -u 9
 
 # The user's runtime dir, as pam_systemd would create it.
 install -d -m 0700 -o "$user" -g "$(id -g "$user")" "/run/user/$uid"

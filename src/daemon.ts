@@ -26,9 +26,11 @@ import { hostDialer } from './os/host-dialer.js';
 import { type MetricsServer, startMetricsServer } from './os/metrics-server.js';
 import { readNodeIdentity } from './os/node-identity.js';
 import { CrunConmonRuntime } from './os/oci-runtime.js';
+import { readNodeIdMaps, releaseStalePodViews } from './os/pod-user-namespace.js';
 import { RootlesskitPortManager } from './os/port-manager.js';
 import { observeRuns } from './os/process-runner.js';
 import { Programs } from './os/programs.js';
+import { probeRuntimeHandler } from './os/runtime-features.js';
 import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
 import { ipcHostListeners } from './rootless/host-listeners.js';
@@ -163,17 +165,35 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
         })
       : null;
   await hostPorts?.open();
+  // Recursive read-only mounts and pod user namespaces: what this crun, kernel and node allow.
+  const nodeIdMaps = await readNodeIdMaps();
+  const handler = await probeRuntimeHandler({
+    crun: programs.path('crun'),
+    node: nodeIdMaps,
+    snapshotter: config.image.snapshotter,
+  });
+  logger.info({ handler }, 'runtime handler features probed');
+  if (handler.userNamespaces === null) {
+    await releaseStalePodViews().catch((err: unknown) =>
+      logger.warn({ err }, 'cannot release stale pod views'),
+    );
+  }
   const pods = createPodSandboxService({
     core,
     config,
     logger,
     portManager: hostPorts ?? portManager,
     os: sandboxOs,
+    userNamespaces: { node: nodeIdMaps, unavailable: handler.userNamespaces },
   });
   const containers = createContainerService({
     core,
     logger,
-    hostFacts: await probeHostFacts({ controllers: cgroups.controllers, cgroupV2: cgroups.available }),
+    hostFacts: await probeHostFacts({
+      controllers: cgroups.controllers,
+      cgroupV2: cgroups.available,
+      recursiveReadOnlyMounts: handler.recursiveReadOnlyMounts === null,
+    }),
     writableLayerRoot: snapshotRoot,
     adjusters: core.nri.enabled ? [core.nri.specAdjuster()] : [],
   });
@@ -197,6 +217,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   const health = new NodeHealth(config, facts, programs);
   const runtimeInfo = createRuntimeInfoHandlers({
     health,
+    handlerFeatures: {
+      recursiveReadOnlyMounts: handler.recursiveReadOnlyMounts === null,
+      userNamespaces: handler.userNamespaces === null,
+    },
     podCidr: {
       get: () => podCidr,
       set: async (cidr) => {
@@ -211,6 +235,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       config: { ...config, podCidr },
       node: { ...facts, identity: node },
       programs: programs.report(),
+      runtimeHandler: handler,
       recovery: core.recovery,
       events: { subscribers: core.events.subscribers, dropped: core.events.dropped },
       listeners: {

@@ -27,6 +27,12 @@ die() { echo "run-all: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 step "install: host setup, test user $TEST_USER, crictl/critest, build, app copy in $APP"
 bash deploy/install.sh --user "$TEST_USER" --app-dir "$APP" || die "deploy/install.sh failed"
 bash deploy/setup-host.sh --user "$TEST_USER2" --no-packages || die "cannot set up the second test user $TEST_USER2"
+# The test users' nodes keep nothing between runs: give each one range of subordinate ids (a user
+# set up with the old 65,536 would otherwise have two), so critest's pod user namespace (node ids
+# 1000..100999) is one line of the node's map, as critest expects it in the pod's uid_map.
+for u in "$TEST_USER" "$TEST_USER2"; do
+  bash deploy/setup-host.sh --user "$u" --no-packages --renumber-subids || die "cannot renumber the subordinate ids of $u"
+done
 export ROOTLESS_CRI_APP=$APP ROOTLESS_CRI_TEST_USER=$TEST_USER ROOTLESS_CRI_TEST_USER2=$TEST_USER2
 ROOTLESS_CRI_CRITEST=$(bash deploy/install.sh --print-critest)
 export ROOTLESS_CRI_CRITEST

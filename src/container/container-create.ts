@@ -123,7 +123,13 @@ export function createCreateContainer(deps: ContainerDeps) {
 
       step = 'preparing the writable layer';
       rollback.push('remove the writable layer', () => deps.core.snapshotter.remove(id));
-      const { rootfs } = await deps.core.snapshotter.prepare(id, image.layerDirs);
+      // A pod with its own user namespace sees the image's files shifted into it.
+      const userns = sandbox.userNamespace;
+      const { rootfs } = await deps.core.snapshotter.prepare(
+        id,
+        image.layerDirs,
+        userns ? { idMapping: { uids: userns.uids, gids: userns.gids } } : undefined,
+      );
       record = { ...record, rootfs };
       step = 'mounting image volumes';
       const mounts = await mountImageVolumes(deps.core, id, config.mounts, imageVolumes, rollback);

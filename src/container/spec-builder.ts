@@ -5,9 +5,10 @@
  * devices, a Localhost seccomp profile), so tests can run it against temp dirs or fakes.
  *
  * The rules are containerd's (internal/cri/server/container_create_linux.go and pkg/oci), with
- * the rootless adjustments of DESIGN.md: the node's user namespace is the container's (no new
- * user namespace), limits of controllers that are not delegated are dropped with a warning,
- * an oom_score_adj below the daemon's own is raised to it (lowering needs real root).
+ * the rootless adjustments of DESIGN.md: the node's user namespace is the container's unless its
+ * pod has one of its own (pod-user-namespace-spec.ts), limits of controllers that are not
+ * delegated are dropped with a warning, an oom_score_adj below the daemon's own is raised to it
+ * (lowering needs real root).
  */
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
@@ -27,6 +28,7 @@ import type {
 } from '../os/oci-spec.js';
 import { containerCapabilities } from './capabilities.js';
 import type { HostDevice, HostFacts } from './host-facts.js';
+import { type PodUserNamespaceFiles, withPodUserNamespace } from './pod-user-namespace-spec.js';
 import { criToOciResources } from './resources.js';
 
 export type { HostDevice, HostFacts };
@@ -81,7 +83,7 @@ export const ANNOTATIONS = {
 } as const;
 
 /** The read-only file access the builder needs. */
-export interface SpecFiles {
+export interface SpecFiles extends PodUserNamespaceFiles {
   /** A regular file of the rootfs, resolved in-root; null when absent (see in-root.ts). */
   readInRoot(root: string, p: string, maxBytes: number): Promise<Buffer | null>;
   resolveInRoot(root: string, p: string): Promise<InRootPath>;
@@ -301,11 +303,7 @@ async function userMounts(
       // CreateContainer mounts image volumes first (image-volumes.ts) and hands binds on.
       throw new InternalError(`${where}: an image volume reached the spec unmounted`);
     }
-    if (m.uidMappings.length > 0 || m.gidMappings.length > 0) {
-      throw new InvalidArgumentError(
-        `${where}: id-mapped mounts need pod user namespaces, which rootless-cri does not offer`,
-      );
-    }
+    // uid/gid mappings are the pod user namespace step's (pod-user-namespace-spec.ts).
     const containerPath = checkAbsolute(m.container_path, 'mount container_path');
     if (m.host_path === '' || !m.host_path.startsWith('/')) {
       throw new InvalidArgumentError(`${where}: host_path "${m.host_path}" must be an absolute path`);
@@ -490,11 +488,7 @@ function namespacesFor(input: SpecInput): {
   const network = String(containerOptions?.network ?? podOptions?.network ?? 'POD');
   const ipc = String(containerOptions?.ipc ?? podOptions?.ipc ?? 'POD');
   const pid = String(containerOptions?.pid ?? podOptions?.pid ?? 'CONTAINER');
-  if (containerOptions?.userns_options && String(containerOptions.userns_options.mode) !== 'NODE') {
-    throw new InvalidArgumentError(
-      'user namespace mode POD/CONTAINER/TARGET is not supported: rootless-cri containers share the node user namespace',
-    );
-  }
+  // The user namespace (userns_options) is the pod user namespace step's.
   const namespaces: OciNamespace[] = [{ type: 'mount' }];
   const hostNetwork = network === 'NODE';
   if (!hostNetwork) {
@@ -801,6 +795,7 @@ export const SPEC_STEPS: readonly (readonly [name: string, step: SpecOpt])[] = [
   ['user', withUser],
   ['namespaces', withNamespaces],
   ['mounts', withMounts],
+  ['user-namespace', withPodUserNamespace],
   ['devices', withDevices],
   ['resources', withResources],
   ['security', withSecurity],

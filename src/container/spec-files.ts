@@ -5,6 +5,9 @@ import { constants } from 'node:fs';
 import { open, realpath, stat } from 'node:fs/promises';
 import { InvalidArgumentError } from '../errors.js';
 import { readFileInRoot, resolveInRoot } from '../os/in-root.js';
+import { parseMountInfo, readSelfMountInfo } from '../os/mounts.js';
+import { idmapSupported } from '../os/pod-user-namespace.js';
+import type { NodeMount } from './pod-user-namespace-spec.js';
 import type { HostDevice, SpecFiles } from './spec-builder.js';
 
 /** Linux's dev_t encoding (glibc gnu_dev_major/minor). */
@@ -38,6 +41,17 @@ export class NodeSpecFiles implements SpecFiles {
       uid: Number(st.uid),
       gid: Number(st.gid),
     };
+  }
+
+  async mountTable(): Promise<NodeMount[]> {
+    return parseMountInfo(await readSelfMountInfo()).map((m) => ({
+      mountPoint: m.mountPoint,
+      readonly: m.mountOptions.split(',').includes('ro'),
+    }));
+  }
+
+  idmapSupported(usernsPin: string, source: string): Promise<{ supported: boolean; reason: string }> {
+    return idmapSupported(usernsPin, source);
   }
 
   async readHostFile(hostPath: string, maxBytes: number): Promise<Buffer> {

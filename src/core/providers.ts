@@ -2,6 +2,7 @@
  * What the runtime core asks of the image service and the snapshotter (both in src/image/).
  * The composition root hands the real ones in; the core never imports the image layer.
  */
+import type { IdMapping } from '../os/pod-user-namespace.js';
 
 /** What containers need of the image store. */
 export interface ImageLookup {
@@ -23,11 +24,14 @@ export interface ImageLookup {
 
 /** Container root filesystems (src/image/snapshotter.ts). */
 export interface ContainerSnapshotter {
-  /** `readOnly` mounts the snapshot read-only (image volumes). */
+  /**
+   * `readOnly` mounts the snapshot read-only (image volumes); `idMapping` shifts the files into a
+   * pod's user namespace (its maps, node ids as host ids).
+   */
   prepare(
     id: string,
     lowerDirs: readonly string[],
-    options?: { readOnly?: boolean },
+    options?: { readOnly?: boolean; idMapping?: { uids: readonly IdMapping[]; gids: readonly IdMapping[] } },
   ): Promise<{ rootfs: string }>;
   remove(id: string): Promise<void>;
   usage(id: string): Promise<{ bytes: bigint; inodes: bigint }>;

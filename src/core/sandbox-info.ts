@@ -4,6 +4,7 @@
  * and its tests do not depend on how sandboxes are stored.
  */
 import type { PodSandboxConfig__Output } from '../api/proto.js';
+import type { IdMapping } from '../os/pod-user-namespace.js';
 
 export interface SandboxInfo {
   id: string;
@@ -17,6 +18,11 @@ export interface SandboxInfo {
     ipc: string | null;
     uts: string | null;
   };
+  /**
+   * The pod's own user namespace (hostUsers: false): its pin and the kernel's lines of its maps
+   * (node ids as host ids); null or absent when the pod is in the node's user namespace.
+   */
+  userNamespace?: { path: string; uids: IdMapping[]; gids: IdMapping[] } | null;
   /** The pod's PID 1 (pid namespace mode POD) as seen from the daemon; null otherwise. */
   infraPid: number | null;
   /** The pod cgroup relative to the node's /sys/fs/cgroup (e.g. /pods/<id>); null = no cgroups. */

@@ -31,9 +31,10 @@
 import type { PodSandboxConfig__Output, PodSandboxState__Output } from '../api/proto.js';
 import { InternalError } from '../errors.js';
 import type { SandboxNetwork } from '../os/cni-network.js';
+import type { IdMapping } from '../os/pod-user-namespace.js';
 import type { InfraProcess } from '../os/sandbox-os.js';
 
-export type { InfraProcess, SandboxNetwork };
+export type { IdMapping, InfraProcess, SandboxNetwork };
 
 export const SANDBOX_RECORD_VERSION = 1;
 
@@ -71,6 +72,11 @@ export interface SandboxRecord {
     ipc: PinnedNamespace;
     uts: PinnedNamespace;
     pid: { mode: NamespaceModeName; targetId: string; infra: InfraProcess | null };
+    /**
+     * The pod's own user namespace (hostUsers: false): its pin and the kernel's lines of its
+     * maps (node ids as host ids). Absent for pods in the node's user namespace.
+     */
+    user?: { mode: 'POD'; path: string; uids: IdMapping[]; gids: IdMapping[] };
   };
   /** null until CNI ADD succeeded, and again after DEL. */
   network: SandboxNetwork | null;

@@ -23,7 +23,15 @@ export function sandboxStatusOf(record: SandboxRecord): PodSandboxStatus {
     },
     linux: {
       namespaces: {
-        options: { network: ns.network.mode, ipc: ns.ipc.mode, pid: ns.pid.mode, target_id: ns.pid.targetId },
+        options: {
+          network: ns.network.mode,
+          ipc: ns.ipc.mode,
+          pid: ns.pid.mode,
+          target_id: ns.pid.targetId,
+          ...(ns.user
+            ? { userns_options: record.config.linux?.security_context?.namespace_options?.userns_options }
+            : {}),
+        },
       },
     },
     labels: record.config.labels,
@@ -42,6 +50,9 @@ export function sandboxInfoOf(r: SandboxRecord): SandboxInfo {
       ipc: r.namespaces.ipc.path,
       uts: r.namespaces.uts.path,
     },
+    userNamespace: r.namespaces.user
+      ? { path: r.namespaces.user.path, uids: r.namespaces.user.uids, gids: r.namespaces.user.gids }
+      : null,
     infraPid: r.namespaces.pid.infra?.pid ?? null,
     cgroupParent: r.cgroup?.path ?? null,
     files: {

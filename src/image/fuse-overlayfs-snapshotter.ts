@@ -23,8 +23,10 @@
 import { basename } from 'node:path';
 import { type CriError, FailedPreconditionError, InternalError } from '../errors.js';
 import { type CommandResult, commandOutput } from '../os/mounts.js';
+import { mappingSpec } from '../os/pod-user-namespace.js';
 import {
   checkDevice,
+  type IdMappingPair,
   type MountCommand,
   missingBinaryError,
   OverlaySnapshotterBase,
@@ -67,13 +69,26 @@ export class FuseOverlayfsSnapshotter extends OverlaySnapshotterBase {
     );
   }
 
-  protected mountCommand(paths: SnapshotPaths, layerCount: number, readOnly: boolean): MountCommand {
+  protected mountCommand(
+    paths: SnapshotPaths,
+    layerCount: number,
+    readOnly: boolean,
+    idMapping?: IdMappingPair,
+  ): MountCommand {
     const options = [
       `lowerdir=${relativeLowerdir(layerCount)}`,
       `upperdir=${paths.upper}`,
       `workdir=${paths.work}`,
     ];
     if (readOnly) options.push('ro');
+    // A pod user namespace: fuse-overlayfs shifts the ids itself (the kernel refuses id-mapped
+    // mounts of FUSE and overlayfs). container:host:length triples, joined by ':'.
+    if (idMapping) {
+      options.push(
+        `uidmapping=${mappingSpec(idMapping.uids, ':')}`,
+        `gidmapping=${mappingSpec(idMapping.gids, ':')}`,
+      );
+    }
     return { command: this.#binary, args: ['-o', options.join(','), paths.merged] };
   }
 

@@ -18,6 +18,7 @@
 import { type CriError, FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
 import { type CommandResult, commandOutput } from '../os/mounts.js';
 import {
+  type IdMappingPair,
   type MountCommand,
   missingBinaryError,
   OverlaySnapshotterBase,
@@ -51,7 +52,19 @@ export class OverlaySnapshotter extends OverlaySnapshotterBase {
 
   protected async checkPrerequisites(): Promise<void> {}
 
-  protected mountCommand(paths: SnapshotPaths, layerCount: number, readOnly: boolean): MountCommand {
+  protected mountCommand(
+    paths: SnapshotPaths,
+    layerCount: number,
+    readOnly: boolean,
+    idMapping?: IdMappingPair,
+  ): MountCommand {
+    if (idMapping) {
+      // The kernel refuses id-mapped overlay mounts, and overlay has no shifting of its own.
+      throw new FailedPreconditionError(
+        'a pod with its own user namespace (hostUsers: false) needs the fuse-overlayfs snapshotter, which shifts ' +
+          'its root filesystem; set [image] snapshotter = "fuse-overlayfs"',
+      );
+    }
     const options = [
       `lowerdir=${relativeLowerdir(layerCount)}`,
       `upperdir=${paths.upper}`,

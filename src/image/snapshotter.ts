@@ -47,6 +47,7 @@ import {
   spawnCommand,
   unmountWithRetries,
 } from '../os/mounts.js';
+import type { IdMapping } from '../os/pod-user-namespace.js';
 import { removeTree } from '../os/remove-tree.js';
 import { type DirectoryUsage, measureDirectory } from './image-fs-info.js';
 
@@ -55,6 +56,16 @@ export type SnapshotterName = 'fuse-overlayfs' | 'overlay';
 export interface PrepareOptions {
   /** Mount read-only (the upper dir still exists, so a later read-write prepare keeps its data). */
   readOnly?: boolean;
+  /**
+   * Show the files shifted into a pod's user namespace (its maps, node ids as host ids): a file
+   * stored as id N appears as the node id that is N in the pod. Storage stays unshifted.
+   */
+  idMapping?: IdMappingPair;
+}
+
+export interface IdMappingPair {
+  uids: readonly IdMapping[];
+  gids: readonly IdMapping[];
 }
 
 export interface Snapshotter {
@@ -220,7 +231,12 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
   protected abstract readonly maxLayers: number;
   /** Checks host prerequisites before mounting; throws FailedPrecondition naming the fix. */
   protected abstract checkPrerequisites(): Promise<void>;
-  protected abstract mountCommand(paths: SnapshotPaths, layerCount: number, readOnly: boolean): MountCommand;
+  protected abstract mountCommand(
+    paths: SnapshotPaths,
+    layerCount: number,
+    readOnly: boolean,
+    idMapping?: IdMappingPair,
+  ): MountCommand;
   /** Turns a failed mount command into an error kind with a message saying what to do. */
   protected abstract mountError(result: CommandResult, paths: SnapshotPaths): CriError;
   /** Unmount commands in order of preference (each is followed by the path). */
@@ -261,7 +277,7 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
       for (const dir of lowerDirs) await this.#checkLayerDir(dir);
       const created = await this.#createDirs(paths, lowerDirs);
       try {
-        await this.#mount(paths, lowerDirs, options?.readOnly === true);
+        await this.#mount(paths, lowerDirs, options?.readOnly === true, options?.idMapping);
       } catch (err) {
         // A snapshot made by this call goes; an existing one keeps its upper dir (data).
         const mountedBelow = await mountsAtOrUnder(paths.dir, this.os.readMountTable).catch(() => [1]);
@@ -416,8 +432,13 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
     await chmod(upper, info.mode & 0o7777);
   }
 
-  async #mount(paths: SnapshotPaths, lowerDirs: readonly string[], readOnly: boolean): Promise<void> {
-    const { command, args } = this.mountCommand(paths, Math.max(lowerDirs.length, 1), readOnly);
+  async #mount(
+    paths: SnapshotPaths,
+    lowerDirs: readonly string[],
+    readOnly: boolean,
+    idMapping: IdMappingPair | undefined,
+  ): Promise<void> {
+    const { command, args } = this.mountCommand(paths, Math.max(lowerDirs.length, 1), readOnly, idMapping);
     const result = await this.os.run(command, args, { cwd: paths.lower, timeoutMs: 60_000 });
     if (result.exitCode !== 0) throw this.mountError(result, paths);
     if (!(await this.#mounted(paths))) {

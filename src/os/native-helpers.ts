@@ -6,13 +6,20 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-export type NativeHelper = 'layer-unpack' | 'netns-dial' | 'console-relay' | 'attach-relay' | 'remove-tree';
+export type NativeHelper =
+  | 'layer-unpack'
+  | 'netns-dial'
+  | 'console-relay'
+  | 'attach-relay'
+  | 'remove-tree'
+  | 'pod-userns';
 
 export const NATIVE_HELPERS: readonly NativeHelper[] = [
   'layer-unpack',
   'netns-dial',
   'console-relay',
   'attach-relay',
+  'pod-userns',
 ];
 
 /** native/build/<name>, found from src/os/ (vitest) or dist/src/os/ (built). */

@@ -30,6 +30,7 @@ import { type ExecFailure, readExecFailure } from './exec-failure.js';
 import { type ExitInfo, type ExitListener, ExitWatcher } from './exit-watcher.js';
 import { nativeHelperPath } from './native-helpers.js';
 import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
+import { withPodViews } from './pod-user-namespace.js';
 import { CommandFailedError, type RunResult, run } from './process-runner.js';
 import { killTree } from './process-tree.js';
 import type { StdioOptions, StreamSession } from './stream-session.js';
@@ -219,6 +220,11 @@ export class CrunConmonRuntime implements OciRuntime {
   }
 
   async create(options: CreateOptions): Promise<{ pid: number }> {
+    // In a pod user namespace crun resolves paths as the pod's root (pod-user-namespace.ts).
+    return withPodViews(options.id, options.spec, (spec) => this.#create({ ...options, spec }));
+  }
+
+  async #create(options: CreateOptions): Promise<{ pid: number }> {
     const { id, signal } = options;
     const dir = this.dir(id);
     await mkdir(dir, { recursive: true, mode: 0o700 });

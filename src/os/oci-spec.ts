@@ -40,6 +40,16 @@ export interface OciMount {
   type: string;
   source: string;
   options: string[];
+  /** With the `idmap` option: the id-mapped mount's maps (runtime-spec 1.1, crun >= 1.8). */
+  uidMappings?: OciIdMapping[];
+  gidMappings?: OciIdMapping[];
+}
+
+/** One line of a user namespace's (or an id-mapped mount's) map. */
+export interface OciIdMapping {
+  containerID: number;
+  hostID: number;
+  size: number;
 }
 
 export interface OciNamespace {

@@ -25,11 +25,16 @@
  * - configureNamespaces (nsenter + the same script) is for what must wait until the network
  *   exists: net.* sysctls may name eth0, which CNI ADD creates.
  * - cgroups are the CgroupManager's (cgroup-manager.ts); the infra process only joins its leaf.
+ * - A pod with its own user namespace (hostUsers: false) gets it from the pod-userns helper
+ *   (pod-user-namespace.ts), which also makes and pins the net/ipc/uts namespaces so that the
+ *   pod's user namespace owns them; the same script then runs under `nsenter --user ...`.
+ *   The cgroup is joined before entering: the pod's root cannot write the node's cgroup files.
  */
 import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { mkdir, readFile, realpath, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
+import { createPodUserNamespace, type IdMapping } from './pod-user-namespace.js';
 import { run, start } from './process-runner.js';
 import { SAFE_PATH } from './programs.js';
 
@@ -62,6 +67,11 @@ export interface NamespacePaths {
   net?: string;
   ipc?: string;
   uts?: string;
+  /**
+   * The pod's own user namespace, entered first: values that name ids (ping_group_range) are
+   * read in the writer's user namespace.
+   */
+  user?: string;
 }
 
 export interface SysctlWrite {
@@ -85,6 +95,11 @@ export interface PodNamespacesRequest {
   settings: NamespaceSettings;
   /** Start the pod's PID 1 in a new pid namespace inside them (pid mode POD), or not (null). */
   infra: { cgroupLeaf: string | null } | null;
+  /**
+   * A user namespace of the pod's own, pinned on `path` (a new file), with these maps (node ids
+   * as host ids, already nested in the node's lines); the pins above are then owned by it.
+   */
+  userNamespace?: { path: string; uids: readonly IdMapping[]; gids: readonly IdMapping[] } | null;
 }
 
 export interface SandboxOs {
@@ -110,6 +125,8 @@ export interface NodeSandboxOsOptions {
   nsenter?: string;
   unshare?: string;
   umount?: string;
+  /** native/build/pod-userns (pod user namespaces); default: the built helper. */
+  podUserns?: string;
   /** Per command. */
   timeoutMs?: number;
 }
@@ -133,6 +150,7 @@ export class NodeSandboxOs implements SandboxOs {
   private readonly nsenter: string;
   private readonly unshare: string;
   private readonly umount: string;
+  private readonly podUserns: string | undefined;
   private readonly timeoutMs: number;
 
   constructor(options: NodeSandboxOsOptions = {}) {
@@ -141,11 +159,13 @@ export class NodeSandboxOs implements SandboxOs {
     this.nsenter = options.nsenter ?? 'nsenter';
     this.unshare = options.unshare ?? 'unshare';
     this.umount = options.umount ?? 'umount';
+    this.podUserns = options.podUserns;
     this.timeoutMs = options.timeoutMs ?? 30_000;
   }
 
   async createPodNamespaces(request: PodNamespacesRequest): Promise<InfraProcess | null> {
     const { pins, settings, infra } = request;
+    if (request.userNamespace) return this.createInPodUserNamespace(request, request.userNamespace);
     const hasSettings = settings.loopbackUp || settings.hostname !== null || settings.sysctls.length > 0;
     if (pins.length === 0 && hasSettings) {
       throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
@@ -172,7 +192,66 @@ export class NodeSandboxOs implements SandboxOs {
       }
       return null;
     }
-    return this.startInfra(pinArgs, settings, infra.cgroupLeaf);
+    return this.startInfra(
+      this.unshare,
+      [...pinArgs, ...this.scriptArgs(settings, infra.cgroupLeaf, true)],
+      settings,
+      infra.cgroupLeaf,
+    );
+  }
+
+  /** The pod-userns helper makes and pins every namespace; the script runs inside them. */
+  private async createInPodUserNamespace(
+    request: PodNamespacesRequest,
+    userns: NonNullable<PodNamespacesRequest['userNamespace']>,
+  ): Promise<InfraProcess | null> {
+    const { settings, infra } = request;
+    const pins = [{ kind: 'user' as const, path: userns.path }, ...request.pins];
+    for (const pin of pins) {
+      await mkdir(path.dirname(pin.path), { recursive: true, mode: 0o700 });
+      closeSync(openSync(pin.path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_RDONLY, 0o400));
+    }
+    await createPodUserNamespace({
+      uids: userns.uids,
+      gids: userns.gids,
+      pins,
+      timeoutMs: this.timeoutMs,
+      ...(this.podUserns ? { helper: this.podUserns } : {}),
+    });
+    const enter = [
+      `--user=${userns.path}`,
+      ...nsenterArgs(Object.fromEntries(request.pins.map((p) => [p.kind, p.path])) as NamespacePaths),
+      '--',
+    ];
+    const hasSettings = settings.loopbackUp || settings.hostname !== null || settings.sysctls.length > 0;
+    if (infra === null) {
+      if (!hasSettings) return null;
+      const r = await runStep(
+        this.nsenter,
+        [...enter, ...this.scriptArgs(settings, null, null)],
+        this.timeoutMs,
+      );
+      if (r.exitCode !== 0) {
+        throw (
+          settingsFailure(r, settings) ??
+          new InternalError(
+            `cannot configure the pod namespaces (nsenter): ${stepDetail(r.stderr) || `exit ${r.exitCode}`}`,
+          )
+        );
+      }
+      return null;
+    }
+    // sh joins the cgroup as the node's root, then becomes nsenter, the script and the infra.
+    const procs =
+      infra.cgroupLeaf === null ? '' : path.join(this.cgroupRoot, infra.cgroupLeaf, 'cgroup.procs');
+    const joinThenExec =
+      'if [ -n "$1" ]; then echo $$ > "$1" || { echo "rcri-step cgroup" >&2; exit 1; }; fi; shift; exec "$@"';
+    return this.startInfra(
+      'sh',
+      ['-c', joinThenExec, 'sh', procs, this.nsenter, ...enter, ...this.scriptArgs(settings, null, true)],
+      settings,
+      infra.cgroupLeaf,
+    );
   }
 
   private scriptArgs(
@@ -219,14 +298,17 @@ export class NodeSandboxOs implements SandboxOs {
     return (await mountedTargets()).has(await canonicalPath(file));
   }
 
-  /** unshare (pins) → sh (settings, cgroup) → unshare --pid --fork → catatonit, detached. */
+  /**
+   * unshare (pins) → sh (settings, cgroup) → unshare --pid --fork → catatonit, detached; or,
+   * in a pod user namespace, sh (cgroup) → nsenter → sh (settings) → unshare → catatonit.
+   */
   private async startInfra(
-    pinArgs: string[],
+    program: string,
+    args: string[],
     settings: NamespaceSettings,
     cgroupLeaf: string | null,
   ): Promise<InfraProcess> {
-    const args = [...pinArgs, ...this.scriptArgs(settings, cgroupLeaf, true)];
-    const handle = start(this.unshare, args, {
+    const handle = start(program, args, {
       daemon: true,
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { PATH: SAFE_PATH },
@@ -365,7 +447,7 @@ function stepDetail(stderr: string): string {
 }
 
 function nsenterArgs(ns: NamespacePaths): string[] {
-  const args: string[] = [];
+  const args: string[] = ns.user ? [`--user=${ns.user}`] : [];
   if (ns.net) args.push(`--net=${ns.net}`);
   if (ns.ipc) args.push(`--ipc=${ns.ipc}`);
   if (ns.uts) args.push(`--uts=${ns.uts}`);

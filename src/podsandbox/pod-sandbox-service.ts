@@ -6,7 +6,7 @@
  * Layout on disk:
  *   <rootDir>/sandboxes/<id>.json          the record (crash-safe, versioned; the core's store)
  *   <rootDir>/sandboxes/<id>/              resolv.conf, hosts, hostname
- *   <runDir>/{netns,ipcns,utsns}/<id>      namespace pins (bind mounts inside the node)
+ *   <runDir>/{netns,ipcns,utsns,userns}/<id>  namespace pins (bind mounts inside the node)
  *   network.ipam_data_dir                  host-local IP leases
  *   /sys/fs/cgroup/pods/<id>/ (or cgroup_parent), with the infra leaf sandbox-<id12>/
  */
@@ -20,6 +20,7 @@ import type { Logger } from '../log.js';
 import { CniNetwork, type NetworkDriver } from '../os/cni-network.js';
 import type { PortManager } from '../os/port-manager.js';
 import { NodeSandboxOs, type SandboxOs } from '../os/sandbox-os.js';
+import type { PodUserNamespaceFacts } from './pod-user-namespace.js';
 import { SandboxPortForwardTarget } from './port-forward-target.js';
 import type { SandboxDeps } from './sandbox-deps.js';
 import { createListPodSandbox } from './sandbox-list.js';
@@ -40,6 +41,8 @@ export interface PodSandboxServiceOptions {
   portManager: PortManager | null;
   /** The pods' namespaces (the composition root builds it from the programs found at start). */
   os: SandboxOs;
+  /** Pod user namespaces (hostUsers: false): the node's id maps, or why they are not offered. */
+  userNamespaces?: PodUserNamespaceFacts;
   /** Replaces the real CNI network (tests). */
   network?: NetworkDriver;
   /** Replaces parts of the rest (tests). */
@@ -76,6 +79,7 @@ export function createPodSandboxService(options: PodSandboxServiceOptions): PodS
     nodeHostname: options.overrides?.nodeHostname ?? osHostname,
     newId: options.overrides?.newId ?? newSandboxId,
     undoTimeoutMs: options.overrides?.undoTimeoutMs ?? 60_000,
+    ...(options.userNamespaces ? { userNamespaces: options.userNamespaces } : {}),
   };
   const tracked = <A extends unknown[], R>(fn: (...args: A) => Promise<R>) => {
     return (...args: A): Promise<R> => core.track(fn(...args));

@@ -8,8 +8,7 @@
  *   naming it (kubelet only sends handlers the node advertises).
  * - UTS follows the network mode (CRI has no UTS option): a pod on the node network also
  *   has the node's hostname, as with containerd and CRI-O.
- * - Pod user namespaces (userns_options POD) are not supported in the rootless node yet:
- *   FailedPrecondition; CONTAINER/TARGET are not valid for a pod: InvalidArgument.
+ * - Pod user namespaces (userns_options) are checked by pod-user-namespace.ts.
  * - cgroup_parent: a path relative to the node's cgroup root ("/kubepods/pod123" and
  *   "kubepods/pod123" mean the same), segments of [A-Za-z0-9_.:@-], no "." or "..".
  */
@@ -25,7 +24,7 @@ import type {
 } from '../api/proto.js';
 import { defaultPodCgroup } from '../core/cgroup-layout.js';
 import type { NamespaceModeName } from '../core/sandbox-record.js';
-import { FailedPreconditionError, InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from '../errors.js';
 
 export interface NamespaceModes {
   network: NamespaceModeName;
@@ -79,17 +78,6 @@ export function namespaceModes(config: PodSandboxConfig__Output): NamespaceModes
   }
   if (modes.pid === 'TARGET' && modes.targetId === '') {
     throw new InvalidArgumentError('namespace_options.pid TARGET needs target_id');
-  }
-  const userns = options?.userns_options;
-  if (userns && userns.mode !== 'NODE') {
-    if (userns.mode === 'POD') {
-      throw new FailedPreconditionError(
-        'pod user namespaces (hostUsers: false) are not supported inside the rootless node yet; the node is already a user namespace',
-      );
-    }
-    throw new InvalidArgumentError(
-      `namespace_options.userns_options.mode ${userns.mode} is not valid for a pod: use POD or NODE`,
-    );
   }
   return modes;
 }

@@ -9,6 +9,7 @@ import type { Logger } from '../log.js';
 import type { NetworkDriver } from '../os/cni-network.js';
 import type { PortManager } from '../os/port-manager.js';
 import type { SandboxOs } from '../os/sandbox-os.js';
+import type { PodUserNamespaceFacts } from './pod-user-namespace.js';
 
 export interface SandboxPaths {
   /** Records (<id>.json) and per-sandbox file directories (<id>/). */
@@ -31,4 +32,6 @@ export interface SandboxDeps {
   nodeHostname: () => string;
   newId: () => string;
   undoTimeoutMs: number;
+  /** What pods with their own user namespace may use; absent = not offered. */
+  userNamespaces?: PodUserNamespaceFacts;
 }

@@ -6,7 +6,9 @@
  *   → record "creating" (names every path the sandbox will use, so a daemon killed from here
  *   on leaves a record that Stop and Remove can clean) → files dir → cgroup → one process
  *   chain that pins the net/ipc/uts namespaces, brings lo up, sets the hostname, writes the
- *   IPC sysctls and starts the infra process (pid POD) inside the cgroup leaf → record the
+ *   IPC sysctls and starts the infra process (pid POD) inside the cgroup leaf (with
+ *   hostUsers: false all of it inside the pod's own user namespace, pod-user-namespace.ts,
+ *   and the pod's files then belong to its root) → record the
  *   infra pid and the CNI config → CNI ADD, while resolv.conf, hostname and the log directory
  *   are written → host ports → net.* sysctls (they may name eth0, which ADD creates) → NRI
  *   plugins (a veto rolls back) → hosts (it needs the IP) → log directory → record "ready".
@@ -41,6 +43,7 @@ import { failpoint } from '../failpoint.js';
 import type { CniPortMapping } from '../os/cni-network.js';
 import type { NamespacePaths, PinnableNamespace, SysctlWrite } from '../os/sandbox-os.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
+import { ownPodFiles, podUserNamespacePlan } from './pod-user-namespace.js';
 import {
   checkLogDirectory,
   checkMetadata,
@@ -86,6 +89,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
     const resolvConf = resolvConfFrom(podConfig.dns_config);
     const hostPorts = hostPortRequests(podConfig.port_mappings ?? []);
     checkLogDirectory(podConfig.log_directory);
+    const userns = podUserNamespacePlan(podConfig, modes, deps.userNamespaces);
 
     const id = deps.newId();
     const name = sandboxName(meta);
@@ -106,6 +110,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
           ipc: { mode: modes.ipc, path: ns('ipcns', podIpc) },
           uts: { mode: modes.network, path: ns('utsns', podNetwork) },
           pid: { mode: modes.pid, targetId: modes.targetId, infra: null },
+          ...(userns ? { user: { mode: 'POD' as const, path: ns('userns', true)!, ...userns } } : {}),
         },
         network: null,
         networkConfig: null,
@@ -171,6 +176,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
         if (record.namespaces.network.path) nsPaths.net = record.namespaces.network.path;
         if (record.namespaces.ipc.path) nsPaths.ipc = record.namespaces.ipc.path;
         if (record.namespaces.uts.path) nsPaths.uts = record.namespaces.uts.path;
+        if (record.namespaces.user) nsPaths.user = record.namespaces.user.path;
         const netSysctls: SysctlWrite[] = sysctls.filter((s) => sysctlNamespace(s.key) === 'net');
         rollback.push('unpin the pod namespaces', async () => {
           await unpinNetwork(deps, record);
@@ -185,6 +191,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
             sysctls: sysctls.filter((s) => sysctlNamespace(s.key) !== 'net'),
           },
           infra: modes.pid === 'POD' ? { cgroupLeaf: record.cgroup!.leaf } : null,
+          userNamespace: record.namespaces.user ?? null,
         });
         const started = infra
           ? { ...record, namespaces: { ...record.namespaces, pid: { ...record.namespaces.pid, infra } } }
@@ -277,6 +284,7 @@ export function createRunPodSandbox(deps: SandboxDeps) {
             ? hostsFileFor(record.network?.ip ?? '', hostname)
             : await readFile(deps.paths.nodeHosts, 'utf8').catch(() => hostsFileFor('', hostname));
           await writeFile(path.join(record.filesDir, 'hosts'), hosts, { mode: 0o644 });
+          if (userns) await ownPodFiles(record.filesDir, userns);
           // Last: nothing removes it, so a failed request must not have made it.
           if (podConfig.log_directory !== '')
             await mkdir(podConfig.log_directory, { recursive: true, mode: 0o755 });

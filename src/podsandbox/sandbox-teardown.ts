@@ -81,8 +81,9 @@ export async function unpinNetwork(deps: SandboxDeps, record: SandboxRecord): Pr
 }
 
 export async function unpinOthers(deps: SandboxDeps, record: SandboxRecord): Promise<void> {
-  const paths = [record.namespaces.ipc.path, record.namespaces.uts.path].filter(
-    (p): p is string => p !== null,
+  // The pod's user namespace last: the others are owned by it.
+  const paths = [record.namespaces.ipc.path, record.namespaces.uts.path, record.namespaces.user?.path].filter(
+    (p): p is string => typeof p === 'string',
   );
   await deps.os.unpinNamespaces(paths);
 }

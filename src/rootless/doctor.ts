@@ -36,6 +36,10 @@ export interface DoctorReport {
 
 /** Size of the subordinate id range a node needs: uids 0..65535 inside it. */
 export const MIN_SUBID_RANGE = 65536;
+/** What pods with their own user namespace need besides: at least one pod's 65,536 more. */
+export const POD_USERNS_SUBID_RANGE = 2 * 65536;
+/** What deploy/setup-host.sh gives: the node's own ids and 15 pods' worth. */
+export const SETUP_SUBID_RANGE = 1048576;
 
 // Administrative tools (iptables, getcap) live here and are often missing from an
 // unprivileged user's PATH.
@@ -77,6 +81,12 @@ export async function runDoctor(config: Config, probe: HostProbe): Promise<Docto
   for (const kind of ['uid', 'gid'] as const) {
     const id = `sub${kind}`;
     await run({ id, title: `/etc/sub${kind} range`, required: true }, () => checkSubIds(probe, user, kind));
+  }
+  for (const kind of ['uid', 'gid'] as const) {
+    const id = `sub${kind}-pods`;
+    await run({ id, title: `/etc/sub${kind} room for pod user namespaces`, required: false }, () =>
+      checkPodSubIds(probe, user, kind),
+    );
   }
   for (const tool of ['newuidmap', 'newgidmap'] as const) {
     await run({ id: tool, title: `${tool} is setuid root`, required: true }, () =>
@@ -236,6 +246,36 @@ async function checkSubIds(probe: HostProbe, user: HostUser, kind: 'uid' | 'gid'
     base,
     `${found} in ${file}; the node needs ${MIN_SUBID_RANGE} to map uids 0-65535`,
     `sudo usermod --add-sub${kind}s ${proposed} ${user.name}   (or: ${SETUP_SCRIPT} ${user.name})`,
+  );
+}
+
+/**
+ * Pods with their own user namespace (hostUsers: false) take their ids from the node's beyond
+ * its own 0..65535 (kubelet gives each 65,536). A warning, not a requirement: only such pods
+ * need it, and Status does not advertise them without it.
+ */
+async function checkPodSubIds(probe: HostProbe, user: HostUser, kind: 'uid' | 'gid'): Promise<DoctorCheck> {
+  const file = `/etc/sub${kind}`;
+  const base = { id: `sub${kind}-pods`, title: `${file} room for pod user namespaces`, required: false };
+  const ranges = parseSubIdFile((await probe.readFile(file)) ?? '');
+  const mine = ranges.filter((range) => range.owner === user.name || range.owner === String(user.uid));
+  const total = mine.reduce((sum, range) => sum + range.count, 0);
+  if (total >= POD_USERNS_SUBID_RANGE) {
+    const split =
+      mine.length > 1
+        ? `, in ${mine.length} ranges (a pod's ids that cross from one to the next are mapped in several lines)`
+        : '';
+    return pass(base, `${total} ids${split}: room for ${Math.floor(total / 65536) - 1} pods of 65,536 ids`);
+  }
+  const end = ranges.reduce((max, range) => Math.max(max, range.start + range.count), 100000);
+  const start = Math.ceil(end / MIN_SUBID_RANGE) * MIN_SUBID_RANGE;
+  const missing = SETUP_SUBID_RANGE - total;
+  return failed(
+    base,
+    `${total} ids in ${file}: pods with their own user namespace (hostUsers: false) need ids beyond the node's own 65,536, ` +
+      'so Status does not offer them',
+    `${SETUP_SCRIPT} ${user.name} (gives ${SETUP_SUBID_RANGE} ids), or sudo usermod --add-sub${kind}s ` +
+      `${start}-${start + missing - 1} ${user.name}; then restart the node (rootless-cri stop --all)`,
   );
 }
 

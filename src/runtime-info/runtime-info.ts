@@ -38,6 +38,8 @@ export interface RuntimeInfoDependencies {
   podCidr: PodCidrSetting;
   /** Defaults to the version in package.json. */
   runtimeVersion?: string;
+  /** What the default handler can do on this node (probed at start); default: neither. */
+  handlerFeatures?: { recursiveReadOnlyMounts: boolean; userNamespaces: boolean };
 }
 
 export type RuntimeInfoHandlers = Pick<
@@ -126,10 +128,15 @@ export function createRuntimeInfoHandlers(deps: RuntimeInfoDependencies): Runtim
             condition('NetworkReady', health.network, 'NetworkNotReady'),
           ],
         },
-        // One handler, the default (""). Recursive read-only mounts need crun >= 1.9 (rro);
-        // pod user namespaces need idmapped mounts, which a rootless node cannot make.
+        // One handler, the default (""), with what was probed at start (os/runtime-features.ts).
         runtime_handlers: [
-          { name: '', features: { recursive_read_only_mounts: false, user_namespaces: false } },
+          {
+            name: '',
+            features: {
+              recursive_read_only_mounts: deps.handlerFeatures?.recursiveReadOnlyMounts ?? false,
+              user_namespaces: deps.handlerFeatures?.userNamespaces ?? false,
+            },
+          },
         ],
         // SupplementalGroupsPolicy Merge and Strict are applied by the container spec builder.
         features: { supplemental_groups_policy: true, user_namespaces_host_network: false },

@@ -99,8 +99,9 @@ export class FakeHostProbe implements HostProbe {
       user: { uid, gid: uid, name: 'alice' },
       pathDirs: ['/usr/local/bin', '/usr/bin', '/bin'],
       files: new Map([
-        ['/etc/subuid', 'bob:100000:65536\nalice:165536:65536\n'],
-        ['/etc/subgid', 'bob:100000:65536\nalice:165536:65536\n'],
+        // What deploy/setup-host.sh gives: room for pods with their own user namespace.
+        ['/etc/subuid', 'bob:100000:65536\nalice:165536:1048576\n'],
+        ['/etc/subgid', 'bob:100000:65536\nalice:165536:1048576\n'],
         ['/proc/sys/user/max_user_namespaces', '63704\n'],
         ['/proc/sys/kernel/unprivileged_userns_clone', '1\n'],
       ]),

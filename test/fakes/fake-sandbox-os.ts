@@ -61,7 +61,10 @@ export class FakeSandboxOs implements SandboxOs {
     }
   }
 
-  /** Pins, then applies the settings (recorded in `configured`), then starts the infra. */
+  /**
+   * Pins (the pod's own user namespace first, when asked for), then applies the settings
+   * (recorded in `configured`, with the user namespace they were applied in), then starts the infra.
+   */
   async createPodNamespaces(request: PodNamespacesRequest): Promise<InfraProcess | null> {
     await this.enter('createPodNamespaces', [request]);
     const { pins, settings } = request;
@@ -69,13 +72,17 @@ export class FakeSandboxOs implements SandboxOs {
     if (pins.length === 0 && hasSettings) {
       throw new InternalError('pod namespace settings without pod namespaces would change the node itself');
     }
-    checkSysctls(settings);
-    for (const p of pins) {
+    const userns = request.userNamespace ? [{ path: request.userNamespace.path }] : [];
+    for (const p of [...userns, ...pins]) {
       if (this.pinned.has(p.path)) throw new Error(`${p.path} exists`);
       this.pinned.add(p.path);
     }
+    // As on the node, the settings are applied inside the namespaces once they are pinned: a
+    // refused value leaves the pins for the caller's rollback.
+    checkSysctls(settings);
     if (hasSettings) {
       const ns: NamespacePaths = {};
+      if (request.userNamespace) ns.user = request.userNamespace.path;
       for (const p of pins) ns[p.kind] = p.path;
       this.configured.push({ ns, settings });
     }

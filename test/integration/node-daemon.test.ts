@@ -2,7 +2,7 @@
  * The foundation, for real: rootlesskit + catatonit node, daemon joined into it as the
  * unprivileged test user, answered from the host and from inside the node by real crictl.
  */
-import { chown, mkdir, readlink, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestDaemon } from '../harness/daemon.js';
@@ -55,9 +55,14 @@ describe('rootless node and CRI server', () => {
     expect(uid).toBe('0');
     expect(userns).toBe(await readlink(`/proc/${await daemon.nodePid()}/ns/user`));
     expect(userns).not.toBe(await readlink('/proc/self/ns/user'));
-    // uid 0 is the test user, 1..65536 its subuid range.
+    // uid 0 is the test user, 1.. its subuid range(s), in /etc/subuid order.
     expect(uidMap).toMatch(new RegExp(`^\\s*0\\s+${daemon.user.uid}\\s+1$`));
-    expect(r.stdout).toMatch(/^\s*1\s+\d+\s+65536$/m);
+    const ranges = (await readFile('/etc/subuid', 'utf8'))
+      .split('\n')
+      .map((l) => l.split(':'))
+      .filter((f) => f[0] === daemon.user.name || f[0] === String(daemon.user.uid));
+    expect(ranges.length).toBeGreaterThan(0);
+    expect(r.stdout).toMatch(new RegExp(`^\\s*1\\s+${ranges[0]![1]}\\s+${ranges[0]![2]}$`, 'm'));
   });
 
   it('gives crun a pure cgroup v2 view inside the node', async () => {

@@ -664,7 +664,7 @@ describe('namespaces', () => {
     expect(s.linux.namespaces).toContainEqual({ type: 'pid', path: '/proc/4242/ns/pid' });
   });
 
-  it('rejects pod user namespaces (catalog 27)', async () => {
+  it('refuses a user namespace mode the pod does not have (catalog 27; pod user namespaces: pod-user-namespace.test.ts)', async () => {
     const sc = ns({});
     sc.namespace_options!.userns_options = { mode: 'POD', uids: [], gids: [] };
     await rejects(containerConfig({}, sc), 'InvalidArgument', /user namespace mode/);

@@ -25,6 +25,8 @@ const ENV = { HOME: '/home/alice', XDG_RUNTIME_DIR: '/run/user/1000', XDG_CONFIG
 const ALL_CHECK_IDS = [
   'subuid',
   'subgid',
+  'subuid-pods',
+  'subgid-pods',
   'newuidmap',
   'newgidmap',
   'userns',
@@ -94,7 +96,8 @@ describe('runDoctor on a healthy host', () => {
     // iptables is in /usr/sbin, which the fake user's PATH lacks.
     expect(check(report, 'bin-iptables')).toMatchObject({ path: '/usr/sbin/iptables', version: '1.8.9' });
     expect(check(report, 'cni-plugin-bridge').detail).toContain('CNI 0.1.0..1.0.0');
-    expect(check(report, 'subuid').detail).toBe('alice: 165536-231071 (65536 ids)');
+    expect(check(report, 'subuid').detail).toBe('alice: 165536-1214111 (1048576 ids)');
+    expect(check(report, 'subuid-pods').detail).toBe('1048576 ids: room for 15 pods of 65,536 ids');
   });
 
   it('uses the configured binary names and CNI dirs', async () => {
@@ -150,6 +153,14 @@ const BREAKAGES: Breakage[] = [
     required: true,
     detail: 'only 1000 ids (165536-166535)',
     fix: 'sudo deploy/setup-host.sh --user alice',
+  },
+  {
+    name: "the old 65,536 ids: nothing left for pods' own user namespaces",
+    breakHost: (p) => p.host.files.set('/etc/subuid', 'bob:100000:65536\nalice:165536:65536\n'),
+    id: 'subuid-pods',
+    required: false,
+    detail: '65536 ids in /etc/subuid: pods with their own user namespace (hostUsers: false) need ids beyond',
+    fix: 'sudo deploy/setup-host.sh --user alice (gives 1048576 ids), or sudo usermod --add-subuids 262144-1245183 alice',
   },
   {
     name: 'no subgid range for the user',
@@ -434,6 +445,16 @@ describe('each broken piece fails its own check and names the fix', () => {
 });
 
 describe('runDoctor', () => {
+  it('counts every range of the user for pods, and says a pod may then be mapped in several lines', async () => {
+    const probe = healthyProbe();
+    probe.host.files.set('/etc/subuid', 'alice:100000:65536\nbob:165536:65536\nalice:231072:983040\n');
+    const report = await runDoctor(config(), probe);
+    expect(check(report, 'subuid-pods')).toMatchObject({
+      ok: true,
+      detail: expect.stringMatching(/^1048576 ids, in 2 ranges \(a pod's ids that cross .* several lines\)/),
+    });
+  });
+
   it('accepts a subuid range listed by uid instead of name', async () => {
     const probe = healthyProbe();
     probe.host.files.set('/etc/subuid', '1000:100000:65536\n');

@@ -66,6 +66,30 @@ describe('runtime info handlers', () => {
     expect(health.calls).toBe(1);
   });
 
+  it('Status advertises the handler features probed at start, each on its own', async () => {
+    for (const [recursiveReadOnlyMounts, userNamespaces] of [
+      [true, false],
+      [false, true],
+      [true, true],
+    ] as const) {
+      const probed = createRuntimeInfoHandlers({
+        health,
+        podCidr,
+        statusInfo: async () => statusInfo,
+        handlerFeatures: { recursiveReadOnlyMounts, userNamespaces },
+      });
+      const response = await probed.Status({ verbose: false }, testContext('Status'));
+      expect(response.runtime_handlers).toEqual([
+        {
+          name: '',
+          features: { recursive_read_only_mounts: recursiveReadOnlyMounts, user_namespaces: userNamespaces },
+        },
+      ]);
+      // Pods on the node network keep the node's user namespace.
+      expect(response.features?.user_namespaces_host_network).toBe(false);
+    }
+  });
+
   it('Status reports what is not ready with its reason and message', async () => {
     health.network = {
       ready: false,

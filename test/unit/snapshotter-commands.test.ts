@@ -190,6 +190,19 @@ describe('overlay snapshotter', () => {
     expect(await exists(join(root, 'snapshots/c1'))).toBe(false);
   });
 
+  it('refuses to shift a rootfs into a pod user namespace (the kernel has no id-mapped overlay here)', async () => {
+    const s = new OverlaySnapshotter({ root, os });
+    const err = await kindOf(
+      s.prepare('c1', await layers(1), {
+        idMapping: { uids: [{ containerId: 0, hostId: 131072, length: 65536 }], gids: [] },
+      }),
+    );
+    expect(err.kind).toBe('FailedPrecondition');
+    expect(err.message).toMatch(/needs the fuse-overlayfs snapshotter/);
+    expect(os.commands).toEqual([]);
+    expect(await exists(join(root, 'snapshots/c1'))).toBe(false);
+  });
+
   it('reports success-without-a-mount as Internal', async () => {
     const s = new OverlaySnapshotter({ root, os });
     os.mountSilently = true;
@@ -294,6 +307,24 @@ describe('fuse-overlayfs snapshotter', () => {
         cwd: `${snap}/lower`,
       },
     ]);
+  });
+
+  it('shifts the files into a pod user namespace with uidmapping/gidmapping, line by line', async () => {
+    const s = new FuseOverlayfsSnapshotter({ root, os });
+    await s.prepare('c1', await layers(1), {
+      idMapping: {
+        uids: [
+          { containerId: 0, hostId: 1000, length: 64537 },
+          { containerId: 64537, hostId: 65537, length: 35463 },
+        ],
+        gids: [{ containerId: 0, hostId: 131072, length: 65536 }],
+      },
+    });
+    const snap = join(root, 'snapshots/c1');
+    expect(os.commands[0]!.argv[2]).toBe(
+      `lowerdir=0,upperdir=${snap}/upper,workdir=${snap}/work,` +
+        'uidmapping=0:1000:64537:64537:65537:35463,gidmapping=0:131072:65536',
+    );
   });
 
   it('returns a live mount as it is, and replaces one whose daemon died', async () => {
