@@ -169,6 +169,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   const nodeIdMaps = await readNodeIdMaps();
   const handler = await probeRuntimeHandler({
     crun: programs.path('crun'),
+    crunRoot: config.runtime.crunRoot,
     node: nodeIdMaps,
     snapshotter: config.image.snapshotter,
   });

@@ -82,13 +82,18 @@ export interface RuntimeHandlerFacts {
   userNamespaces: string | null;
 }
 
-/** Runs `crun --version` once and combines what the node offers. */
+/**
+ * Runs `crun --version` once and combines what the node offers. crun makes its state root even
+ * for `--version`, so it gets the daemon's (its default, $XDG_RUNTIME_DIR/crun, is the host's
+ * /run/user/<uid> through the node's copied-up /run).
+ */
 export async function probeRuntimeHandler(options: {
   crun: string;
+  crunRoot: string;
   node: NodeIdMaps;
   snapshotter: string;
 }): Promise<RuntimeHandlerFacts> {
-  const r = await run(options.crun, ['--version'], { timeoutMs: 10_000 }).catch(() => null);
+  const r = await run(options.crun, [`--root=${options.crunRoot}`, '--version'], { timeoutMs: 10_000 }).catch(() => null);
   const first = r?.exitCode === 0 ? (r.stdout.toString('utf8').split('\n')[0] ?? '') : '';
   const crunVersion = parseVersion(first)?.join('.') ?? '';
   return {

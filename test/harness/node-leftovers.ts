@@ -1,10 +1,11 @@
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestDaemon } from './daemon.js';
 
 /**
  * What a pod can leave in the node once it is removed: IP leases, namespace pins, host ports
- * published through rootlesskit, iptables rules of the CNI plugins (bridge masquerade chains,
+ * (TCP ones forwarded by the daemon, in its table <run_dir>/host-ports.json; UDP ones, or all
+ * with `host_ports = "port-driver"`, published through rootlesskit), iptables rules of the CNI plugins (bridge masquerade chains,
  * portmap DNAT rules: each names its pod's container id in a comment). (Processes, mounts,
  * cgroups and files are the harness's leak check at stop.)
  */
@@ -34,6 +35,12 @@ export async function nodeLeftovers(daemon: TestDaemon): Promise<string[]> {
     if (!/127\.0\.0\.1:\d+\s+127\.0\.0\.1:\d+/.test(line) || /10\.88\./.test(line))
       left.push(`port ${line.trim()}`);
   }
+  const forwarded = await readFile(path.join(daemon.runDir, 'host-ports.json'), 'utf8').then(
+    (text) =>
+      (JSON.parse(text) as { ports?: { spec: { parentIP: string; parentPort: number } }[] }).ports ?? [],
+    () => [],
+  );
+  for (const { spec } of forwarded) left.push(`port forwarded ${spec.parentIP}:${spec.parentPort}`);
   const rules = await daemon.enter(['iptables-save']);
   for (const line of rules.stdout.split('\n')) {
     // CNI names every per-pod rule after the pod: `-m comment --comment "name: ... id: <id>"`.
