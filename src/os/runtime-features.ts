@@ -93,7 +93,9 @@ export async function probeRuntimeHandler(options: {
   node: NodeIdMaps;
   snapshotter: string;
 }): Promise<RuntimeHandlerFacts> {
-  const r = await run(options.crun, [`--root=${options.crunRoot}`, '--version'], { timeoutMs: 10_000 }).catch(() => null);
+  const r = await run(options.crun, [`--root=${options.crunRoot}`, '--version'], { timeoutMs: 10_000 }).catch(
+    () => null,
+  );
   const first = r?.exitCode === 0 ? (r.stdout.toString('utf8').split('\n')[0] ?? '') : '';
   const crunVersion = parseVersion(first)?.join('.') ?? '';
   return {
