@@ -55,6 +55,8 @@ export interface InfraProcess {
   pid: number;
   /** The `unshare --fork` parent that waits for it (exits with it). */
   wrapperPid: number;
+  /** The wrapper's /proc start time (records written before it was kept have none). */
+  wrapperStartTime?: string;
   /** /proc/<pid>/stat start time (clock ticks): a reused pid has another. */
   startTime: string;
   /** Inode of /proc/<pid>/ns/pid, for containers that join the pod pid namespace. */
@@ -368,6 +370,7 @@ export class NodeSandboxOs implements SandboxOs {
     return {
       pid,
       wrapperPid,
+      wrapperStartTime: await processStartTime(wrapperPid),
       startTime: await processStartTime(pid),
       pidNamespaceInode: (await stat(`/proc/${pid}/ns/pid`)).ino,
     };
@@ -398,13 +401,16 @@ export class NodeSandboxOs implements SandboxOs {
 
   /**
    * Whether the infra's `unshare` wrapper is still there. Its pid may since belong to another
-   * process, even another pod's wrapper (a new node numbers its pids from 1 again): only a
-   * process started no later than the infra can be its wrapper.
+   * process, even another pod's wrapper (a new node numbers its pids from 1 again), so it is
+   * known by its start time; for a record without one, only a process started no later than
+   * the infra can be its wrapper.
    */
   private async wrapperAlive(infra: InfraProcess): Promise<boolean> {
     if (!(await isLiveProcess(infra.wrapperPid, this.unshare))) return false;
     const start = await processStartTime(infra.wrapperPid).catch(() => null);
-    return start !== null && BigInt(start) <= BigInt(infra.startTime);
+    if (start === null) return false;
+    if (infra.wrapperStartTime !== undefined) return start === infra.wrapperStartTime;
+    return BigInt(start) <= BigInt(infra.startTime);
   }
 
   async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {
