@@ -294,8 +294,9 @@ export async function podInterfaces(
 export async function podNetworkUsage(
   deps: ContainerDeps,
   sandbox: SandboxInfo,
+  containers: readonly Readonly<ContainerRecord>[],
 ): Promise<NetworkUsage | null> {
-  const interfaces = await podInterfaces(deps, sandbox, deps.core.podContainers(sandbox.id));
+  const interfaces = await podInterfaces(deps, sandbox, containers);
   if (interfaces === null || interfaces.length === 0) return null;
   const usage = (i: InterfaceCounters) => ({
     name: i.name,
@@ -385,7 +386,7 @@ export function createMetricsHandlers(deps: ContainerDeps) {
       _ctx: Pick<CallContext, 'logger'>,
     ): Promise<RuntimeResponse<'ListPodSandboxMetrics'>> {
       const sandboxes = deps.core.sandboxes
-        .list()
+        .peekAll()
         .map(sandboxInfoOf)
         .filter((s) => s.ready);
       return { pod_metrics: await Promise.all(sandboxes.map((s) => podMetricsOf(deps, s))) };

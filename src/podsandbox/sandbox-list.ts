@@ -37,7 +37,7 @@ export function createListPodSandbox(deps: SandboxDeps) {
     _ctx: Pick<CallContext, 'logger'>,
   ): Promise<RuntimeResponse<'ListPodSandbox'>> {
     const items = deps.core.sandboxes
-      .list()
+      .peekAll()
       .filter((r) => matchesFilter(r, request.filter))
       .sort((a, b) => (BigInt(a.createdAt) < BigInt(b.createdAt) ? -1 : 1))
       .map(sandboxOf);
