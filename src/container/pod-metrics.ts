@@ -343,7 +343,7 @@ export async function podMetricsOf(deps: ContainerDeps, sandbox: SandboxInfo): P
     ...(sandbox.cgroupParent !== null ? await groupSamples(deps, sandbox.cgroupParent) : []),
     ...networkSamples((await podInterfaces(deps, sandbox, records)) ?? []),
   ];
-  const record = deps.core.sandboxes.get(sandbox.id);
+  const record = deps.core.sandboxes.peek(sandbox.id);
   if (record) podSamples.push({ key: 'startTime', value: seconds(record.createdAt) });
 
   const containerMetrics = await Promise.all(

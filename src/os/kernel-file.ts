@@ -1,6 +1,7 @@
 /**
  * Reads the small files the kernel makes up on read (cgroupfs, procfs, nsfs): cpu.stat,
- * cgroup.procs, /proc/<pid>/status, /proc/<pid>/net/dev, and the identity of a namespace file.
+ * cgroup.procs, /proc/<pid>/status, /proc/<pid>/net/dev, the identity of a namespace file, and
+ * the directories and links of those trees (a cgroup's children, /proc/<pid>/fd).
  *
  * The stats and metrics RPCs read a few of these per pod and container, kubelet polls them every
  * few seconds, and at 110 pods one call reads several hundred. Through fs.promises each read
@@ -15,7 +16,7 @@
  * Any error (the file or the process is gone, the controller is not delegated) is null, as every
  * caller treats these files as optional.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { type Dirent, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 
 const YIELD_EVERY = 32;
@@ -45,6 +46,26 @@ export async function kernelFileIdentity(file: string): Promise<string | null> {
   try {
     const s = statSync(file, { throwIfNoEntry: false });
     return s ? `${s.dev}:${s.ino}` : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A directory's entries (a cgroup's children, /proc/<pid>/fd), or [] when it cannot be read. */
+export async function readKernelDirectory(dir: string): Promise<Dirent[]> {
+  await turn();
+  try {
+    return readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+}
+
+/** A symlink's target (/proc/<pid>/fd/<n>), or null when it cannot be read. */
+export async function readKernelLink(link: string): Promise<string | null> {
+  await turn();
+  try {
+    return readlinkSync(link);
   } catch {
     return null;
   }

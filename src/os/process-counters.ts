@@ -13,9 +13,9 @@
  * node's), and the daemon, uid 0 of the node's user namespace, may read their /proc entries.
  * A process that exits while being read is skipped.
  */
-import { readdir, readFile, readlink, statfs } from 'node:fs/promises';
+import { readFile, statfs } from 'node:fs/promises';
 import path from 'node:path';
-import { kernelFileIdentity, readKernelFile } from './kernel-file.js';
+import { kernelFileIdentity, readKernelDirectory, readKernelFile, readKernelLink } from './kernel-file.js';
 import { parseMountInfo, readSelfMountInfo } from './mounts.js';
 
 /** /proc figures summed over a set of processes (bytes, counts). */
@@ -151,7 +151,7 @@ export class ProcNodeCounters implements NodeCounters {
       const procs = (await readKernelFile(path.join(dir, 'cgroup.procs'))) ?? '';
       for (const line of procs.split('\n')) if (/^\d+$/.test(line.trim())) pids.push(Number(line.trim()));
       if (depth >= 8) return;
-      const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+      const entries = await readKernelDirectory(dir);
       for (const e of entries) if (e.isDirectory()) await walk(path.join(dir, e.name), depth + 1);
     };
     await walk(cgroupDir, 0);
@@ -183,10 +183,10 @@ export class ProcNodeCounters implements NodeCounters {
           totals.minorFaults += faults.minor;
           totals.majorFaults += faults.major;
         }
-        const fds = await readdir(path.join(dir, 'fd')).catch(() => [] as string[]);
+        const fds = (await readKernelDirectory(path.join(dir, 'fd'))).map((e) => e.name);
         totals.fileDescriptors += fds.length;
-        const links = await Promise.all(fds.map((fd) => readlink(path.join(dir, 'fd', fd)).catch(() => '')));
-        totals.sockets += links.filter((l) => l.startsWith('socket:')).length;
+        const links = await Promise.all(fds.map((fd) => readKernelLink(path.join(dir, 'fd', fd))));
+        totals.sockets += links.filter((l) => l?.startsWith('socket:')).length;
       }),
     );
     return totals;

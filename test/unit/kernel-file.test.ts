@@ -1,9 +1,14 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mayExistBelow, NodeCgroupManager } from '../../src/os/cgroup-manager.js';
-import { kernelFileIdentity, readKernelFile } from '../../src/os/kernel-file.js';
+import {
+  kernelFileIdentity,
+  readKernelDirectory,
+  readKernelFile,
+  readKernelLink,
+} from '../../src/os/kernel-file.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -58,6 +63,20 @@ describe('readKernelFile', () => {
     expect(ranBetween).toBe(true);
     expect(readsBefore).toBeGreaterThan(0);
     expect(readsBefore).toBeLessThan(200);
+  });
+
+  it('lists directories with their types and reads links; [] and null for what cannot be read', async () => {
+    await mkdir(path.join(dir, 'child'));
+    await symlink('socket:[123]', path.join(dir, 'link'));
+    const entries = await readKernelDirectory(dir);
+    expect(entries.map((e) => [e.name, e.isDirectory()]).sort()).toEqual([
+      ['child', true],
+      ['link', false],
+    ]);
+    expect(await readKernelLink(path.join(dir, 'link'))).toBe('socket:[123]');
+    expect((await readKernelDirectory('/proc/self/fd')).length).toBeGreaterThan(2);
+    expect(await readKernelDirectory(path.join(dir, 'missing'))).toEqual([]);
+    expect(await readKernelLink(path.join(dir, 'child'))).toBeNull();
   });
 
   it('kernelFileIdentity tells namespaces apart by their nsfs inode; null when absent', async () => {
