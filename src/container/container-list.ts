@@ -49,9 +49,9 @@ export function containerOf(record: ContainerRecord): Container {
   };
 }
 
-/** Every record, as the core holds it. */
-export async function currentRecords(deps: ContainerDeps): Promise<ContainerRecord[]> {
-  return deps.core.containers.list();
+/** Every record, as the core holds it (frozen, not copies: read them, never change them). */
+export async function currentRecords(deps: ContainerDeps): Promise<Readonly<ContainerRecord>[]> {
+  return deps.core.containers.peekAll();
 }
 
 export function createListContainers(deps: ContainerDeps) {

@@ -85,7 +85,7 @@ async function cgroupUsage(
 export async function containerStatsOf(
   deps: ContainerDeps,
   samples: CpuSamples,
-  record: ContainerRecord,
+  record: Readonly<ContainerRecord>,
 ): Promise<ContainerStats> {
   const meta = record.config.metadata!;
   const running = record.state === 'running' || record.state === 'created';
@@ -119,16 +119,15 @@ function matchesStatsFilter(record: ContainerRecord, filter: ContainerStatsFilte
 
 /** What PodSandboxStats needs beyond SandboxLookup: every sandbox, for the List variant. */
 
+/** `records`: the pod's containers but those being created (core.podContainers). */
 async function podStatsOf(
   deps: ContainerDeps,
   samples: CpuSamples,
   sandbox: SandboxInfo,
+  records: readonly Readonly<ContainerRecord>[],
 ): Promise<PodSandboxStats> {
   const meta = sandbox.config.metadata;
   const usage = await cgroupUsage(deps, samples, sandbox.ready ? sandbox.cgroupParent : null);
-  const records = (await currentRecords(deps)).filter(
-    (r) => r.podSandboxId === sandbox.id && r.state !== 'creating',
-  );
   const containers = await Promise.all(records.map((r) => containerStatsOf(deps, samples, r)));
   return {
     attributes: {
@@ -142,7 +141,7 @@ async function podStatsOf(
     linux: {
       cpu: usage.cpu,
       memory: usage.memory,
-      network: await podNetworkUsage(deps, sandbox),
+      network: await podNetworkUsage(deps, sandbox, records),
       process: { timestamp: deps.core.now().toString(), process_count: value(usage.processes) },
       containers,
     },
@@ -156,7 +155,7 @@ export function createStatsHandlers(deps: ContainerDeps, samples = new CpuSample
       _ctx: Pick<CallContext, 'logger'>,
     ): Promise<RuntimeResponse<'ContainerStats'>> {
       const id = deps.core.containers.resolve(request.container_id);
-      const record = id === undefined ? undefined : deps.core.containers.get(id);
+      const record = id === undefined ? undefined : deps.core.containers.peek(id);
       if (!record || record.state === 'creating') {
         throw new NotFoundError(`container ${JSON.stringify(request.container_id)} does not exist`);
       }
@@ -180,7 +179,7 @@ export function createStatsHandlers(deps: ContainerDeps, samples = new CpuSample
       const sandbox = request.pod_sandbox_id === '' ? null : deps.core.sandboxInfo(request.pod_sandbox_id);
       if (!sandbox)
         throw new NotFoundError(`pod sandbox ${JSON.stringify(request.pod_sandbox_id)} does not exist`);
-      return { stats: await podStatsOf(deps, samples, sandbox) };
+      return { stats: await podStatsOf(deps, samples, sandbox, deps.core.podContainers(sandbox.id)) };
     },
 
     async ListPodSandboxStats(
@@ -188,8 +187,16 @@ export function createStatsHandlers(deps: ContainerDeps, samples = new CpuSample
       _ctx: Pick<CallContext, 'logger'>,
     ): Promise<RuntimeResponse<'ListPodSandboxStats'>> {
       const filter = request.filter;
+      // The containers grouped by pod once, not scanned once per pod.
+      const byPod = new Map<string, Readonly<ContainerRecord>[]>();
+      for (const r of await currentRecords(deps)) {
+        if (r.state === 'creating') continue;
+        const list = byPod.get(r.podSandboxId);
+        if (list) list.push(r);
+        else byPod.set(r.podSandboxId, [r]);
+      }
       const sandboxes = deps.core.sandboxes
-        .list()
+        .peekAll()
         .map(sandboxInfoOf)
         .filter((s) => {
           if (!filter) return true;
@@ -198,7 +205,9 @@ export function createStatsHandlers(deps: ContainerDeps, samples = new CpuSample
             if (s.config.labels[k] !== v) return false;
           return true;
         });
-      return { stats: await Promise.all(sandboxes.map((s) => podStatsOf(deps, samples, s))) };
+      return {
+        stats: await Promise.all(sandboxes.map((s) => podStatsOf(deps, samples, s, byPod.get(s.id) ?? []))),
+      };
     },
   };
 }

@@ -294,8 +294,9 @@ export async function podInterfaces(
 export async function podNetworkUsage(
   deps: ContainerDeps,
   sandbox: SandboxInfo,
+  containers: readonly Readonly<ContainerRecord>[],
 ): Promise<NetworkUsage | null> {
-  const interfaces = await podInterfaces(deps, sandbox, deps.core.podContainers(sandbox.id));
+  const interfaces = await podInterfaces(deps, sandbox, containers);
   if (interfaces === null || interfaces.length === 0) return null;
   const usage = (i: InterfaceCounters) => ({
     name: i.name,
@@ -342,7 +343,7 @@ export async function podMetricsOf(deps: ContainerDeps, sandbox: SandboxInfo): P
     ...(sandbox.cgroupParent !== null ? await groupSamples(deps, sandbox.cgroupParent) : []),
     ...networkSamples((await podInterfaces(deps, sandbox, records)) ?? []),
   ];
-  const record = deps.core.sandboxes.get(sandbox.id);
+  const record = deps.core.sandboxes.peek(sandbox.id);
   if (record) podSamples.push({ key: 'startTime', value: seconds(record.createdAt) });
 
   const containerMetrics = await Promise.all(
@@ -385,7 +386,7 @@ export function createMetricsHandlers(deps: ContainerDeps) {
       _ctx: Pick<CallContext, 'logger'>,
     ): Promise<RuntimeResponse<'ListPodSandboxMetrics'>> {
       const sandboxes = deps.core.sandboxes
-        .list()
+        .peekAll()
         .map(sandboxInfoOf)
         .filter((s) => s.ready);
       return { pod_metrics: await Promise.all(sandboxes.map((s) => podMetricsOf(deps, s))) };

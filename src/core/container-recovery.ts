@@ -169,7 +169,7 @@ export async function recoverContainers(core: CoreContext): Promise<ContainerRec
  * its lock and settled. Exits themselves arrive as events (the exit watcher, with its rescans).
  */
 export async function checkContainers(core: CoreContext): Promise<void> {
-  for (const record of core.containers.list()) {
+  for (const record of core.containers.peekAll()) {
     if (record.state !== 'running' && record.state !== 'created') continue;
     if ((await core.runtime.monitorAlive(record.id).catch(() => true)) === true) continue;
     await core.containerLocks

@@ -159,8 +159,9 @@ export class RuntimeCore implements CoreContext {
     return record ? sandboxStatusOf(record) : null;
   }
 
-  podContainers(podId: string): ContainerRecord[] {
-    return this.containers.list().filter((r) => r.podSandboxId === podId && r.state !== 'creating');
+  /** The pod's containers but those being created: the stored records, frozen (read, never change). */
+  podContainers(podId: string): Readonly<ContainerRecord>[] {
+    return this.containers.peekAll().filter((r) => r.podSandboxId === podId && r.state !== 'creating');
   }
 
   podContainerStatuses(podId: string): ContainerStatus[] {

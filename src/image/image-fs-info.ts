@@ -44,12 +44,20 @@ function shortError(err: unknown): string {
 
 /** Walks `dir` (see the module comment for what counts). Entries vanishing or unreadable mid-walk are skipped. */
 export async function measureDirectory(dir: string): Promise<DirectoryUsage> {
+  return (await measureExistingDirectory(dir)) ?? { bytes: 0n, inodes: 0n };
+}
+
+/**
+ * measureDirectory, but undefined when `dir` is absent or not a directory: a writable layer's
+ * usage is asked for every container on every stats call, and this spares its own stat.
+ */
+export async function measureExistingDirectory(dir: string): Promise<DirectoryUsage | undefined> {
   // The configured directory itself may be a symlink to another disk: that one link is followed.
   const root = await stat(dir, { bigint: true }).catch((err: unknown) => {
     if (ignorable(err)) return undefined;
     throw err;
   });
-  if (root === undefined || !root.isDirectory()) return { bytes: 0n, inodes: 0n };
+  if (root === undefined || !root.isDirectory()) return undefined;
 
   const seen = new Set<string>();
   let bytes = 0n;

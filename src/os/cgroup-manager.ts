@@ -20,6 +20,7 @@ import { mkdir, readFile, rmdir, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, InternalError } from '../errors.js';
+import { readKernelFile } from './kernel-file.js';
 
 const CGROUP2_SUPER_MAGIC = 0x63677270;
 
@@ -72,11 +73,32 @@ function parseNumber(text: string | null): bigint | null {
   return t && /^\d+$/.test(t) ? BigInt(t) : null;
 }
 
+/** Controllers whose interface files appear only where the controller is enabled. */
+const CONTROLLERS = new Set(['cpu', 'cpuset', 'memory', 'io', 'pids', 'hugetlb', 'rdma', 'misc']);
+
+/**
+ * Whether `file` can exist below a root whose subtree_control lists `controllers`: a
+ * controller's files exist only where it is enabled, and nothing below the root can enable one
+ * the root does not pass down. cpu.stat and the pressure files are there without their controller.
+ */
+export function mayExistBelow(file: string, controllers: readonly string[]): boolean {
+  const controller = file.slice(0, file.indexOf('.'));
+  if (!CONTROLLERS.has(controller) || controllers.includes(controller)) return true;
+  return file === 'cpu.stat' || file === 'cpu.stat.local' || file.endsWith('.pressure');
+}
+
 export class NodeCgroupManager implements CgroupManager {
   private constructor(
     private readonly root: string,
     readonly available: boolean,
     readonly controllers: readonly string[],
+    /**
+     * `controllers` was probed from the root (open()), so a file of another controller is not
+     * read at all: the stats RPCs read thousands of cgroup files, and on a host with, say, no
+     * memory controller delegated most reads would fail. (A controller delegated while the
+     * daemon runs is used from its next start, as for limits.)
+     */
+    private readonly skipUndelegated = false,
   ) {}
 
   /** Probes the root once: is it cgroup v2, which controllers reach children. */
@@ -90,7 +112,7 @@ export class NodeCgroupManager implements CgroupManager {
           .split(/\s+/)
           .filter(Boolean) as string[])
       : [];
-    return new NodeCgroupManager(root, available, controllers);
+    return new NodeCgroupManager(root, available, controllers, true);
   }
 
   /** A manager over a fixed root (tests, and the supervisor's host-side tree). */
@@ -136,7 +158,9 @@ export class NodeCgroupManager implements CgroupManager {
   }
 
   async readFile(relative: string, file: string): Promise<string | null> {
-    return readFile(path.join(this.dir(relative), file), 'utf8').catch(() => null);
+    const dir = this.dir(relative);
+    if (this.skipUndelegated && !mayExistBelow(file, this.controllers)) return null;
+    return readKernelFile(path.join(dir, file));
   }
 
   async stats(relative: string): Promise<CgroupStats> {

@@ -13,8 +13,9 @@
  * node's), and the daemon, uid 0 of the node's user namespace, may read their /proc entries.
  * A process that exits while being read is skipped.
  */
-import { readdir, readFile, readlink, stat, statfs } from 'node:fs/promises';
+import { readFile, statfs } from 'node:fs/promises';
 import path from 'node:path';
+import { kernelFileIdentity, readKernelDirectory, readKernelFile, readKernelLink } from './kernel-file.js';
 import { parseMountInfo, readSelfMountInfo } from './mounts.js';
 
 /** /proc figures summed over a set of processes (bytes, counts). */
@@ -134,11 +135,6 @@ export function parseNetDev(text: string): InterfaceCounters[] {
   return interfaces;
 }
 
-async function identity(file: string): Promise<string | null> {
-  const s = await stat(file).catch(() => null);
-  return s ? `${s.dev}:${s.ino}` : null;
-}
-
 export class ProcNodeCounters implements NodeCounters {
   readonly #proc: string;
   /** Device names by directory and by io.stat "major:minor". */
@@ -152,10 +148,10 @@ export class ProcNodeCounters implements NodeCounters {
   async pidsUnder(cgroupDir: string): Promise<number[]> {
     const pids: number[] = [];
     const walk = async (dir: string, depth: number): Promise<void> => {
-      const procs = await readFile(path.join(dir, 'cgroup.procs'), 'utf8').catch(() => '');
+      const procs = (await readKernelFile(path.join(dir, 'cgroup.procs'))) ?? '';
       for (const line of procs.split('\n')) if (/^\d+$/.test(line.trim())) pids.push(Number(line.trim()));
       if (depth >= 8) return;
-      const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+      const entries = await readKernelDirectory(dir);
       for (const e of entries) if (e.isDirectory()) await walk(path.join(dir, e.name), depth + 1);
     };
     await walk(cgroupDir, 0);
@@ -168,8 +164,8 @@ export class ProcNodeCounters implements NodeCounters {
       pids.map(async (pid) => {
         const dir = path.join(this.#proc, String(pid));
         const [status, stat] = await Promise.all([
-          readFile(path.join(dir, 'status'), 'utf8').catch(() => null),
-          readFile(path.join(dir, 'stat'), 'utf8').catch(() => null),
+          readKernelFile(path.join(dir, 'status')),
+          readKernelFile(path.join(dir, 'stat')),
         ]);
         if (status === null) return; // gone
         const s = parseProcStatus(status);
@@ -187,24 +183,25 @@ export class ProcNodeCounters implements NodeCounters {
           totals.minorFaults += faults.minor;
           totals.majorFaults += faults.major;
         }
-        const fds = await readdir(path.join(dir, 'fd')).catch(() => [] as string[]);
+        const fds = (await readKernelDirectory(path.join(dir, 'fd'))).map((e) => e.name);
         totals.fileDescriptors += fds.length;
-        const links = await Promise.all(fds.map((fd) => readlink(path.join(dir, 'fd', fd)).catch(() => '')));
-        totals.sockets += links.filter((l) => l.startsWith('socket:')).length;
+        const links = await Promise.all(fds.map((fd) => readKernelLink(path.join(dir, 'fd', fd))));
+        totals.sockets += links.filter((l) => l?.startsWith('socket:')).length;
       }),
     );
     return totals;
   }
 
   async networkInterfaces(netnsFile: string, pids: readonly number[]): Promise<InterfaceCounters[] | null> {
-    const wanted = await identity(netnsFile);
+    const wanted = await kernelFileIdentity(netnsFile);
     if (wanted === null) return null;
     for (const pid of pids) {
       const dir = path.join(this.#proc, String(pid));
-      if ((await identity(path.join(dir, 'ns', 'net'))) !== wanted) continue;
-      const text = await readFile(path.join(dir, 'net', 'dev'), 'utf8').catch(() => null);
+      if ((await kernelFileIdentity(path.join(dir, 'ns', 'net'))) !== wanted) continue;
+      const text = await readKernelFile(path.join(dir, 'net', 'dev'));
       // Checked again after the read: the pid may have been reused in between.
-      if (text !== null && (await identity(path.join(dir, 'ns', 'net'))) === wanted) return parseNetDev(text);
+      if (text !== null && (await kernelFileIdentity(path.join(dir, 'ns', 'net'))) === wanted)
+        return parseNetDev(text);
     }
     return null;
   }

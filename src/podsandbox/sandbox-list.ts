@@ -39,7 +39,7 @@ export function createListPodSandbox(deps: SandboxDeps) {
     // A sandbox still `creating` is RunPodSandbox in flight (recovery turns one a crash left
     // into notready): not listed, as NRI plugins consulted meanwhile must not see it exposed.
     const items = deps.core.sandboxes
-      .list()
+      .peekAll()
       .filter((r) => r.state !== 'creating' && matchesFilter(r, request.filter))
       .sort((a, b) => (BigInt(a.createdAt) < BigInt(b.createdAt) ? -1 : 1))
       .map(sandboxOf);

@@ -1,7 +1,11 @@
 /**
  * Records in memory, each backed by one crash-safe file (RecordStore). Every change goes to
  * disk before the in-memory copy is replaced, so what a request sees is what a restart would
- * load; readers get copies. Ids resolve from a full id or a unique prefix, as crictl sends.
+ * load; readers get copies, or (peek, peekAll) the stored record itself, deep-frozen: List and
+ * stats read every record on each call (kubelet polls them), and copying 110 records per pod
+ * made ListPodSandboxStats quadratic. A stored record is never changed in place (put replaces
+ * it), so a frozen one stays what it was when read. Ids resolve from a full id or a unique
+ * prefix, as crictl sends.
  */
 import { InvalidArgumentError } from '../errors.js';
 import { RecordStore, type VersionedRecord } from './record-store.js';
@@ -28,7 +32,8 @@ export class CachedRecordStore<T extends VersionedRecord> {
   async load() {
     await this.#disk.init();
     const loaded = await this.#disk.load();
-    for (const record of loaded.records) this.#records.set(record.id, record);
+    // Copies: the caller (recovery) keeps and may change the records it was handed.
+    for (const record of loaded.records) this.#records.set(record.id, deepFreeze(structuredClone(record)));
     return loaded;
   }
 
@@ -41,9 +46,19 @@ export class CachedRecordStore<T extends VersionedRecord> {
     return [...this.#records.values()].map((r) => structuredClone(r));
   }
 
+  /** The stored record, frozen, not a copy: for reads that neither change nor keep it. */
+  peek(id: string): Readonly<T> | undefined {
+    return this.#records.get(id);
+  }
+
+  /** Every stored record, frozen, not copies: for reads that neither change nor keep them. */
+  peekAll(): Readonly<T>[] {
+    return [...this.#records.values()];
+  }
+
   async put(record: T): Promise<void> {
     await this.#disk.write(record);
-    this.#records.set(record.id, structuredClone(record));
+    this.#records.set(record.id, deepFreeze(structuredClone(record)));
   }
 
   async delete(id: string): Promise<void> {
@@ -66,4 +81,16 @@ export class CachedRecordStore<T extends VersionedRecord> {
     }
     return matches[0];
   }
+}
+
+/**
+ * Freezes a record and everything in it, so a shared read cannot change it. Byte arrays cannot
+ * be frozen (a request's bytes may reach a record before validation refuses them): left as are.
+ */
+function deepFreeze<V>(value: V): V {
+  if (typeof value === 'object' && value !== null && !ArrayBuffer.isView(value) && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
 }

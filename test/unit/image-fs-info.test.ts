@@ -8,6 +8,7 @@ import {
   createImageFsInfoHandler,
   type DirectoryUsage,
   measureDirectory,
+  measureExistingDirectory,
 } from '../../src/image/image-fs-info.js';
 import { silentLogger } from '../../src/log.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
@@ -89,6 +90,13 @@ describe('measureDirectory', () => {
 
   it('reports zero for a directory that does not exist yet', async () => {
     expect(await measureDirectory(join(root, 'not-there'))).toEqual({ bytes: 0n, inodes: 0n });
+  });
+
+  it('measureExistingDirectory: the same figures, and undefined for a missing directory or a file', async () => {
+    expect(await measureExistingDirectory(store)).toEqual(await measureDirectory(store));
+    expect(await measureExistingDirectory(join(root, 'not-there'))).toBeUndefined();
+    await writeFile(join(root, 'a-file'), 'x');
+    expect(await measureExistingDirectory(join(root, 'a-file'))).toBeUndefined();
   });
 });
 
