@@ -31,8 +31,8 @@ import { percentile } from './stats.js';
 const ITERATIONS = Number(process.env.BENCH_CONTAINER_ITERATIONS ?? 30);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const MEMORY_PODS = Number(process.env.BENCH_MEMORY_PODS ?? 20);
-const REPOSITORY = 'rootless-cri/bench-busybox';
-const TAG = '1';
+export const REPOSITORY = 'rootless-cri/bench-busybox';
+export const TAG = '1';
 
 interface Summary {
   n: number;
@@ -57,7 +57,7 @@ function epochPairsMs(stdout: string): number[] {
     });
 }
 
-async function benchImage(registryUrl: string, work: string) {
+export async function benchImage(registryUrl: string, work: string) {
   const base = await busyboxBaseLayer();
   const items = base.items.map(
     (item): LayerItem =>
@@ -80,7 +80,7 @@ function podConfig(name: string) {
   };
 }
 
-const PHASES = [
+export const PHASES = [
   'RunPodSandbox',
   'CreateContainer',
   'StartContainer',
@@ -89,8 +89,8 @@ const PHASES = [
   'StopPodSandbox',
   'RemovePodSandbox',
 ] as const;
-type Phase = (typeof PHASES)[number];
-type PhaseTimes = Partial<Record<Phase, number>>;
+export type Phase = (typeof PHASES)[number];
+export type PhaseTimes = Partial<Record<Phase, number>>;
 
 async function timedPhase<T>(phases: PhaseTimes | undefined, phase: Phase, task: Promise<T>): Promise<T> {
   const t0 = process.hrtime.bigint();
@@ -99,7 +99,7 @@ async function timedPhase<T>(phases: PhaseTimes | undefined, phase: Phase, task:
   return result;
 }
 
-async function startPod(daemon: TestDaemon, image: string, name: string, phases?: PhaseTimes) {
+export async function startPod(daemon: TestDaemon, image: string, name: string, phases?: PhaseTimes) {
   const config = podConfig(name);
   const { pod_sandbox_id } = await timedPhase(
     phases,
@@ -119,7 +119,7 @@ async function startPod(daemon: TestDaemon, image: string, name: string, phases?
   return { pod_sandbox_id, container_id };
 }
 
-async function stopPod(
+export async function stopPod(
   daemon: TestDaemon,
   pod: { pod_sandbox_id: string; container_id: string },
   phases?: PhaseTimes,
@@ -136,7 +136,7 @@ async function stopPod(
   await timedPhase(phases, 'RemovePodSandbox', daemon.client.runtime('RemovePodSandbox', { pod_sandbox_id }));
 }
 
-async function criIteration(
+export async function criIteration(
   daemon: TestDaemon,
   image: string,
   name: string,

@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: figures as ratios against a floor measured in the same run.
- * Suites: rpc (below), pods, pull, streaming, containers, critest, exits, many-pods (bench/<suite>.ts;
+ * Suites: rpc (below), pods, pull, streaming, containers, lifecycle, critest, exits, many-pods (bench/<suite>.ts;
  * all but rpc need root: they run a real daemon as the test user).
  *
  * rpc: Version round trip over a unix socket, sequential, through the real rootless-cri server
@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { CriClient } from '../test/harness/cri-client.js';
 import { benchContainers } from './containers.js';
 import { benchExits } from './exits.js';
+import { benchLifecycle } from './lifecycle.js';
 import { benchManyPods } from './many-pods.js';
 import { benchPods } from './pods.js';
 import { benchPull } from './pull.js';
@@ -97,6 +98,7 @@ if (want('rpc')) await benchRpc();
 if (want('pods')) await benchPods();
 if (want('pull')) await benchPull();
 if (want('containers')) await benchContainers();
+if (want('lifecycle')) await benchLifecycle();
 if (want('streaming')) await benchStreaming();
 // Loaded only when asked for: critest-runner finds critest at import time (through
 // deploy/install.sh, which a built dist/ does not have unless ROOTLESS_CRI_CRITEST names it).

@@ -32,6 +32,7 @@ import {
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RpcMetrics } from '../metrics.js';
+import { type HelperTimeAccount, withHelperTimeAccount } from '../os/helper-time.js';
 import { grpcStatusFor, grpcStatusName } from './status-codes.js';
 
 /** What the adapter needs of any grpc-js server call (grpc-js does not export its common type). */
@@ -168,6 +169,7 @@ interface Outcome {
   durationMs: number;
   error?: unknown;
   messagesSent?: number;
+  helpers?: HelperTimeAccount;
 }
 
 function finishCall(options: EdgeOptions, ctx: CallState, outcome: Outcome): void {
@@ -182,6 +184,11 @@ function finishCall(options: EdgeOptions, ctx: CallState, outcome: Outcome): voi
     durationMs: Math.round(outcome.durationMs * 1000) / 1000,
   };
   if (outcome.messagesSent !== undefined) fields.messagesSent = outcome.messagesSent;
+  if (outcome.helpers !== undefined && outcome.helpers.helperRuns > 0) {
+    // Time in helper processes (crun, conmon, CNI, ...); the rest is the daemon's own.
+    fields.helperMs = Math.round(outcome.helpers.helperMs * 1000) / 1000;
+    fields.helperRuns = outcome.helpers.helperRuns;
+  }
   if (outcome.code === status.OK) {
     if (isQuietMethod(ctx.method)) {
       if (logger.isLevelEnabled('debug')) logger.debug(fields, 'rpc');
@@ -240,8 +247,15 @@ export function wrapUnary<Request, Response>(
       return;
     }
     let pending: Promise<Response>;
+    // Calls that change state get a helper-time account (polled reads stay as cheap as they were).
+    let helpers: HelperTimeAccount | undefined;
     try {
-      pending = Promise.resolve(handler(call.request, ctx));
+      if (isQuietMethod(method)) pending = Promise.resolve(handler(call.request, ctx));
+      else {
+        const accounted = withHelperTimeAccount(() => handler(call.request, ctx));
+        helpers = accounted.account;
+        pending = Promise.resolve(accounted.result);
+      }
     } catch (err) {
       pending = Promise.reject(err);
     }
@@ -250,12 +264,17 @@ export function wrapUnary<Request, Response>(
         // An answer after the client has gone is dropped by grpc-js; record what the client saw.
         const code = call.cancelled ? goneCode(ctx) : status.OK;
         callback(null, response);
-        finishCall(options, ctx, { code, durationMs: performance.now() - started });
+        finishCall(options, ctx, { code, durationMs: performance.now() - started, helpers });
       },
       (err: unknown) => {
         const answer = failure(err, call, ctx);
         callback(answer);
-        finishCall(options, ctx, { code: answer.code, durationMs: performance.now() - started, error: err });
+        finishCall(options, ctx, {
+          code: answer.code,
+          durationMs: performance.now() - started,
+          error: err,
+          helpers,
+        });
       },
     );
   };

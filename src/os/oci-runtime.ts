@@ -28,6 +28,7 @@ import { attachToConmon, writeFifoNonBlocking } from './conmon-attach.js';
 import { CrunExec, EXEC_OUTPUT_CAP, type ExecResult } from './crun-exec.js';
 import { type ExecFailure, readExecFailure } from './exec-failure.js';
 import { type ExitInfo, type ExitListener, ExitWatcher } from './exit-watcher.js';
+import { waitingOnHelper } from './helper-time.js';
 import { nativeHelperPath } from './native-helpers.js';
 import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
 import { withPodViews } from './pod-user-namespace.js';
@@ -269,19 +270,23 @@ export class CrunConmonRuntime implements OciRuntime {
       }
       conmon.release();
       const timeoutMs = this.options.createTimeoutMs ?? 120_000;
-      const report = await Promise.race([
-        conmon.report,
-        aborted,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () =>
-              reject(
-                new DeadlineExceededError(`conmon did not report on container ${id} within ${timeoutMs} ms`),
-              ),
-            timeoutMs,
-          );
-        }),
-      ]);
+      const report = await waitingOnHelper(
+        Promise.race([
+          conmon.report,
+          aborted,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () =>
+                reject(
+                  new DeadlineExceededError(
+                    `conmon did not report on container ${id} within ${timeoutMs} ms`,
+                  ),
+                ),
+              timeoutMs,
+            );
+          }),
+        ]),
+      );
       signal?.throwIfAborted();
       if (report.pid > 0) return { pid: report.pid };
       // No message on the pipe: conmon itself failed early, and said why on its output.
@@ -451,7 +456,8 @@ export class CrunConmonRuntime implements OciRuntime {
   }
 
   waitExit(id: string, timeoutMs: number, signal?: AbortSignal): Promise<ExitInfo | null> {
-    return this.exits.wait(id, timeoutMs, signal);
+    // The container's exit and conmon's exit file: time the daemon waits on other processes.
+    return waitingOnHelper(this.exits.wait(id, timeoutMs, signal));
   }
 
   onExit(listener: ExitListener): () => void {

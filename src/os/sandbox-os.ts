@@ -34,6 +34,7 @@ import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { mkdir, readFile, realpath, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
+import { recordHelperWait } from './helper-time.js';
 import { createPodUserNamespace, type IdMapping } from './pod-user-namespace.js';
 import { run, start } from './process-runner.js';
 import { SAFE_PATH } from './programs.js';
@@ -310,6 +311,7 @@ export class NodeSandboxOs implements SandboxOs {
     settings: NamespaceSettings,
     cgroupLeaf: string | null,
   ): Promise<InfraProcess> {
+    const spawnedAt = performance.now();
     const handle = start(program, args, {
       daemon: true,
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -363,6 +365,7 @@ export class NodeSandboxOs implements SandboxOs {
       await sleep(1);
     }
     child.stderr!.destroy();
+    recordHelperWait(spawnedAt);
     if (pid === 0) {
       process.kill(wrapperPid, 'SIGKILL');
       throw new InternalError('the pod infra process did not start within 5s');

@@ -1,0 +1,145 @@
+/**
+ * lifecycle: where a pod + container lifecycle's time goes, per RPC. The containers suite's
+ * sequence (RunPodSandbox, CreateContainer busybox `sleep 3600`, StartContainer, StopContainer
+ * timeout 0, RemoveContainer, StopPodSandbox, RemovePodSandbox) through the real daemon, and for
+ * each RPC:
+ *   - wall: the client's round trip;
+ *   - helpers: the time at least one helper process (crun, conmon, CNI plugins, unshare,
+ *     fuse-overlayfs, ...) ran or was waited on for this call, as the daemon's process runner
+ *     accounts it (os/helper-time.ts), read from the per-RPC log line (`helperMs`);
+ *   - outside: the daemon's own time, the server-side duration minus helpers.
+ * p50 over BENCH_LIFECYCLE_ITERATIONS (default 30) lifecycles, and the p50 of a lifecycle's
+ * summed outside time (aim: <= 10 ms, issue 16).
+ *
+ * BENCH_CPU_PROF=DIR writes V8 CPU profiles of the daemon (and its supervisor) to DIR
+ * (node --cpu-prof; the in-node daemon's is the larger one). Needs root (a real daemon as the
+ * test user).
+ */
+import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { startRegistry } from '../test/fixtures/registry.js';
+import { TestDaemon } from '../test/harness/daemon.js';
+import {
+  benchImage,
+  criIteration,
+  PHASES,
+  type Phase,
+  type PhaseTimes,
+  REPOSITORY,
+  TAG,
+} from './containers.js';
+import { percentile } from './stats.js';
+
+const ITERATIONS = Number(process.env.BENCH_LIFECYCLE_ITERATIONS ?? 30);
+const CPU_PROF = process.env.BENCH_CPU_PROF;
+
+interface RpcLine {
+  msg?: string;
+  method?: string;
+  durationMs?: number;
+  helperMs?: number;
+}
+
+const p50 = (xs: number[]) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
+
+/** The daemon's `rpc` log lines of the lifecycle RPCs, in order, once all `expected` are written. */
+async function rpcLines(logFile: string, offset: number, expected: number): Promise<RpcLine[]> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const text = (await readFile(logFile)).subarray(offset).toString('utf8');
+    const lines: RpcLine[] = [];
+    for (const line of text.split('\n')) {
+      if (!line.includes('"msg":"rpc"')) continue;
+      try {
+        const parsed = JSON.parse(line) as RpcLine;
+        if ((PHASES as readonly string[]).includes(parsed.method ?? '')) lines.push(parsed);
+      } catch {
+        // a line still being written
+      }
+    }
+    if (lines.length >= expected) return lines;
+    if (Date.now() > deadline) {
+      throw new Error(`the daemon logged ${lines.length} of ${expected} rpc lines (is log_level debug?)`);
+    }
+    // pino writes asynchronously: wait for the rest to reach the file.
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export async function benchLifecycle(): Promise<void> {
+  const work = await mkdtemp(path.join(os.tmpdir(), 'rcri-bench-lifecycle-'));
+  const registry = await startRegistry();
+  let daemon: TestDaemon | undefined;
+  const phases: PhaseTimes[] = [];
+  let lines: RpcLine[] = [];
+  try {
+    await benchImage(registry.url, work);
+    const image = `${registry.host}/${REPOSITORY}:${TAG}`;
+    daemon = await TestDaemon.start();
+    if (CPU_PROF) {
+      await mkdir(CPU_PROF, { recursive: true });
+      await chmod(CPU_PROF, 0o777);
+      await daemon.cli(['stop']);
+      await daemon.supervisorExited();
+      await daemon.serve({ NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF}` });
+    }
+    await daemon.client.image('PullImage', { image: { image } }, { timeoutMs: 120_000 });
+    for (let i = 0; i < 3; i++) await criIteration(daemon, image, `warm-${i}`);
+    const logFile = path.join(daemon.tmp, 'daemon.log');
+    const offset = (await readFile(logFile)).length;
+    for (let i = 0; i < ITERATIONS; i++) {
+      const times: PhaseTimes = {};
+      await criIteration(daemon, image, `l${i}`, times);
+      phases.push(times);
+    }
+    lines = await rpcLines(logFile, offset, ITERATIONS * PHASES.length);
+    if (CPU_PROF) {
+      // The profile is written when the daemon exits; stop --all (below) then ends the node.
+      await daemon.cli(['stop']);
+      await daemon.supervisorExited();
+    }
+  } finally {
+    await daemon?.stop();
+    await registry.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+  const byMethod = new Map<Phase, { server: number[]; helpers: number[]; outside: number[] }>();
+  for (const phase of PHASES) byMethod.set(phase, { server: [], helpers: [], outside: [] });
+  const lifecycleOutside: number[] = [];
+  for (let i = 0; i < ITERATIONS; i++) {
+    let outside = 0;
+    for (const line of lines.slice(i * PHASES.length, (i + 1) * PHASES.length)) {
+      const entry = byMethod.get(line.method as Phase)!;
+      const server = line.durationMs ?? 0;
+      const helpers = line.helperMs ?? 0;
+      entry.server.push(server);
+      entry.helpers.push(helpers);
+      entry.outside.push(server - helpers);
+      outside += server - helpers;
+    }
+    lifecycleOutside.push(outside);
+  }
+  const f = (x: number) => x.toFixed(1).padStart(7);
+  console.log(
+    `lifecycle: pod + busybox container, per RPC p50 ms over ${ITERATIONS} lifecycles (helpers = helper processes ran or were waited on; outside = daemon time outside them)`,
+  );
+  console.log(
+    `  ${'RPC'.padEnd(17)} ${'wall'.padStart(7)} ${'helpers'.padStart(7)} ${'outside'.padStart(7)}`,
+  );
+  let wallSum = 0;
+  for (const phase of PHASES) {
+    const entry = byMethod.get(phase)!;
+    const wall = p50(phases.map((t) => t[phase] ?? Number.NaN));
+    wallSum += wall;
+    console.log(`  ${phase.padEnd(17)} ${f(wall)} ${f(p50(entry.helpers))} ${f(p50(entry.outside))}`);
+  }
+  const totalWall = p50(phases.map((t) => PHASES.reduce((a, phase) => a + (t[phase] ?? 0), 0)));
+  console.log(
+    `  lifecycle total: wall p50 ${totalWall.toFixed(1)} ms (sum of per-RPC p50s ${wallSum.toFixed(1)}); daemon time outside helpers p50 ${p50(lifecycleOutside).toFixed(1)} ms (aim: <= 10 ms)`,
+  );
+}
