@@ -11,11 +11,11 @@
  * p50 over BENCH_LIFECYCLE_ITERATIONS (default 30) lifecycles, and the p50 of a lifecycle's
  * summed outside time (aim: <= 10 ms, issue 16).
  *
- * BENCH_CPU_PROF=DIR writes V8 CPU profiles of the daemon (and its supervisor) to DIR
+ * BENCH_DAEMON_LOG=FILE keeps a copy of the daemon's log. BENCH_CPU_PROF=DIR writes V8 CPU profiles of the daemon (and its supervisor) to DIR
  * (node --cpu-prof; the in-node daemon's is the larger one). Needs root (a real daemon as the
  * test user).
  */
-import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chown, cp, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startRegistry } from '../test/fixtures/registry.js';
@@ -81,12 +81,15 @@ export async function benchLifecycle(): Promise<void> {
     await benchImage(registry.url, work);
     const image = `${registry.host}/${REPOSITORY}:${TAG}`;
     daemon = await TestDaemon.start();
+    // Profiles go to the daemon's temp dir first (the harness counts the user's files
+    // elsewhere as leaks), and are copied out once the daemon has exited.
+    const profDir = path.join(daemon.tmp, 'cpu-prof');
     if (CPU_PROF) {
-      await mkdir(CPU_PROF, { recursive: true });
-      await chmod(CPU_PROF, 0o777);
+      await mkdir(profDir);
+      await chown(profDir, daemon.user.uid, daemon.user.gid);
       await daemon.cli(['stop']);
       await daemon.supervisorExited();
-      await daemon.serve({ NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${CPU_PROF}` });
+      await daemon.serve({ NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` });
     }
     await daemon.client.image('PullImage', { image: { image } }, { timeoutMs: 120_000 });
     for (let i = 0; i < 3; i++) await criIteration(daemon, image, `warm-${i}`);
@@ -98,10 +101,18 @@ export async function benchLifecycle(): Promise<void> {
       phases.push(times);
     }
     lines = await rpcLines(logFile, offset, ITERATIONS * PHASES.length);
+    if (process.env.BENCH_DAEMON_LOG) await cp(logFile, process.env.BENCH_DAEMON_LOG);
     if (CPU_PROF) {
       // The profile is written when the daemon exits; stop --all (below) then ends the node.
       await daemon.cli(['stop']);
       await daemon.supervisorExited();
+      await mkdir(CPU_PROF, { recursive: true });
+      for (const file of await readdir(profDir)) {
+        const target = path.join(CPU_PROF, file);
+        await cp(path.join(profDir, file), target);
+        await chown(target, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
+      }
+      console.log(`CPU profiles of the daemon and its supervisor in ${CPU_PROF}`);
     }
   } finally {
     await daemon?.stop();
