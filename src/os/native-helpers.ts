@@ -12,7 +12,8 @@ export type NativeHelper =
   | 'console-relay'
   | 'attach-relay'
   | 'remove-tree'
-  | 'pod-userns';
+  | 'pod-userns'
+  | 'spawn-in-cgroup';
 
 export const NATIVE_HELPERS: readonly NativeHelper[] = [
   'layer-unpack',

@@ -142,6 +142,8 @@ export interface CrunConmonOptions {
   conmonLogLevel?: 'debug' | 'info' | 'warn' | 'error';
   consoleRelayPath?: string;
   attachRelayPath?: string;
+  /** native/build/spawn-in-cgroup by default: conmon started inside its cgroup. */
+  spawnInCgroupPath?: string;
   /** The exit watcher's safety rescan period (ms). */
   exitRescanMs?: number;
 }
@@ -253,6 +255,13 @@ export class CrunConmonRuntime implements OciRuntime {
         stdin: options.stdin,
         stdinOnce: options.stdinOnce,
       },
+      // Started in its cgroup, so everything it starts (crun, the container) inherits it.
+      options.conmonCgroup
+        ? {
+            dir: options.conmonCgroup,
+            helperPath: this.options.spawnInCgroupPath ?? nativeHelperPath('spawn-in-cgroup'),
+          }
+        : undefined,
     );
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
@@ -264,10 +273,6 @@ export class CrunConmonRuntime implements OciRuntime {
     aborted.catch(() => undefined);
     try {
       await conmon.handle.spawned;
-      if (options.conmonCgroup) {
-        // Before conmon forks: everything it starts (crun, the container) inherits the cgroup.
-        await writeFile(path.join(options.conmonCgroup, 'cgroup.procs'), String(conmon.handle.pid));
-      }
       conmon.release();
       const timeoutMs = this.options.createTimeoutMs ?? 120_000;
       const report = await waitingOnHelper(
