@@ -24,6 +24,8 @@ export interface CoreObserver {
  * method is a no-op when NRI is off).
  */
 export interface NriLifecycle {
+  /** Whether plugins take part (they may add OCI hooks to a container's spec). */
+  readonly enabled?: boolean;
   /** Holds plugin synchronization off while `fn` changes what the stores show. */
   withSyncBlocked<T>(fn: () => Promise<T>): Promise<T>;
   /** The container's first transition to EXITED, whoever caused it. */
