@@ -116,20 +116,25 @@ export function createCreateContainer(deps: ContainerDeps) {
       rollback.push('delete the container record', () => deps.core.containers.delete(id));
 
       signal?.throwIfAborted();
-      step = 'marking the image in use';
-      // Pushed first: a hold written by a call that then failed is released too.
+      step = 'marking the image in use and preparing the writable layer';
+      // Pushed first: a hold written by a call that then failed is released too; likewise a
+      // writable layer. The hold (a record write) and the mount (fuse-overlayfs) are
+      // independent: side by side, both settled before a failure is reported.
       rollback.push('release the image', () => deps.core.images.release(image.id, id));
-      await deps.core.images.markInUse(image.id, id);
-
-      step = 'preparing the writable layer';
       rollback.push('remove the writable layer', () => deps.core.snapshotter.remove(id));
       // A pod with its own user namespace sees the image's files shifted into it.
       const userns = sandbox.userNamespace;
-      const { rootfs } = await deps.core.snapshotter.prepare(
-        id,
-        image.layerDirs,
-        userns ? { idMapping: { uids: userns.uids, gids: userns.gids } } : undefined,
-      );
+      const [held, prepared] = await Promise.allSettled([
+        deps.core.images.markInUse(image.id, id),
+        deps.core.snapshotter.prepare(
+          id,
+          image.layerDirs,
+          userns ? { idMapping: { uids: userns.uids, gids: userns.gids } } : undefined,
+        ),
+      ]);
+      if (held.status === 'rejected') throw held.reason;
+      if (prepared.status === 'rejected') throw prepared.reason;
+      const { rootfs } = prepared.value;
       record = { ...record, rootfs };
       step = 'mounting image volumes';
       const mounts = await mountImageVolumes(deps.core, id, config.mounts, imageVolumes, rollback);
