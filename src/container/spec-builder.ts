@@ -391,8 +391,11 @@ async function readIdFiles(
   input: SpecInput,
 ): Promise<{ passwd: PasswdEntry[] | null; group: GroupEntry[] | null }> {
   const { files, image } = input;
-  const passwd = await files.readInRoot(image.rootfs, '/etc/passwd', MAX_ID_FILE_BYTES);
-  const group = await files.readInRoot(image.rootfs, '/etc/group', MAX_ID_FILE_BYTES);
+  // Side by side: each is a few round trips through the rootfs mount (fuse-overlayfs).
+  const [passwd, group] = await Promise.all([
+    files.readInRoot(image.rootfs, '/etc/passwd', MAX_ID_FILE_BYTES),
+    files.readInRoot(image.rootfs, '/etc/group', MAX_ID_FILE_BYTES),
+  ]);
   return {
     passwd: passwd === null ? null : parsePasswd(passwd.toString('utf8')),
     group: group === null ? null : parseGroup(group.toString('utf8')),
