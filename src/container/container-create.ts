@@ -186,7 +186,9 @@ export function createCreateContainer(deps: ContainerDeps) {
         warnings: built.warnings,
         user: built.user,
       };
-      await deps.core.containers.put(record);
+      // Not saved here: what a crash from now on leaves is undone by id (recovery's undo of a
+      // `creating` record: crun delete, the writable layer, the image hold; the pod's conmon
+      // cgroup goes with the pod), so these fields reach disk with the `created` record below.
 
       signal?.throwIfAborted();
       step = 'creating the container with conmon and crun';
