@@ -32,9 +32,11 @@ import { ContainerdPeer } from './containerd-peer.js';
 import { benchImage, REPOSITORY, TAG } from './containers.js';
 import { percentile } from './stats.js';
 
-const ITERATIONS = Number(process.env.BENCH_PEER_ITERATIONS ?? 30);
-const EXECS = Number(process.env.BENCH_PEER_EXECS ?? 60);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ITERATIONS = Number(process.env.BENCH_PEER_ITERATIONS ?? 60);
+const EXECS = Number(process.env.BENCH_PEER_EXECS ?? 120);
+// More, shorter rounds than the other suites: the machine is shared, and a noisy stretch then
+// lands on both sides.
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
 const PAUSE_REPOSITORY = 'rootless-cri/bench-pause';
 
 interface Side {
@@ -171,14 +173,14 @@ interface StackMemory {
   parts: string;
 }
 
-function summarizeStack(procs: Proc[], daemonPids: number[]): StackMemory {
+function summarizeStack(procs: Proc[], daemonPids: number[], roles: Map<number, string>): StackMemory {
   const mib = (b: number) => (b / 1048576).toFixed(1);
   return {
     whole: procs.reduce((a, p) => a + p.rssBytes, 0),
     daemon: procs.filter((p) => daemonPids.includes(p.pid)).reduce((a, p) => a + p.rssBytes, 0),
     parts: procs
       .sort((a, b) => b.rssBytes - a.rssBytes)
-      .map((p) => `${p.comm} ${mib(p.rssBytes)}`)
+      .map((p) => `${roles.get(p.pid) ?? p.comm} ${mib(p.rssBytes)}`)
       .join(', '),
   };
 }
@@ -193,7 +195,15 @@ async function rootlessCriMemory(daemon: TestDaemon): Promise<StackMemory> {
     rootlesskit = p;
     p = table.get(p)?.ppid;
   }
-  return summarizeStack(trees(table, [supervisor, rootlesskit]), [supervisor, daemonPid]);
+  const roles = new Map([
+    [supervisor, 'supervisor'],
+    [daemonPid, 'daemon'],
+    [rootlesskit, 'rootlesskit'],
+  ]);
+  const procs = trees(table, [supervisor, rootlesskit]);
+  for (const p of procs)
+    if (p.comm === 'exe' && p.ppid === rootlesskit) roles.set(p.pid, 'rootlesskit child');
+  return summarizeStack(procs, [supervisor, daemonPid], roles);
 }
 
 async function containerdMemory(peer: ContainerdPeer): Promise<StackMemory> {
@@ -204,7 +214,10 @@ async function containerdMemory(peer: ContainerdPeer): Promise<StackMemory> {
   const containerd = procs.filter((p) => p.comm === 'containerd').map((p) => p.pid);
   if (containerd.length !== 1)
     throw new Error(`found ${containerd.length} containerd processes in the peer's tree`);
-  return summarizeStack(procs, containerd);
+  const roles = new Map<number, string>();
+  for (const p of procs)
+    if (p.comm === 'exe' && p.ppid === peer.rootlesskitPid()) roles.set(p.pid, 'rootlesskit child');
+  return summarizeStack(procs, containerd, roles);
 }
 
 async function containerdVersion(peer: ContainerdPeer): Promise<string> {
@@ -254,6 +267,13 @@ export async function benchPeer(): Promise<void> {
       cri: await startPod(sides.cri, image, 'exec'),
       containerd: await startPod(sides.containerd, image, 'exec'),
     };
+    // Both sides did the same pod network work: CNI gave each pod an address.
+    for (const [key, pod] of Object.entries(execPods) as [keyof typeof sides, { pod_sandbox_id: string }][]) {
+      const { status } = await sides[key]
+        .client()
+        .runtime('PodSandboxStatus', { pod_sandbox_id: pod.pod_sandbox_id });
+      if (!status?.network?.ip) throw new Error(`${sides[key].name}: the pod has no IP address`);
+    }
     await execs(sides.cri, execPods.cri.container_id, 5);
     await execs(sides.containerd, execPods.containerd.container_id, 5);
     const perRound = Math.ceil(ITERATIONS / ROUNDS);
