@@ -20,10 +20,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     chmod 0755 "$policy"
     ours=1
   fi
-  trap '[ "$ours" = 1 ] && rm -f "$policy"' EXIT
+  trap 'if [ "$ours" = 1 ]; then rm -f "$policy"; fi' EXIT
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # apt's chatter (debconf notes) only when it fails.
+  out=$(mktemp)
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    echo "peer-setup: installing ${missing[*]} failed" >&2
+    exit 1
+  fi
+  rm -f "$out"
 fi
 if [ -d /run/systemd/system ]; then
   systemctl disable --now containerd.service >/dev/null 2>&1 || true
