@@ -31,8 +31,8 @@ import { percentile } from './stats.js';
 const ITERATIONS = Number(process.env.BENCH_CONTAINER_ITERATIONS ?? 30);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const MEMORY_PODS = Number(process.env.BENCH_MEMORY_PODS ?? 20);
-const REPOSITORY = 'rootless-cri/bench-busybox';
-const TAG = '1';
+export const REPOSITORY = 'rootless-cri/bench-busybox';
+export const TAG = '1';
 
 interface Summary {
   n: number;
@@ -57,7 +57,7 @@ function epochPairsMs(stdout: string): number[] {
     });
 }
 
-async function benchImage(registryUrl: string, work: string) {
+export async function benchImage(registryUrl: string, work: string) {
   const base = await busyboxBaseLayer();
   const items = base.items.map(
     (item): LayerItem =>
