@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: figures as ratios against a floor measured in the same run.
- * Suites: rpc (below), pods, pull, streaming, containers, lifecycle, critest, exits, many-pods (bench/<suite>.ts;
+ * Suites: rpc (below), pods, pull, streaming, containers, lifecycle, critest, exits, many-pods, peer (bench/<suite>.ts;
  * all but rpc need root: they run a real daemon as the test user).
  *
  * rpc: Version round trip over a unix socket, sequential, through the real rootless-cri server
@@ -18,6 +18,7 @@ import { benchContainers } from './containers.js';
 import { benchExits } from './exits.js';
 import { benchLifecycle } from './lifecycle.js';
 import { benchManyPods } from './many-pods.js';
+import { benchPeer } from './peer.js';
 import { benchPods } from './pods.js';
 import { benchPull } from './pull.js';
 import { percentile } from './stats.js';
@@ -105,3 +106,4 @@ if (want('streaming')) await benchStreaming();
 if (want('critest')) await (await import('./critest.js')).benchCritest();
 if (want('exits')) await benchExits();
 if (want('many-pods')) await benchManyPods();
+if (want('peer')) await benchPeer();

@@ -56,8 +56,6 @@ export interface InfraProcess {
   pid: number;
   /** The `unshare --fork` parent that waits for it (exits with it). */
   wrapperPid: number;
-  /** The wrapper's /proc start time (records written before it was kept have none). */
-  wrapperStartTime?: string;
   /** /proc/<pid>/stat start time (clock ticks): a reused pid has another. */
   startTime: string;
   /** Inode of /proc/<pid>/ns/pid, for containers that join the pod pid namespace. */
@@ -373,7 +371,6 @@ export class NodeSandboxOs implements SandboxOs {
     return {
       pid,
       wrapperPid,
-      wrapperStartTime: await processStartTime(wrapperPid),
       startTime: await processStartTime(pid),
       pidNamespaceInode: (await stat(`/proc/${pid}/ns/pid`)).ino,
     };
@@ -385,35 +382,30 @@ export class NodeSandboxOs implements SandboxOs {
   }
 
   async stopInfra(infra: InfraProcess): Promise<void> {
-    if (await this.infraAlive(infra)) {
-      try {
-        process.kill(infra.pid, 'SIGKILL');
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-      }
+    if (!(await this.infraAlive(infra))) return;
+    // Its wrapper is the infra's parent. Known while the infra lives, not by pid alone: after a
+    // node restart, or within one 10 ms tick, the pid can name another pod's wrapper.
+    const wrapper = (await parentPid(infra.pid)) === infra.wrapperPid ? await this.wrapperStart(infra) : null;
+    try {
+      process.kill(infra.pid, 'SIGKILL');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
     }
     // The wrapper exits once its child is gone; wait for both so nothing is left behind.
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {
-      const alive = (await this.infraAlive(infra)) || (await this.wrapperAlive(infra));
+      const alive =
+        (await this.infraAlive(infra)) || (wrapper !== null && (await this.wrapperStart(infra)) === wrapper);
       if (!alive) return;
       await sleep(5);
     }
     throw new InternalError(`the pod infra process ${infra.pid} did not exit within 10s of SIGKILL`);
   }
 
-  /**
-   * Whether the infra's `unshare` wrapper is still there. Its pid may since belong to another
-   * process, even another pod's wrapper (a new node numbers its pids from 1 again), so it is
-   * known by its start time; for a record without one, only a process started no later than
-   * the infra can be its wrapper.
-   */
-  private async wrapperAlive(infra: InfraProcess): Promise<boolean> {
-    if (!(await isLiveProcess(infra.wrapperPid, this.unshare))) return false;
-    const start = await processStartTime(infra.wrapperPid).catch(() => null);
-    if (start === null) return false;
-    if (infra.wrapperStartTime !== undefined) return start === infra.wrapperStartTime;
-    return BigInt(start) <= BigInt(infra.startTime);
+  /** The start time of the live (not zombie) `unshare` at the wrapper's pid, or null. */
+  private async wrapperStart(infra: InfraProcess): Promise<string | null> {
+    if (!(await isLiveProcess(infra.wrapperPid, this.unshare))) return null;
+    return processStartTime(infra.wrapperPid).catch(() => null);
   }
 
   async configureNamespaces(ns: NamespacePaths, settings: NamespaceSettings): Promise<void> {
@@ -485,6 +477,13 @@ export async function processStartTime(pid: number): Promise<string> {
   const start = rest[19];
   if (start === undefined) throw new InternalError(`unexpected /proc/${pid}/stat`);
   return start;
+}
+
+async function parentPid(pid: number): Promise<number | null> {
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  if (!text) return null;
+  // Fields restart after the command name's last ')': state, then ppid.
+  return Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]);
 }
 
 async function isLiveProcess(pid: number, expectedName: string): Promise<boolean> {
