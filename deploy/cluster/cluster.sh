@@ -58,6 +58,8 @@ DEFAULT_COREDNS_IMAGE=registry.k8s.io/coredns/coredns:v1.14.2
 
 say() { echo "cluster.sh: $*" >&2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+# The script's own stderr, for fail() called where a poll hides stderr (wait_until's command).
+exec 9>&2
 
 command=${1:-}
 [ -n "$command" ] || { sed -n '2,42p' "$0"; exit 2; }
@@ -223,7 +225,13 @@ pid_of() { cat "$dir/run/$1.pid" 2>/dev/null || true; }
 running() { # COMPONENT: alive, and started from this dir (not a recycled pid)
   local pid
   pid=$(pid_of "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  [ "$(sed 's/.*) //; s/ .*//' "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1   # not a zombie
+  local cmdline
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+  # Empty while it is between two programs (setsid, env, the launcher script and rootless-cri
+  # exec one another): alive is enough then.
+  [ -z "$cmdline" ] || grep -qF -- "$dir" <<<"$cmdline"
 }
 
 start_component() { # NAME COMMAND...
@@ -231,7 +239,7 @@ start_component() { # NAME COMMAND...
   shift
   if running "$what"; then say "$what is already running (pid $(pid_of "$what"))"; return 0; fi
   mkdir -p "$dir/logs" "$dir/run"
-  setsid "$@" >>"$dir/logs/$what.log" 2>&1 </dev/null &
+  setsid "$@" >>"$dir/logs/$what.log" 2>&1 </dev/null 9>&- &
   echo $! >"$dir/run/$what.pid"
   started+=("$what")
   say "started $what (pid $!, log $dir/logs/$what.log)"
@@ -259,10 +267,12 @@ log_tail() { tail -n "${2:-15}" "$dir/logs/$1.log" 2>/dev/null | sed "s/^/  $1| 
 # A failure after something started: stop what this run started, then say why.
 fail() {
   local i
-  say "$*"
-  for ((i = ${#started[@]} - 1; i >= 0; i--)); do log_tail "${started[i]}" 8; done
-  for ((i = ${#started[@]} - 1; i >= 0; i--)); do stop_component "${started[i]}"; done
-  [ "${published_now:-0}" = 1 ] && unpublish_all
+  {
+    say "$*"
+    for ((i = ${#started[@]} - 1; i >= 0; i--)); do log_tail "${started[i]}" 8; done
+    for ((i = ${#started[@]} - 1; i >= 0; i--)); do stop_component "${started[i]}"; done
+    [ "${published_now:-0}" = 1 ] && unpublish_all
+  } 2>&9
   exit 1
 }
 
