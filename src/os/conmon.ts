@@ -115,6 +115,7 @@ export function startConmon(
     env: { ...process.env, _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
     daemon: true,
     cwd: container.bundleDir,
+    runs: layout.conmonPath,
   });
   const syncPipe = handle.child.stdio[3] as Readable;
   const startPipe = handle.child.stdio[4] as Writable;

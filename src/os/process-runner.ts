@@ -329,6 +329,8 @@ export interface StartOptions {
    * of the user's terminal.
    */
   ownGroup?: boolean;
+  /** The name helper metrics give it, when `program` only wraps it (spawn-in-cgroup runs conmon). */
+  runs?: string;
 }
 
 export interface ExitStatus {
@@ -365,7 +367,7 @@ export function start(program: string, args: readonly string[], options: StartOp
   let done = false;
   const spawned = new Promise<void>((resolve, reject) => {
     child.once('spawn', () => {
-      notify(program, performance.now() - started, 'ok');
+      notify(options.runs ?? program, performance.now() - started, 'ok');
       resolve();
     });
     child.once('error', (err: NodeJS.ErrnoException) => {
