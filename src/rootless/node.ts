@@ -6,7 +6,7 @@
  * pod running. `rootless-cri stop --all` is the only thing that tears the node down.
  */
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { FailedPreconditionError, UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -137,6 +137,9 @@ export async function startNode(options: NodeOptions, logger: Logger): Promise<N
       'no delegated cgroup v2 subtree: pods will run without cgroups (rootless-cri doctor explains how to delegate one)',
     );
   }
+  // The rootlesskit of a node that died removes its state dir when it exits: were it still
+  // exiting, that would take the new node's files (child_pid, api.sock) with it.
+  await awaitOldRootlesskit(options.stateDir, logger);
   // A stale state dir (a node that died) would make rootlesskit refuse to start.
   await rm(options.stateDir, { recursive: true, force: true });
   await mkdir(path.dirname(options.stateDir), { recursive: true, mode: 0o700 });
@@ -175,6 +178,44 @@ export async function startNode(options: NodeOptions, logger: Logger): Promise<N
   } finally {
     closeSync(logFd);
   }
+}
+
+/** Our processes started with `--state-dir=<stateDir>`: a rootlesskit and its child. */
+async function rootlesskitsOf(stateDir: string): Promise<number[]> {
+  const arg = `--state-dir=${stateDir}`;
+  const uid = process.getuid?.();
+  const pids: number[] = [];
+  for (const name of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    const owner = await stat(`/proc/${name}`).then(
+      (st) => st.uid,
+      () => null,
+    );
+    if (owner === null || (uid !== undefined && owner !== uid)) continue;
+    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.split('\0').includes(arg)) pids.push(Number(name));
+  }
+  return pids;
+}
+
+/**
+ * Waits for the rootlesskit of a node that is gone (findNode found none) to finish exiting; one
+ * still there after 10 s is killed, as the new node replaces it.
+ */
+async function awaitOldRootlesskit(stateDir: string, logger: Logger): Promise<void> {
+  let pids = await rootlesskitsOf(stateDir);
+  if (pids.length === 0) return;
+  logger.info({ pids, stateDir }, 'waiting for the rootlesskit of the previous node to exit');
+  const deadline = Date.now() + 10_000;
+  while (pids.length > 0 && Date.now() < deadline) {
+    await sleep(50);
+    pids = (await rootlesskitsOf(stateDir)).filter((p) => isAlive(p));
+  }
+  if (pids.length === 0) return;
+  logger.warn({ pids, stateDir }, "the previous node's rootlesskit did not exit within 10 s: killing it");
+  for (const pid of pids) signal(pid, 'SIGKILL');
+  const killDeadline = Date.now() + 5_000;
+  while (pids.some((p) => isAlive(p)) && Date.now() < killDeadline) await sleep(50);
 }
 
 /** Stops the node: every process inside it dies with it (rootlesskit --pidns). */
