@@ -14,7 +14,8 @@ async function statField(pid: number, index: number): Promise<number | null> {
   return Number.isSafeInteger(value) ? value : null;
 }
 
-function parentOf(pid: number): Promise<number | null> {
+/** The parent pid of `pid`; null when it is gone. */
+export function parentOf(pid: number): Promise<number | null> {
   return statField(pid, 1);
 }
 

@@ -37,6 +37,7 @@ import { FailedPreconditionError, InternalError, InvalidArgumentError } from '..
 import { recordHelperWait } from './helper-time.js';
 import { createPodUserNamespace, type IdMapping } from './pod-user-namespace.js';
 import { run, start } from './process-runner.js';
+import { parentOf } from './process-tree.js';
 import { SAFE_PATH } from './programs.js';
 
 /** What a settings step said: its exit status and stderr. */
@@ -385,7 +386,7 @@ export class NodeSandboxOs implements SandboxOs {
     if (!(await this.infraAlive(infra))) return;
     // Its wrapper is the infra's parent. Known while the infra lives, not by pid alone: after a
     // node restart, or within one 10 ms tick, the pid can name another pod's wrapper.
-    const wrapper = (await parentPid(infra.pid)) === infra.wrapperPid ? await this.wrapperStart(infra) : null;
+    const wrapper = (await parentOf(infra.pid)) === infra.wrapperPid ? await this.wrapperStart(infra) : null;
     try {
       process.kill(infra.pid, 'SIGKILL');
     } catch (err) {
@@ -477,13 +478,6 @@ export async function processStartTime(pid: number): Promise<string> {
   const start = rest[19];
   if (start === undefined) throw new InternalError(`unexpected /proc/${pid}/stat`);
   return start;
-}
-
-async function parentPid(pid: number): Promise<number | null> {
-  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  if (!text) return null;
-  // Fields restart after the command name's last ')': state, then ppid.
-  return Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]);
 }
 
 async function isLiveProcess(pid: number, expectedName: string): Promise<boolean> {
