@@ -22,7 +22,7 @@ static char g_error[1024];
 static const char *g_error_kind = "";
 static const char *g_error_errno = "";
 
-__attribute__((format(printf, 3, 4))) static void set_error(const char *kind, int errnum,
+__attribute__((format(printf, 3, 4), unused)) static void set_error(const char *kind, int errnum,
                                                             const char *fmt, ...) {
   if (g_error[0] != '\0') return;
   va_list ap;

@@ -5,87 +5,19 @@
  * rootlesskit's --disable-host-loopback keeps 10.0.2.2 closed, so pods cannot reach host
  * services). Registry traffic, though, belongs to the host: "127.0.0.1:5000" in an image name
  * means the operator's registry on the host, as it does for containerd's rootless
- * detach-netns mode. The supervisor, which stays in the host namespaces, serves a unix socket
- * (a path socket, so the daemon reaches it from any netns; mode 0600 in the 0700 run dir);
- * the daemon asks it for connections:
+ * detach-netns mode. The supervisor (native/node-supervisor.c), which stays in the host
+ * namespaces, serves a unix socket (a path socket, so the daemon reaches it from any netns;
+ * mode 0600 in the 0700 run dir); the daemon asks it for connections:
  *
  *   client -> "CONNECT <host> <port>\n"     host: an IP literal or a DNS name
  *   server -> "OK\n" then raw bytes both ways, or "ERR <message>\n" and close
  */
-import { chmod, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { UnavailableError } from '../errors.js';
-import type { Logger } from '../log.js';
 
-const MAX_REQUEST_BYTES = 512;
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export type Dialer = (host: string, port: number, signal?: AbortSignal) => Promise<net.Socket>;
-
-export interface HostDialerServer {
-  socketPath: string;
-  close(): Promise<void>;
-}
-
-export async function startHostDialer(socketPath: string, logger: Logger): Promise<HostDialerServer> {
-  await rm(socketPath, { force: true });
-  const server = net.createServer((client) => {
-    let buffered = Buffer.alloc(0);
-    client.setTimeout(HANDSHAKE_TIMEOUT_MS, () => client.destroy());
-    const onData = (chunk: Buffer) => {
-      buffered = Buffer.concat([buffered, chunk]);
-      const newline = buffered.indexOf(0x0a);
-      if (newline < 0) {
-        if (buffered.length > MAX_REQUEST_BYTES) client.destroy();
-        return;
-      }
-      client.off('data', onData);
-      client.pause();
-      const request = buffered.subarray(0, newline).toString('utf8');
-      const rest = buffered.subarray(newline + 1);
-      const match = /^CONNECT ([A-Za-z0-9.:[\]-]{1,255}) (\d{1,5})$/.exec(request);
-      const port = match ? Number(match[2]) : 0;
-      if (!match || port < 1 || port > 65535) {
-        client.end('ERR malformed request\n');
-        return;
-      }
-      const host = match[1]!.replace(/^\[(.*)\]$/, '$1');
-      const upstream = net.connect({ host, port });
-      let connected = false;
-      upstream.once('connect', () => {
-        connected = true;
-        client.setTimeout(0);
-        client.write('OK\n');
-        if (rest.length > 0) upstream.write(rest);
-        client.pipe(upstream);
-        upstream.pipe(client);
-        client.resume();
-      });
-      upstream.once('error', (err) => {
-        if (connected) client.destroy();
-        else client.end(`ERR ${err.message.replace(/\n/g, ' ')}\n`);
-      });
-      client.once('error', () => upstream.destroy());
-      client.once('close', () => upstream.destroy());
-    };
-    client.on('data', onData);
-    client.on('error', () => undefined);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(socketPath, () => resolve());
-  });
-  await chmod(socketPath, 0o600);
-  logger.debug({ socket: socketPath }, 'host dialer listening');
-  return {
-    socketPath,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        void rm(socketPath, { force: true });
-      }),
-  };
-}
 
 /** A Dialer that opens connections from the host's network namespace through `socketPath`. */
 export function hostDialer(socketPath: string): Dialer {

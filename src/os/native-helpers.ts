@@ -13,7 +13,8 @@ export type NativeHelper =
   | 'attach-relay'
   | 'remove-tree'
   | 'pod-userns'
-  | 'spawn-in-cgroup';
+  | 'spawn-in-cgroup'
+  | 'node-supervisor';
 
 export const NATIVE_HELPERS: readonly NativeHelper[] = [
   'layer-unpack',

@@ -12,10 +12,12 @@
  * local user needs (about 7,300 at 20,000 fds). Whatever the daemon does with the
  * connection, the parent's fds stay held by the client.
  *
- * So the supervisor, which lives in the host's namespaces, binds the host's
- * 127.0.0.1:<port> itself and hands the listening socket to the daemon over the IPC
- * channel it started the daemon with (Node passes the fd with SCM_RIGHTS; it survives
- * nsenter's exec). The daemon then accepts host connections itself, in Node, where an
+ * So the supervisor (native/node-supervisor.c), which lives in the host's namespaces, binds
+ * the host's address itself and hands the listening socket to the daemon over the Node.js
+ * IPC channel it started the daemon with (fd 3; the socket travels with SCM_RIGHTS in the
+ * message shape child.send() gives a net.Server; it survives nsenter's exec). IP literals
+ * only: the daemon's own listeners ask for 127.0.0.1, pods' TCP host ports
+ * (host-port-forwarder.ts) for the address of their port mapping. The daemon then accepts host connections itself, in Node, where an
  * accept EMFILE is an 'error' event and libuv keeps listening, and puts each one through
  * the same connection limits as its node-side listener (connection-guard.ts). A flood
  * costs the daemon a bounded number of fds, costs rootlesskit none, and pods' host ports
@@ -23,14 +25,11 @@
  *
  *   daemon → supervisor  {type:'rcri:listen', id, host, port}
  *   supervisor → daemon  {type:'rcri:listener', id, port} + the listening socket
- *                        {type:'rcri:listener-error', id, code, message}
- *                        {type:'rcri:connection', id} + a socket the supervisor accepted
- *                        before it closed its copy of the listener (rare)
+ *                        {type:'rcri:listener-error', id, code: errno name, message}
  */
 
 import net from 'node:net';
 import type { Logger } from '../log.js';
-import type { ChildProcess } from '../os/process-runner.js';
 
 export interface ListenRequest {
   type: 'rcri:listen';
@@ -41,67 +40,7 @@ export interface ListenRequest {
 
 export type ListenAnswer =
   | { type: 'rcri:listener'; id: number; port: number }
-  | { type: 'rcri:listener-error'; id: number; code: string; message: string }
-  | { type: 'rcri:connection'; id: number };
-
-function isListenRequest(message: unknown): message is ListenRequest {
-  const m = message as Partial<ListenRequest> | null;
-  return (
-    typeof m === 'object' &&
-    m !== null &&
-    m.type === 'rcri:listen' &&
-    Number.isSafeInteger(m.id) &&
-    typeof m.host === 'string' &&
-    Number.isInteger(m.port) &&
-    m.port! >= 0 &&
-    m.port! <= 65535
-  );
-}
-
-/**
- * Supervisor side: answers the daemon's listen requests on `child`'s IPC channel. The daemon's
- * own listeners ask for 127.0.0.1; pods' TCP host ports (host-port-forwarder.ts) for the
- * address of their port mapping, which rootlesskit's driver would have bound the same way.
- * IP literals only.
- */
-export function serveHostListeners(child: ChildProcess, logger: Logger): void {
-  child.on('message', (message: unknown) => {
-    if (!isListenRequest(message)) return;
-    const { id, host, port } = message;
-    const fail = (code: string, why: string) => {
-      if (child.connected)
-        child.send({ type: 'rcri:listener-error', id, code, message: why } satisfies ListenAnswer);
-    };
-    if (net.isIP(host) === 0) {
-      fail('EINVAL', `the supervisor binds IP addresses only, not ${JSON.stringify(host)}`);
-      return;
-    }
-    // Paused: a connection this process accepts before it closes its copy of the listener
-    // is passed on unread.
-    const server = net.createServer({ pauseOnConnect: true });
-    server.on('connection', (socket) => {
-      if (child.connected) child.send({ type: 'rcri:connection', id } satisfies ListenAnswer, socket);
-      else socket.destroy();
-    });
-    server.once('error', (err: NodeJS.ErrnoException) => {
-      fail(err.code ?? 'EIO', err.message);
-      server.close();
-    });
-    server.listen({ host, port, exclusive: true }, () => {
-      const bound = (server.address() as net.AddressInfo).port;
-      if (!child.connected) {
-        server.close();
-        return;
-      }
-      child.send({ type: 'rcri:listener', id, port: bound } satisfies ListenAnswer, server, (err) => {
-        // The daemon holds the socket now; this process's copy goes.
-        server.close();
-        if (err) logger.warn({ err, port: bound }, 'could not hand a host listener to the daemon');
-        else logger.debug({ port: bound }, 'handed a host listener to the daemon');
-      });
-    });
-  });
-}
+  | { type: 'rcri:listener-error'; id: number; code: string; message: string };
 
 /** Daemon side: where host listeners come from. */
 export interface HostListenerSource {
@@ -133,22 +72,12 @@ export function ipcHostListeners(logger: Logger): HostListenerSource | null {
     pending.delete(id);
     if (pending.size === 0) process.channel?.unref();
   };
-  const servers = new Map<number, net.Server>();
   process.on('message', (message: ListenAnswer, handle: unknown) => {
     if (typeof message !== 'object' || message === null) return;
-    if (message.type === 'rcri:connection') {
-      // Accepted by the supervisor in the moment before it let go of the listener.
-      const server = servers.get(message.id);
-      if (server && handle instanceof net.Socket) server.emit('connection', handle);
-      else if (handle instanceof net.Socket) handle.destroy();
-      return;
-    }
     const waiter = pending.get(message.id);
     if (waiter === undefined) return;
     settled(message.id);
     if (message.type === 'rcri:listener' && handle instanceof net.Server) {
-      servers.set(message.id, handle);
-      handle.once('close', () => servers.delete(message.id));
       waiter.resolve(handle);
     } else if (message.type === 'rcri:listener-error') {
       waiter.reject(new HostListenError(message.code, message.message));

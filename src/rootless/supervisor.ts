@@ -1,21 +1,19 @@
 /**
- * `rootless-cri serve` on the host: find or start the node, then run the daemon inside it
- * (nsenter into every node namespace) and stay as its supervisor: forward signals, record the
- * daemon's host pid for `rootless-cri stop`, and exit with the daemon's status.
+ * `rootless-cri serve` on the host: find or start the node, then become the native supervisor
+ * (native/node-supervisor.c), which runs the daemon inside the node (nsenter into every node
+ * namespace) and stays on the host side: host dialer, host listeners, uplink, signals, the
+ * daemon's pid file for `rootless-cri stop`, and the daemon's exit status as its own.
  *
  * The node outlives the daemon on purpose: `kill -9` of the daemon, then `serve` again, rejoins
  * the same node (same user namespace) with every pod still running.
  */
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { FailedPreconditionError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DAEMON_CGROUP_NAME, ensureCgroup, moveProcess } from '../os/cgroup-delegation.js';
-import { startHostDialer } from '../os/host-dialer.js';
-import { start } from '../os/process-runner.js';
+import { nativeHelperPath } from '../os/native-helpers.js';
 import { preflightSocket } from '../os/socket-file.js';
-import { serveHostListeners } from './host-listeners.js';
 import {
   findNode,
   isAlive,
@@ -26,7 +24,6 @@ import {
   startNode,
   withSbin,
 } from './node.js';
-import { watchUplink } from './uplink.js';
 
 export interface SupervisorOptions {
   runDir: string;
@@ -35,6 +32,8 @@ export interface SupervisorOptions {
   /** The command that runs the daemon once inside the node, e.g. [node, cli.js, serve, --in-node, ...]. */
   daemonCommand: string[];
   nsenter?: string;
+  /** native/build/node-supervisor by default. */
+  supervisorProgram?: string;
 }
 
 export function hostDialerPath(runDir: string): string {
@@ -128,71 +127,50 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
     }
   }
 
-  // Registries are reached from the host's network namespace (see host-dialer.ts).
-  const dialer = await startHostDialer(hostDialerPath(options.runDir), logger);
-
+  // The rest of the supervisor's life is a small native program (native/node-supervisor.c):
+  // it replaces this process (same pid, so supervisor.pid stays true) and a node costs one
+  // Node.js process, the daemon's. It serves the host dialer (registries are reached from
+  // the host's network namespace, see host-dialer.ts), hands host listeners to the daemon
+  // over fd 3 (host-listeners.ts), restarts the uplink (slirp4netns, when rootlesskit's dies), forwards signals, writes
+  // the daemon's pid file and exits as the daemon did.
   const [cmd, ...args] = options.daemonCommand;
-  // fd 3 is an IPC channel (it survives nsenter's exec): the daemon asks through it for its
-  // host listeners (see host-listeners.ts).
-  const handle = start(options.nsenter ?? 'nsenter', [...nsenterArgs(node.childPid), cmd!, ...args], {
-    stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
-    ownGroup: false,
-    env: {
-      ...process.env,
-      PATH: withSbin(process.env.PATH),
-      ROOTLESSKIT_STATE_DIR: node.stateDir,
-      ROOTLESS_CRI_IN_NODE: '1',
-      ROOTLESS_CRI_HOST_DIALER: dialer.socketPath,
-    },
-  });
-  const { child } = handle;
-  const exited = handle.exited.then(({ exitCode, signal }) => ({ code: exitCode, signal }));
-  serveHostListeners(child, logger);
-  const uplink = watchUplink(
-    {
-      rootlesskitPid: node.rootlesskitPid,
-      childPid: node.childPid,
-      slirp4netns: options.node.slirp4netns,
-      mtu: options.node.mtu,
-      disableHostLoopback: options.node.disableHostLoopback,
-    },
-    logger,
-  );
-
-  // nsenter forks once to enter the pid namespace: the daemon is its child.
-  let daemonPid: number | null = null;
-  for (let i = 0; i < 200 && daemonPid === null && child.exitCode === null; i++) {
-    daemonPid = child.pid ? await childOf(child.pid) : null;
-    if (daemonPid === null) await sleep(10);
-  }
-  if (daemonPid !== null) await writePidFile(options.runDir, daemonPid);
-
-  const forward = (sig: NodeJS.Signals) => {
-    const target = daemonPid ?? child.pid;
-    if (target) {
-      try {
-        process.kill(target, sig);
-      } catch {
-        // already gone
-      }
-    }
+  const argv = [
+    '--run-dir',
+    options.runDir,
+    '--dial-socket',
+    hostDialerPath(options.runDir),
+    '--rootlesskit-pid',
+    String(node.rootlesskitPid),
+    '--child-pid',
+    String(node.childPid),
+    '--slirp4netns',
+    options.node.slirp4netns,
+    '--mtu',
+    String(options.node.mtu),
+    ...(options.node.disableHostLoopback ? ['--disable-host-loopback'] : []),
+    '--',
+    options.nsenter ?? 'nsenter',
+    ...nsenterArgs(node.childPid),
+    cmd!,
+    ...args,
+  ];
+  const env = {
+    ...process.env,
+    PATH: withSbin(process.env.PATH),
+    ROOTLESSKIT_STATE_DIR: node.stateDir,
+    ROOTLESS_CRI_IN_NODE: '1',
+    ROOTLESS_CRI_HOST_DIALER: hostDialerPath(options.runDir),
   };
-  const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
-  for (const s of signals) process.on(s, forward);
-
-  const { code, signal } = await exited;
-  for (const s of signals) process.off(s, forward);
-  await uplink.stop();
-  await dialer.close();
-  await rm(supervisorPidFilePath(options.runDir), { force: true });
-  if (daemonPid !== null && (await readPidFile(options.runDir)) === daemonPid) {
-    await rm(pidFilePath(options.runDir), { force: true });
+  const program = options.supervisorProgram ?? nativeHelperPath('node-supervisor');
+  if (typeof process.execve !== 'function') {
+    throw new FailedPreconditionError(
+      `Node.js ${process.version} has no process.execve (24 LTS has): install the pinned Node.js with deploy/install-node.sh`,
+    );
   }
-  if (signal) {
-    logger.warn({ signal }, 'the daemon was killed by a signal; the node keeps running');
-    return 128 + (osConstants.signals[signal] ?? 0);
-  }
-  return code ?? 1;
+  logger.debug({ program }, 'handing the host side over to the native supervisor');
+  await new Promise<void>((resolve) => logger.flush(() => resolve()));
+  process.execve(program, [program, ...argv], env);
+  throw new Error('unreachable: process.execve returned');
 }
 
 /** Stops the daemon whose pid file is in runDir; true if one was running. */
