@@ -18,6 +18,7 @@ import {
   removeCgroupTree,
 } from '../os/cgroup-delegation.js';
 import { start } from '../os/process-runner.js';
+import { parentOf } from '../os/process-tree.js';
 
 export interface NodeOptions {
   stateDir: string;
@@ -59,15 +60,6 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-async function parentPid(pid: number): Promise<number | null> {
-  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
-  if (!text) return null;
-  // comm may contain spaces and parentheses: fields after the last ')' are fixed.
-  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  const ppid = Number(rest[1]);
-  return Number.isInteger(ppid) ? ppid : null;
-}
-
 export async function userNamespaceOf(pid: number | 'self'): Promise<string> {
   return readlink(`/proc/${pid}/ns/user`);
 }
@@ -78,7 +70,7 @@ export async function findNode(stateDir: string, cgroupSubtree: string): Promise
   if (!childText) return null;
   const childPid = Number(childText.trim());
   if (!Number.isInteger(childPid) || childPid <= 1 || !isAlive(childPid)) return null;
-  const rootlesskitPid = await parentPid(childPid);
+  const rootlesskitPid = await parentOf(childPid);
   if (!rootlesskitPid || rootlesskitPid <= 1) return null;
   let userNamespace: string;
   try {
