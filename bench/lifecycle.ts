@@ -11,7 +11,8 @@
  * p50 over BENCH_LIFECYCLE_ITERATIONS (default 30) lifecycles, and the p50 of a lifecycle's
  * summed outside time (aim: <= 10 ms, issue 16).
  *
- * BENCH_DAEMON_LOG=FILE keeps a copy of the daemon's log. BENCH_CPU_PROF=DIR writes V8 CPU profiles of the daemon (and its supervisor) to DIR
+ * BENCH_DAEMON_LOG=FILE keeps a copy of the daemon's log. BENCH_DAEMON_ENV="K=V ..." adds to the
+ * daemon's environment (ROOTLESS_CRI_RUN_SERVER=0 compares runs forked by the daemon itself). BENCH_CPU_PROF=DIR writes V8 CPU profiles of the daemon (and its supervisor) to DIR
  * (node --cpu-prof; the in-node daemon's is the larger one). Needs root (a real daemon as the
  * test user).
  */
@@ -33,6 +34,12 @@ import { percentile } from './stats.js';
 
 const ITERATIONS = Number(process.env.BENCH_LIFECYCLE_ITERATIONS ?? 30);
 const CPU_PROF = process.env.BENCH_CPU_PROF;
+
+/** BENCH_DAEMON_ENV="K=V K=V": added to the daemon's environment (ROOTLESS_CRI_RUN_SERVER=0, for one). */
+function daemonEnv(): Record<string, string> {
+  const pairs = (process.env.BENCH_DAEMON_ENV ?? '').split(/\s+/).filter((p) => p.includes('='));
+  return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+}
 
 interface RpcLine {
   msg?: string;
@@ -84,12 +91,16 @@ export async function benchLifecycle(): Promise<void> {
     // Profiles go to the daemon's temp dir first (the harness counts the user's files
     // elsewhere as leaks), and are copied out once the daemon has exited.
     const profDir = path.join(daemon.tmp, 'cpu-prof');
+    const env = daemonEnv();
     if (CPU_PROF) {
       await mkdir(profDir);
       await chown(profDir, daemon.user.uid, daemon.user.gid);
+      env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${profDir}`;
+    }
+    if (Object.keys(env).length > 0) {
       await daemon.cli(['stop']);
       await daemon.supervisorExited();
-      await daemon.serve({ NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` });
+      await daemon.serve(env);
     }
     await daemon.client.image('PullImage', { image: { image } }, { timeoutMs: 120_000 });
     for (let i = 0; i < 3; i++) await criIteration(daemon, image, `warm-${i}`);

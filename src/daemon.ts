@@ -30,6 +30,7 @@ import { readNodeIdMaps, releaseStalePodViews } from './os/pod-user-namespace.js
 import { RootlesskitPortManager } from './os/port-manager.js';
 import { observeRuns } from './os/process-runner.js';
 import { Programs } from './os/programs.js';
+import { useRunServer } from './os/run-server.js';
 import { probeRuntimeHandler } from './os/runtime-features.js';
 import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
@@ -56,6 +57,10 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   await mkdir(config.rootDir, { recursive: true, mode: 0o700 });
   await mkdir(config.runDir, { recursive: true, mode: 0o700 });
   if (!process.env.ROOTLESS_CRI_IN_NODE) await writePidFile(config.runDir, process.pid);
+
+  // Run-to-completion programs are forked by a small native server, not by this process
+  // (os/run-server.ts).
+  const runServer = useRunServer(logger.child({ component: 'run-server' }));
 
   // ---- the node and its programs, probed once -------------------------------------------
   const programs = Programs.find({
@@ -372,6 +377,7 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
         // Pods and containers keep running: conmon and the infra processes outlive the daemon.
         await core.close();
         await metricsServer?.close();
+        await runServer?.close();
         resolve(0);
       } catch (err) {
         logger.error({ err: describeError(err) }, 'shutdown failed');

@@ -14,7 +14,8 @@ export type NativeHelper =
   | 'remove-tree'
   | 'pod-userns'
   | 'spawn-in-cgroup'
-  | 'node-supervisor';
+  | 'node-supervisor'
+  | 'run-server';
 
 export const NATIVE_HELPERS: readonly NativeHelper[] = [
   'layer-unpack',

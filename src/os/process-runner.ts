@@ -144,6 +144,11 @@ export function observeRuns(observer: RunObserver): () => void {
   return () => observers.delete(observer);
 }
 
+/** Accounts a finished run (helper time, observers); for runs started elsewhere (run-server.ts). */
+export function reportRun(program: string, durationMs: number, outcome: 'ok' | 'failed' | 'error'): void {
+  notify(program, durationMs, outcome);
+}
+
 function notify(program: string, durationMs: number, outcome: 'ok' | 'failed' | 'error'): void {
   recordHelperTime(durationMs);
   for (const observer of observers) {
@@ -153,6 +158,11 @@ function notify(program: string, durationMs: number, outcome: 'ok' | 'failed' | 
       // an observer never breaks a run
     }
   }
+}
+
+/** What a run cut by `signal` rejects with. */
+export function runCancelled(signal: AbortSignal, program: string): Error {
+  return abortReason(signal, program);
 }
 
 function abortReason(signal: AbortSignal, program: string): Error {
@@ -203,11 +213,35 @@ const DEFAULT_OUTPUT_CAP = 1024 * 1024;
 /** With settleOnExit: how long output written just before the exit may still arrive. */
 const EXIT_DRAIN_MS = 200;
 
+/** Something else that starts run()'s programs with run()'s semantics (run-server.ts). */
+export interface RunDelegate {
+  /** Whether it takes runs now; false sends them back to the daemon's own spawn. */
+  available(): boolean;
+  run(program: string, args: readonly string[], options: RunOptions): Promise<RunResult>;
+}
+
+let delegate: RunDelegate | null = null;
+
+/** Hands every later run() to `to` while it is available (null: the daemon spawns itself). */
+export function delegateRuns(to: RunDelegate | null): void {
+  delegate = to;
+}
+
 /**
  * Runs a program to completion and collects its output. Resolves for any exit status;
  * rejects with ProgramNotFoundError, ProcessTimeoutError, or the abort signal's reason.
  */
 export function run(program: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  if (delegate?.available()) return delegate.run(program, args, options);
+  return spawnAndRun(program, args, options);
+}
+
+/** run() by the daemon's own spawn. */
+export function spawnAndRun(
+  program: string,
+  args: readonly string[],
+  options: RunOptions = {},
+): Promise<RunResult> {
   const started = performance.now();
   const { signal } = options;
   if (signal?.aborted) return Promise.reject(abortReason(signal, program));

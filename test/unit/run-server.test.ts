@@ -1,0 +1,163 @@
+/**
+ * run()'s contract, held by both ways of starting a program: the daemon's own spawn
+ * (spawnAndRun) and native/run-server (RunServer.run), so that handing runs to the server
+ * changes nothing a caller can see.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CancelledError, UnavailableError } from '../../src/errors.js';
+import { silentLogger } from '../../src/log.js';
+import {
+  ProcessTimeoutError,
+  ProgramNotFoundError,
+  type RunOptions,
+  type RunResult,
+  spawnAndRun,
+} from '../../src/os/process-runner.js';
+import { RunServer } from '../../src/os/run-server.js';
+
+const server = new RunServer(silentLogger());
+afterAll(() => server.close());
+
+type Runner = (program: string, args: readonly string[], options?: RunOptions) => Promise<RunResult>;
+const runners: [string, Runner][] = [
+  ['spawnAndRun', spawnAndRun],
+  ['RunServer', (p, a, o) => server.run(p, a, o)],
+];
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function gone(pid: number): Promise<void> {
+  while (alive(pid)) await new Promise((r) => setTimeout(r, 10));
+}
+
+describe.each(runners)('run() by %s', (_name, run) => {
+  it('passes arguments as they are and collects stdout, stderr and the exit code', async () => {
+    const r = await run('/bin/sh', [
+      '-c',
+      'printf "%s|" "$@"; echo oops >&2; exit 3',
+      'sh',
+      'a b',
+      '',
+      '"q"',
+    ]);
+    expect(r.stdout.toString()).toBe('a b||"q"|');
+    expect(r.stderr.toString()).toBe('oops\n');
+    expect(r).toMatchObject({ exitCode: 3, signal: null, truncated: false, program: '/bin/sh' });
+  });
+
+  it('reports death by a signal', async () => {
+    const r = await run('/bin/sh', ['-c', 'kill -TERM $$']);
+    expect(r).toMatchObject({ exitCode: null, signal: 'SIGTERM' });
+  });
+
+  it('feeds binary input on stdin and gives /dev/null without it', async () => {
+    const input = randomBytes(300 * 1024);
+    const r = await run('/bin/cat', [], { input });
+    expect(r.stdout.equals(input)).toBe(true);
+    const none = await run('/bin/cat', []);
+    expect(none.stdout.length).toBe(0);
+  });
+
+  it('uses exactly the environment and working directory given, PATH of that environment included', async () => {
+    const r = await run('sh', ['-c', 'echo "$A|$HOME|$(pwd)"'], {
+      env: { A: 'x=y', PATH: '/usr/bin:/bin' },
+      cwd: '/tmp',
+    });
+    expect(r.stdout.toString()).toBe('x=y||/tmp\n');
+  });
+
+  it('rejects a program that cannot start with ProgramNotFoundError', async () => {
+    await expect(run('/nonexistent/program', [])).rejects.toBeInstanceOf(ProgramNotFoundError);
+    await expect(run('/bin/true', [], { cwd: '/nonexistent-dir' })).rejects.toBeInstanceOf(
+      ProgramNotFoundError,
+    );
+  });
+
+  it('keeps output up to the cap and says it dropped the rest', async () => {
+    const r = await run('/bin/sh', ['-c', 'head -c 200000 /dev/zero'], { maxOutputBytes: 1000 });
+    expect(r.stdout.length).toBe(1000);
+    expect(r.truncated).toBe(true);
+    expect(r.exitCode).toBe(0);
+  });
+
+  it('ends the whole process group at the timeout and rejects with ProcessTimeoutError', async () => {
+    const err = await run('/bin/sh', ['-c', 'sleep 1000 & echo $!; wait'], { timeoutMs: 300 }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ProcessTimeoutError);
+    const background = Number((err as ProcessTimeoutError).result.stdout.toString().trim());
+    expect(background).toBeGreaterThan(1);
+    await gone(background);
+  });
+
+  it('kills the process group when aborted and rejects with the reason', async () => {
+    const controller = new AbortController();
+    const running = run('/bin/sh', ['-c', 'sleep 1000 & echo $! ; wait'], { signal: controller.signal });
+    setTimeout(() => controller.abort(new CancelledError('client went away')), 100);
+    await expect(running).rejects.toThrow('client went away');
+  });
+
+  it('with settleOnExit, ends when the program exits though a grandchild holds its stdout', async () => {
+    const r = await run('/bin/sh', ['-c', '(exec sleep 1000) & echo $!'], {
+      settleOnExit: true,
+      timeoutMs: 5_000,
+    });
+    const grandchild = Number(r.stdout.toString().trim());
+    expect(r.exitCode).toBe(0);
+    expect(alive(grandchild)).toBe(true);
+    process.kill(grandchild, 'SIGKILL');
+    await gone(grandchild);
+  });
+
+  it('runs many at once, each with its own output', async () => {
+    const results = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => run('/bin/sh', ['-c', `echo ${i}; exit ${i % 3}`])),
+    );
+    results.forEach((r, i) => {
+      expect(r.stdout.toString()).toBe(`${i}\n`);
+      expect(r.exitCode).toBe(i % 3);
+    });
+  });
+});
+
+describe('RunServer', () => {
+  it('fails the runs in flight when the server dies, and starts a new server for the next', async () => {
+    const own = new RunServer(silentLogger());
+    const dir = await mkdtemp(path.join(tmpdir(), 'run-server-'));
+    let orphan = 0;
+    try {
+      const pidFile = path.join(dir, 'pid');
+      const running = own.run('/bin/sh', [
+        '-c',
+        `echo $$ > ${pidFile}.tmp; mv ${pidFile}.tmp ${pidFile}; exec sleep 1000`,
+      ]);
+      running.catch(() => undefined);
+      for (;;) {
+        orphan = Number(await readFile(pidFile, 'utf8').catch(() => '0'));
+        if (orphan > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const first = own.pid!;
+      process.kill(first, 'SIGKILL');
+      await expect(running).rejects.toBeInstanceOf(UnavailableError);
+      const again = await own.run('/bin/echo', ['back']);
+      expect(again.stdout.toString()).toBe('back\n');
+      expect(own.pid).not.toBe(first);
+    } finally {
+      if (orphan > 0) process.kill(orphan, 'SIGKILL');
+      await own.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
