@@ -12,6 +12,7 @@
  * start a new server (up to MAX_RESTARTS times; then the daemon forks for itself again).
  * ROOTLESS_CRI_RUN_SERVER=0 turns it off (benchmarks compare both).
  */
+import { AsyncResource } from 'node:async_hooks';
 import { UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { nativeHelperPath } from './native-helpers.js';
@@ -174,13 +175,15 @@ export class RunServer {
       let timedOut = false;
       let forceKill: NodeJS.Timeout | undefined;
       const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+      // The server's answers arrive in the channel's context: each goes back to the caller's
+      // (the CRI call whose helper time this run is, os/helper-time.ts).
       const job: Job = {
         program,
         started,
         onStarted: (pid) => {
           if (job.pendingSignal) signalGroup(pid, job.pendingSignal);
         },
-        onDone: (message) => {
+        onDone: AsyncResource.bind((message: ServerMessage) => {
           if (message.errno !== undefined) {
             finish(new ProgramNotFoundError(program, message.errno));
             return;
@@ -197,13 +200,14 @@ export class RunServer {
           if (signal?.aborted) finish(runCancelled(signal, program));
           else if (timedOut) finish(new ProcessTimeoutError(program, timeoutMs, result));
           else finish(undefined, result);
-        },
-        onServerGone: () =>
+        }),
+        onServerGone: AsyncResource.bind(() =>
           finish(
             new UnavailableError(
               `${program} was started but the run server ended before it reported; it may or may not have run`,
             ),
           ),
+        ),
       };
       const kill = (sig: NodeJS.Signals) => {
         if (job.pid !== undefined) signalGroup(job.pid, sig);

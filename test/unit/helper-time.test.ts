@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/log.js';
 import { HelperTimeAccount, waitingOnHelper, withHelperTimeAccount } from '../../src/os/helper-time.js';
 import { run } from '../../src/os/process-runner.js';
+import { RunServer } from '../../src/os/run-server.js';
 
 describe('helper time accounting', () => {
   it('counts overlapping helper intervals once', () => {
@@ -24,5 +26,21 @@ describe('helper time accounting', () => {
     expect(account.helperMs).toBeLessThan(150);
     await run('true', []); // outside any account: no error, nothing recorded
     expect(account.helperRuns).toBe(2);
+  });
+
+  it('accounts runs the run server started to the call they ran under, not to another', async () => {
+    const server = new RunServer(silentLogger());
+    try {
+      await server.run('true', []); // the server's own start, outside any account
+      const a = withHelperTimeAccount(() => server.run('sleep', ['0.05']));
+      const b = withHelperTimeAccount(() => server.run('true', []));
+      await Promise.all([a.result, b.result]);
+      expect(a.account.helperRuns).toBe(1);
+      expect(a.account.helperMs).toBeGreaterThanOrEqual(45);
+      expect(b.account.helperRuns).toBe(1);
+      expect(b.account.helperMs).toBeLessThan(a.account.helperMs);
+    } finally {
+      await server.close();
+    }
   });
 });
