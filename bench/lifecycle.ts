@@ -12,7 +12,9 @@
  * summed outside time (aim: <= 10 ms, issue 16).
  *
  * BENCH_DAEMON_LOG=FILE keeps a copy of the daemon's log. BENCH_DAEMON_ENV="K=V ..." adds to the
- * daemon's environment (ROOTLESS_CRI_RUN_SERVER=0 compares runs forked by the daemon itself). BENCH_CPU_PROF=DIR writes V8 CPU profiles of the daemon (and its supervisor) to DIR
+ * daemon's environment; BENCH_DAEMON_ENV_B="K=V ..." starts a second daemon with that
+ * environment and alternates lifecycles between the two, so machine noise hits both alike
+ * (BENCH_DAEMON_ENV_B=ROOTLESS_CRI_RUN_SERVER=0 compares runs forked by the daemon itself). BENCH_CPU_PROF=DIR writes V8 CPU profiles of the daemon (and its supervisor) to DIR
  * (node --cpu-prof; the in-node daemon's is the larger one). Needs root (a real daemon as the
  * test user).
  */
@@ -20,7 +22,7 @@ import { chown, cp, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promis
 import os from 'node:os';
 import path from 'node:path';
 import { startRegistry } from '../test/fixtures/registry.js';
-import { TestDaemon } from '../test/harness/daemon.js';
+import { TestDaemon, testUser } from '../test/harness/daemon.js';
 import {
   benchImage,
   criIteration,
@@ -78,58 +80,96 @@ async function rpcLines(logFile: string, offset: number, expected: number): Prom
   }
 }
 
+interface Arm {
+  name: string;
+  daemon: TestDaemon;
+  logFile: string;
+  offset: number;
+  phases: PhaseTimes[];
+  lines: RpcLine[];
+}
+
+/** A daemon of the bench, restarted with `env` when there is any. */
+async function startArm(name: string, env: Record<string, string>, image: string): Promise<Arm> {
+  const daemon = await TestDaemon.start();
+  if (Object.keys(env).length > 0) {
+    await daemon.cli(['stop']);
+    await daemon.supervisorExited();
+    await daemon.serve(env);
+  }
+  await daemon.client.image('PullImage', { image: { image } }, { timeoutMs: 120_000 });
+  for (let i = 0; i < 3; i++) await criIteration(daemon, image, `warm-${i}`);
+  const logFile = path.join(daemon.tmp, 'daemon.log');
+  return { name, daemon, logFile, offset: (await readFile(logFile)).length, phases: [], lines: [] };
+}
+
+/** BENCH_DAEMON_ENV_B="K=V ...": a second daemon with that environment, lifecycles alternating. */
+function envOf(variable: string): Record<string, string> {
+  const pairs = (process.env[variable] ?? '').split(/\s+/).filter((p) => p.includes('='));
+  return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+}
+
 export async function benchLifecycle(): Promise<void> {
   const work = await mkdtemp(path.join(os.tmpdir(), 'rcri-bench-lifecycle-'));
   const registry = await startRegistry();
-  let daemon: TestDaemon | undefined;
-  const phases: PhaseTimes[] = [];
-  let lines: RpcLine[] = [];
+  const arms: Arm[] = [];
   try {
     await benchImage(registry.url, work);
     const image = `${registry.host}/${REPOSITORY}:${TAG}`;
-    daemon = await TestDaemon.start();
-    // Profiles go to the daemon's temp dir first (the harness counts the user's files
+    const envA = daemonEnv();
+    // Profiles go to a temp dir the daemon's user owns (the harness counts the user's files
     // elsewhere as leaks), and are copied out once the daemon has exited.
-    const profDir = path.join(daemon.tmp, 'cpu-prof');
-    const env = daemonEnv();
+    const profDir = CPU_PROF ? await mkdtemp(path.join(os.tmpdir(), 'rcri-cpu-prof-')) : '';
     if (CPU_PROF) {
-      await mkdir(profDir);
-      await chown(profDir, daemon.user.uid, daemon.user.gid);
-      env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${profDir}`;
+      const user = await testUser();
+      await chown(profDir, user.uid, user.gid);
+      envA.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${profDir}`;
     }
-    if (Object.keys(env).length > 0) {
-      await daemon.cli(['stop']);
-      await daemon.supervisorExited();
-      await daemon.serve(env);
-    }
-    await daemon.client.image('PullImage', { image: { image } }, { timeoutMs: 120_000 });
-    for (let i = 0; i < 3; i++) await criIteration(daemon, image, `warm-${i}`);
-    const logFile = path.join(daemon.tmp, 'daemon.log');
-    const offset = (await readFile(logFile)).length;
+    arms.push(await startArm('A', envA, image));
+    if (process.env.BENCH_DAEMON_ENV_B !== undefined)
+      arms.push(await startArm('B', envOf('BENCH_DAEMON_ENV_B'), image));
     for (let i = 0; i < ITERATIONS; i++) {
-      const times: PhaseTimes = {};
-      await criIteration(daemon, image, `l${i}`, times);
-      phases.push(times);
+      for (const arm of arms) {
+        const times: PhaseTimes = {};
+        await criIteration(arm.daemon, image, `l${i}`, times);
+        arm.phases.push(times);
+      }
     }
-    lines = await rpcLines(logFile, offset, ITERATIONS * PHASES.length);
-    if (process.env.BENCH_DAEMON_LOG) await cp(logFile, process.env.BENCH_DAEMON_LOG);
+    for (const arm of arms) arm.lines = await rpcLines(arm.logFile, arm.offset, ITERATIONS * PHASES.length);
+    if (process.env.BENCH_DAEMON_LOG) await cp(arms[0]!.logFile, process.env.BENCH_DAEMON_LOG);
     if (CPU_PROF) {
       // The profile is written when the daemon exits; stop --all (below) then ends the node.
-      await daemon.cli(['stop']);
-      await daemon.supervisorExited();
+      await arms[0]!.daemon.cli(['stop']);
+      await arms[0]!.daemon.supervisorExited();
       await mkdir(CPU_PROF, { recursive: true });
       for (const file of await readdir(profDir)) {
         const target = path.join(CPU_PROF, file);
         await cp(path.join(profDir, file), target);
         await chown(target, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
       }
-      console.log(`CPU profiles of the daemon and its supervisor in ${CPU_PROF}`);
+      await rm(profDir, { recursive: true, force: true });
+      console.log(`CPU profiles of the daemon in ${CPU_PROF}`);
     }
   } finally {
-    await daemon?.stop();
+    for (const arm of arms) await arm.daemon.stop();
     await registry.stop();
     await rm(work, { recursive: true, force: true });
   }
+  const walls: number[] = [];
+  for (const arm of arms) {
+    if (arms.length > 1) {
+      const env = arm.name === 'A' ? process.env.BENCH_DAEMON_ENV : process.env.BENCH_DAEMON_ENV_B;
+      console.log(
+        `daemon ${arm.name} (${env?.trim() || 'default environment'}), lifecycles alternating with the other:`,
+      );
+    }
+    walls.push(report(arm.phases, arm.lines));
+  }
+  if (arms.length > 1) console.log(`  B / A lifecycle wall p50: ${(walls[1]! / walls[0]!).toFixed(2)}×`);
+}
+
+/** Prints one daemon's table; returns its lifecycle wall p50. */
+function report(phases: PhaseTimes[], lines: RpcLine[]): number {
   const byMethod = new Map<Phase, { server: number[]; helpers: number[]; outside: number[] }>();
   for (const phase of PHASES) byMethod.set(phase, { server: [], helpers: [], outside: [] });
   const lifecycleOutside: number[] = [];
@@ -164,4 +204,5 @@ export async function benchLifecycle(): Promise<void> {
   console.log(
     `  lifecycle total: wall p50 ${totalWall.toFixed(1)} ms (sum of per-RPC p50s ${wallSum.toFixed(1)}); daemon time outside helpers p50 ${p50(lifecycleOutside).toFixed(1)} ms (aim: <= 10 ms)`,
   );
+  return totalWall;
 }

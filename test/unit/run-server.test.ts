@@ -18,6 +18,7 @@ import {
   spawnAndRun,
 } from '../../src/os/process-runner.js';
 import { RunServer } from '../../src/os/run-server.js';
+import { isAlive } from '../../src/rootless/node.js';
 
 const server = new RunServer(silentLogger());
 afterAll(() => server.close());
@@ -28,17 +29,8 @@ const runners: [string, Runner][] = [
   ['RunServer', (p, a, o) => server.run(p, a, o)],
 ];
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function gone(pid: number): Promise<void> {
-  while (alive(pid)) await new Promise((r) => setTimeout(r, 10));
+  while (isAlive(pid)) await new Promise((r) => setTimeout(r, 10));
 }
 
 describe.each(runners)('run() by %s', (_name, run) => {
@@ -115,7 +107,7 @@ describe.each(runners)('run() by %s', (_name, run) => {
     });
     const grandchild = Number(r.stdout.toString().trim());
     expect(r.exitCode).toBe(0);
-    expect(alive(grandchild)).toBe(true);
+    expect(isAlive(grandchild)).toBe(true);
     process.kill(grandchild, 'SIGKILL');
     await gone(grandchild);
   });
