@@ -30,11 +30,12 @@
  *   pod's user namespace owns them; the same script then runs under `nsenter --user ...`.
  *   The cgroup is joined before entering: the pod's root cannot write the node's cgroup files.
  */
-import { closeSync, constants as fsConstants, openSync } from 'node:fs';
+import { closeSync, existsSync, constants as fsConstants, openSync } from 'node:fs';
 import { mkdir, readFile, realpath, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { FailedPreconditionError, InternalError, InvalidArgumentError } from '../errors.js';
 import { recordHelperWait } from './helper-time.js';
+import { nativeHelperPath } from './native-helpers.js';
 import { createPodUserNamespace, type IdMapping } from './pod-user-namespace.js';
 import { run, start } from './process-runner.js';
 import { parentOf } from './process-tree.js';
@@ -129,6 +130,12 @@ export interface NodeSandboxOsOptions {
   umount?: string;
   /** native/build/pod-userns (pod user namespaces); default: the built helper. */
   podUserns?: string;
+  /**
+   * native/build/spawn-in-cgroup: the infra chain starts inside its cgroup leaf (clone3
+   * CLONE_INTO_CGROUP) instead of moving itself there, which waits for an RCU grace period
+   * (~10 ms of every RunPodSandbox). Default: the built helper when it exists; null: move.
+   */
+  spawnInCgroup?: string | null;
   /** Per command. */
   timeoutMs?: number;
 }
@@ -153,6 +160,7 @@ export class NodeSandboxOs implements SandboxOs {
   private readonly unshare: string;
   private readonly umount: string;
   private readonly podUserns: string | undefined;
+  private readonly spawnInCgroup: string | null;
   private readonly timeoutMs: number;
 
   constructor(options: NodeSandboxOsOptions = {}) {
@@ -162,6 +170,13 @@ export class NodeSandboxOs implements SandboxOs {
     this.unshare = options.unshare ?? 'unshare';
     this.umount = options.umount ?? 'umount';
     this.podUserns = options.podUserns;
+    const builtSpawner = nativeHelperPath('spawn-in-cgroup');
+    this.spawnInCgroup =
+      options.spawnInCgroup === undefined
+        ? existsSync(builtSpawner)
+          ? builtSpawner
+          : null
+        : options.spawnInCgroup;
     this.timeoutMs = options.timeoutMs ?? 30_000;
   }
 
@@ -193,6 +208,20 @@ export class NodeSandboxOs implements SandboxOs {
         );
       }
       return null;
+    }
+    if (infra.cgroupLeaf !== null && this.spawnInCgroup !== null) {
+      return this.startInfra(
+        this.spawnInCgroup,
+        [
+          path.join(this.cgroupRoot, infra.cgroupLeaf),
+          this.unshare,
+          ...pinArgs,
+          ...this.scriptArgs(settings, null, true),
+        ],
+        settings,
+        infra.cgroupLeaf,
+        true,
+      );
     }
     return this.startInfra(
       this.unshare,
@@ -301,14 +330,17 @@ export class NodeSandboxOs implements SandboxOs {
   }
 
   /**
-   * unshare (pins) → sh (settings, cgroup) → unshare --pid --fork → catatonit, detached; or,
-   * in a pod user namespace, sh (cgroup) → nsenter → sh (settings) → unshare → catatonit.
+   * unshare (pins) → sh (settings, cgroup) → unshare --pid --fork → catatonit, detached; or
+   * that chain under spawn-in-cgroup (`nested`: started in the leaf, the helper waits for the
+   * chain as its parent); or, in a pod user namespace, sh (cgroup) → nsenter → sh (settings) →
+   * unshare → catatonit. The returned wrapper is the infra's parent, the chain's last unshare.
    */
   private async startInfra(
     program: string,
     args: string[],
     settings: NamespaceSettings,
     cgroupLeaf: string | null,
+    nested = false,
   ): Promise<InfraProcess> {
     const spawnedAt = performance.now();
     const handle = start(program, args, {
@@ -329,14 +361,15 @@ export class NodeSandboxOs implements SandboxOs {
       exitCode = code ?? (signal ? 128 : -1);
     });
     await spawned;
-    const wrapperPid = child.pid!;
+    const startedPid = child.pid!;
+    let wrapperPid = nested ? 0 : startedPid;
     const deadline = Date.now() + 5_000;
     let pid = 0;
     while (Date.now() < deadline) {
       if (exitCode !== null) {
         await Promise.race([stderrClosed, sleep(1_000)]);
         const result: StepResult = { exitCode, stderr };
-        const cgroupFailed = /rcri-step cgroup/.test(stderr);
+        const cgroupFailed = /rcri-step cgroup|spawn-in-cgroup: /.test(stderr);
         throw (
           settingsFailure(result, settings) ??
           (cgroupFailed
@@ -348,10 +381,8 @@ export class NodeSandboxOs implements SandboxOs {
               ))
         );
       }
-      const children = await readFile(`/proc/${wrapperPid}/task/${wrapperPid}/children`, 'utf8').catch(
-        () => '',
-      );
-      const first = Number(children.trim().split(/\s+/)[0]);
+      if (wrapperPid === 0) wrapperPid = await firstChildOf(startedPid);
+      const first = wrapperPid === 0 ? 0 : await firstChildOf(wrapperPid);
       if (first > 0) {
         const comm = (await readFile(`/proc/${first}/comm`, 'utf8').catch(() => '')).trim();
         // Until exec the child still shows unshare's name (and the script's own helpers, ip
@@ -366,7 +397,7 @@ export class NodeSandboxOs implements SandboxOs {
     child.stderr!.destroy();
     recordHelperWait(spawnedAt);
     if (pid === 0) {
-      process.kill(wrapperPid, 'SIGKILL');
+      handle.kill('SIGKILL');
       throw new InternalError('the pod infra process did not start within 5s');
     }
     return {
@@ -425,6 +456,13 @@ export class NodeSandboxOs implements SandboxOs {
       )
     );
   }
+}
+
+/** The first child of `pid` (0 when it has none, or is gone). */
+async function firstChildOf(pid: number): Promise<number> {
+  const children = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
+  const first = Number(children.trim().split(/\s+/)[0]);
+  return Number.isSafeInteger(first) && first > 0 ? first : 0;
 }
 
 /** The error for a failed settings step of CONFIGURE_SCRIPT, or null when none failed. */
