@@ -18,6 +18,8 @@
  * - The parsed conflist is kept while its file is the directory's first and its inode, size,
  *   mtime and ctime are unchanged; any change is read and validated again. The plugin
  *   executables are looked up on every load, so a removed plugin is noticed at once.
+ * - Each new version of the config is handed to `egress` (pod-egress.ts) before it is used:
+ *   the node masquerades the pod subnets once, instead of the bridge plugin per pod.
  */
 import { stat } from 'node:fs/promises';
 import { FailedPreconditionError, InternalError } from '../errors.js';
@@ -29,6 +31,7 @@ import {
   loadCniConflist,
   parseCniConfig,
 } from './cni-config.js';
+import type { PodEgress } from './pod-egress.js';
 import { exitStatus, run } from './process-runner.js';
 import { SAFE_PATH } from './programs.js';
 
@@ -83,6 +86,8 @@ export interface CniNetworkOptions {
   ipamDataDir: string;
   logger: Logger;
   timeoutMs?: number;
+  /** The node-wide egress of the config's pod subnets; none: the conflist's plugins do it all. */
+  egress?: PodEgress;
 }
 
 const IFNAME = 'eth0';
@@ -155,6 +160,7 @@ export class CniNetwork implements NetworkDriver {
     }
     try {
       const conflist = await loadCniConflist(confDir);
+      await this.options.egress?.ensure(conflist);
       // Stamped before reading: a change during the read shows as a new stamp next time.
       if (stamp !== undefined && conflist.file === first) this.cached = { file: first, stamp, conflist };
       else this.cached = undefined;
