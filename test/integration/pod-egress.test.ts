@@ -1,8 +1,9 @@
 /**
  * Pods' egress through the node's uplink (src/os/pod-egress.ts), with the real daemon, bridge
  * plugin and iptables in its node: a conflist whose bridge has `ipMasq: true` still masquerades
- * per pod (and gets no node-wide rule), and a new config with `ipMasq` off and another subnet
- * (as UpdateRuntimeConfig writes one) gets one rule for the subnet, however many pods it has.
+ * per pod (and gets no node-wide rule), and a new pod CIDR from UpdateRuntimeConfig, written
+ * into a CNI template with `ipMasq` off, gets one rule for the subnet as soon as it is written,
+ * however many pods it then has.
  * Pods reach an HTTP server on an address of this machine the test makes (a veth pair in the
  * host's network namespace), through slirp4netns.
  */
@@ -20,12 +21,16 @@ const BUSYBOX = '/bin/busybox';
 const ADDRESS = '10.250.251.1';
 const LINK = 'rcri-egr-a0';
 let daemon: TestDaemon;
-let confDir: string;
+let templateDir: string;
+let template: string;
 let server: http.Server;
 let url: string;
 
-/** Each subnet on a bridge of its own: the bridge plugin keeps one gateway address per bridge. */
-async function writeConflist(bridge: string, subnet: string, ipMasq: boolean): Promise<void> {
+/**
+ * The node's CNI template (network.cni_conf_template), read again at every UpdateRuntimeConfig;
+ * each subnet on a bridge of its own, as the bridge plugin keeps one gateway address per bridge.
+ */
+async function newPodCidr(bridge: string, ipMasq: boolean, podCidr: string): Promise<void> {
   const conflist = {
     cniVersion: '1.0.0',
     name: 'egress',
@@ -35,15 +40,18 @@ async function writeConflist(bridge: string, subnet: string, ipMasq: boolean): P
         bridge,
         isGateway: true,
         ipMasq,
-        ipam: { type: 'host-local', ranges: [[{ subnet }]], routes: [{ dst: '0.0.0.0/0' }] },
+        ipam: { type: 'host-local', ranges: [[{ subnet: '{{.PodCIDR}}' }]], routes: [{ dst: '0.0.0.0/0' }] },
       },
       { type: 'portmap', capabilities: { portMappings: true } },
     ],
   };
-  const temp = path.join(confDir, '.next');
+  const temp = path.join(templateDir, '.next');
   await writeFile(temp, JSON.stringify(conflist));
   await chown(temp, daemon.user.uid, daemon.user.gid);
-  await rename(temp, path.join(confDir, '10-egress.conflist'));
+  await rename(temp, template);
+  await daemon.client.runtime('UpdateRuntimeConfig', {
+    runtime_config: { network_config: { pod_cidr: podCidr } },
+  });
 }
 
 async function runPod(name: string): Promise<{ id: string; ip: string; netns: string }> {
@@ -82,28 +90,29 @@ const nodeWideRules = (rules: string[]) => rules.filter((l) => l.includes(POD_EG
 const perPodChains = (rules: string[]) => rules.filter((l) => /^-N CNI-[0-9a-f]{24}$/.test(l));
 
 beforeAll(async () => {
-  confDir = await mkdtemp('/tmp/rcri-egress-cni-');
+  templateDir = await mkdtemp('/tmp/rcri-egress-cni-');
+  template = path.join(templateDir, 'cni.conflist.template');
   await execa('ip', ['link', 'add', LINK, 'type', 'veth', 'peer', 'name', 'rcri-egr-a1']);
   await execa('ip', ['addr', 'add', `${ADDRESS}/32`, 'dev', LINK]);
   await execa('ip', ['link', 'set', LINK, 'up']);
   server = http.createServer((_req, res) => res.end('egress ok'));
   await new Promise<void>((resolve) => server.listen(0, ADDRESS, resolve));
   url = `http://${ADDRESS}:${(server.address() as net.AddressInfo).port}/`;
-  daemon = await TestDaemon.start({ extraConfig: `[network]\ncni_conf_dir = "${confDir}"\n` });
-  await chown(confDir, daemon.user.uid, daemon.user.gid);
+  daemon = await TestDaemon.start({ extraConfig: `[network]\ncni_conf_template = "${template}"\n` });
+  await chown(templateDir, daemon.user.uid, daemon.user.gid);
 }, 120_000);
 
 afterAll(async () => {
   server?.close();
   await execa('ip', ['link', 'del', LINK], { reject: false });
-  // The conf dir is the user's: gone before the harness looks for files left behind.
-  await rm(confDir, { recursive: true, force: true });
+  // The template's dir is the user's: gone before the harness looks for files left behind.
+  await rm(templateDir, { recursive: true, force: true });
   await daemon?.stop();
 });
 
 describe('pod egress through the uplink', () => {
   it('a conflist with ipMasq true masquerades per pod, as before, and gets no node-wide rule', async () => {
-    await writeConflist('cni-egress0', '10.89.0.0/24', true);
+    await newPodCidr('cni-egress0', true, '10.89.0.0/24');
     const pod = await runPod('masq-by-plugin');
     expect(pod.ip).toMatch(/^10\.89\.0\.\d+$/);
     const get = await fetchFromPod(pod.netns);
@@ -118,8 +127,10 @@ describe('pod egress through the uplink', () => {
     expect(perPodChains(await natRules())).toEqual([]);
   });
 
-  it('a new config with ipMasq off and a new subnet gets one rule for it, not one per pod', async () => {
-    await writeConflist('cni-egress1', '10.89.1.0/24', false);
+  it('a new pod CIDR with ipMasq off gets one rule for it when written, not one per pod', async () => {
+    await newPodCidr('cni-egress1', false, '10.89.1.0/24');
+    // Made by UpdateRuntimeConfig itself, before the first pod of the subnet.
+    expect(nodeWideRules(await natRules())).toHaveLength(1);
     const pods = [await runPod('node-wide-a'), await runPod('node-wide-b')];
     for (const pod of pods) {
       expect(pod.ip).toMatch(/^10\.89\.1\.\d+$/);
