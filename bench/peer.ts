@@ -14,7 +14,14 @@
  *     rootless-cri's supervisor and its node's rootlesskit, slirp4netns, catatonit, daemon;
  *     containerd's rootlesskit, slirp4netns, containerd; the bench's registry socat pair is not
  *     counted) and the daemon alone (rootless-cri: supervisor + in-node daemon, its two Node
- *     processes; containerd: the containerd process).
+ *     processes; containerd: the containerd process);
+ *   - per-pod overhead, RSS and PSS: BENCH_PEER_PODS (default 10) pods, each with one busybox
+ *     `sleep`, started on one side while the other idles; the memory of every process of the
+ *     bench user (bench/user-memory.ts: both stacks, the pods, their monitors and shims, from
+ *     /proc/<pid>/smaps_rollup) after minus before, divided by the pods. Two rounds per side,
+ *     alternating; the mean. Also printed by process name: with fuse-overlayfs every container
+ *     has its own FUSE mount, so the image's files are cached per container, not shared as
+ *     kernel overlayfs shares them (BENCH_PEER_SNAPSHOTTER=overlay runs rootless-cri with it).
  *
  * Both stacks are up for the whole run (each idle while the other is measured). Needs root: it
  * installs containerd and runc from Debian when missing (bench/peer-setup.sh) and runs both
@@ -27,10 +34,11 @@ import { execa } from 'execa';
 import { ImageBuilder } from '../test/fixtures/image-builder.js';
 import { pushImage, startRegistry } from '../test/fixtures/registry.js';
 import type { CriClient } from '../test/harness/cri-client.js';
-import { TestDaemon } from '../test/harness/daemon.js';
+import { TestDaemon, type UserInfo } from '../test/harness/daemon.js';
 import { ContainerdPeer } from './containerd-peer.js';
 import { benchImage, REPOSITORY, TAG } from './containers.js';
 import { percentile } from './stats.js';
+import { pssGrowthByName, subordinateUids, type UserMemory, userMemory } from './user-memory.js';
 
 const ITERATIONS = Number(process.env.BENCH_PEER_ITERATIONS ?? 60);
 const EXECS = Number(process.env.BENCH_PEER_EXECS ?? 120);
@@ -38,6 +46,10 @@ const EXECS = Number(process.env.BENCH_PEER_EXECS ?? 120);
 // lands on both sides.
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
 const PAUSE_REPOSITORY = 'rootless-cri/bench-pause';
+const MEMORY_PODS = Number(process.env.BENCH_PEER_PODS ?? 10);
+const MEMORY_ROUNDS = 2;
+/** rootless-cri's snapshotter (default: the daemon's, fuse-overlayfs); `overlay` is kernel overlayfs. */
+const SNAPSHOTTER = process.env.BENCH_PEER_SNAPSHOTTER;
 
 interface Side {
   name: string;
@@ -220,6 +232,33 @@ async function containerdMemory(peer: ContainerdPeer): Promise<StackMemory> {
   return summarizeStack(procs, containerd, roles);
 }
 
+interface PerPod {
+  rss: number;
+  pss: number;
+  processes: number;
+  /** PSS growth per pod by process name. */
+  byName: string;
+}
+
+/** What MEMORY_PODS running pods (one busybox sleep each) add to everything the user runs, per pod. */
+async function perPodOverhead(side: Side, image: string, user: UserInfo, round: number): Promise<PerPod> {
+  const subordinate = await subordinateUids(user);
+  const settle = () => new Promise((r) => setTimeout(r, 2000));
+  await settle();
+  const before: UserMemory = await userMemory(user.uid, subordinate);
+  const pods = [];
+  for (let i = 0; i < MEMORY_PODS; i++) pods.push(await startPod(side, image, `mem-${round}-${i}`));
+  await settle();
+  const after = await userMemory(user.uid, subordinate);
+  for (const pod of pods) await stopPod(side, pod);
+  return {
+    rss: (after.rssBytes - before.rssBytes) / MEMORY_PODS,
+    pss: (after.pssBytes - before.pssBytes) / MEMORY_PODS,
+    processes: (after.processes - before.processes) / MEMORY_PODS,
+    byName: pssGrowthByName(before, after, MEMORY_PODS),
+  };
+}
+
 async function containerdVersion(peer: ContainerdPeer): Promise<string> {
   const v = await peer.client.runtime('Version', {});
   const runc = await execa('runc', ['--version'], { reject: false });
@@ -238,13 +277,16 @@ export async function benchPeer(): Promise<void> {
     containerd: { life: [] as Lifecycle[], exec: [] as number[] },
   };
   let memory: { cri: StackMemory; containerd: StackMemory } | undefined;
+  const perPod: { cri: PerPod[]; containerd: PerPod[] } = { cri: [], containerd: [] };
   let version = '';
   try {
     await benchImage(registry.url, work);
     await pushPauseImage(registry.url, work);
     const image = `${registry.host}/${REPOSITORY}:${TAG}`;
     const sandboxImage = `${registry.host}/${PAUSE_REPOSITORY}:${TAG}`;
-    daemon = await TestDaemon.start();
+    daemon = await TestDaemon.start(
+      SNAPSHOTTER ? { extraConfig: `[image]\nsnapshotter = "${SNAPSHOTTER}"\n` } : {},
+    );
     peer = await ContainerdPeer.start({ user: daemon.user, registryHost: registry.host, sandboxImage });
     version = await containerdVersion(peer);
     const d = daemon;
@@ -262,6 +304,10 @@ export async function benchPeer(): Promise<void> {
     // Idle after pulls and warm-up, before the latency rounds' garbage.
     await new Promise((r) => setTimeout(r, 2000));
     memory = { cri: await rootlessCriMemory(daemon), containerd: await containerdMemory(peer) };
+    for (let round = 0; round < MEMORY_ROUNDS; round++) {
+      const order = round % 2 === 0 ? (['cri', 'containerd'] as const) : (['containerd', 'cri'] as const);
+      for (const key of order) perPod[key].push(await perPodOverhead(sides[key], image, daemon.user, round));
+    }
 
     const execPods = {
       cri: await startPod(sides.cri, image, 'exec'),
@@ -331,6 +377,17 @@ export async function benchPeer(): Promise<void> {
       '',
     ]);
   }
+  const mean = (xs: PerPod[], pick: (p: PerPod) => number) => xs.reduce((a, p) => a + pick(p), 0) / xs.length;
+  if (perPod.cri.length > 0 && perPod.containerd.length > 0) {
+    for (const [label, pick] of [
+      ['per-pod overhead RSS', (p: PerPod) => p.rss],
+      ['per-pod overhead PSS', (p: PerPod) => p.pss],
+    ] as const) {
+      const a = mean(perPod.cri, pick);
+      const b = mean(perPod.containerd, pick);
+      rows.push([`${label} (${MEMORY_PODS} pods)`, mib(a), mib(b), a / b, 'aim <= 0.5x']);
+    }
+  }
   const n = result.cri.life.length;
   console.log(
     `peer: rootless-cri vs containerd rootless (${version}), ${n} lifecycles and ${result.cri.exec.length} ExecSync each, ${ROUNDS} alternating rounds, medians`,
@@ -345,5 +402,14 @@ export async function benchPeer(): Promise<void> {
   if (memory) {
     console.log(`  rootless-cri stack (RSS MiB): ${memory.cri.parts}`);
     console.log(`  containerd stack (RSS MiB): ${memory.containerd.parts}`);
+  }
+  if (perPod.cri.length > 0) {
+    const each = (xs: PerPod[]) =>
+      xs.map((p) => `${mib(p.rss)} / ${mib(p.pss)} (${p.processes.toFixed(1)} processes)`).join(', ');
+    console.log(
+      `  per pod, RSS / PSS by round: rootless-cri ${each(perPod.cri)}; containerd ${each(perPod.containerd)}`,
+    );
+    console.log(`  per pod, PSS MiB by process (last round): rootless-cri ${perPod.cri.at(-1)?.byName}`);
+    console.log(`  per pod, PSS MiB by process (last round): containerd ${perPod.containerd.at(-1)?.byName}`);
   }
 }

@@ -21,11 +21,13 @@ import { OverlaySnapshotter } from './image/overlay-snapshotter.js';
 import type { Logger } from './log.js';
 import { addStateCollectors, createMetrics } from './metrics.js';
 import { NodeCgroupManager } from './os/cgroup-manager.js';
+import { CniNetwork } from './os/cni-network.js';
 import { CniTemplateInstaller } from './os/cni-template.js';
 import { hostDialer } from './os/host-dialer.js';
 import { type MetricsServer, startMetricsServer } from './os/metrics-server.js';
 import { readNodeIdentity } from './os/node-identity.js';
 import { CrunConmonRuntime } from './os/oci-runtime.js';
+import { IptablesPodEgress } from './os/pod-egress.js';
 import { readNodeIdMaps, releaseStalePodViews } from './os/pod-user-namespace.js';
 import { RootlesskitPortManager } from './os/port-manager.js';
 import { observeRuns } from './os/process-runner.js';
@@ -184,10 +186,24 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
       logger.warn({ err }, 'cannot release stale pod views'),
     );
   }
+  // Pods' egress: one masquerade rule per pod subnet, made when the node's CNI config is first
+  // read (just below, and again whenever it changes), not per pod (src/os/pod-egress.ts).
+  const network = new CniNetwork({
+    confDir: config.network.cniConfDir,
+    binDirs: config.network.cniBinDirs,
+    ipamDataDir: config.network.ipamDataDir,
+    logger,
+    // In a rootlesskit node the uplink is slirp4netns' tap0, also while it is being restarted.
+    egress: new IptablesPodEgress({ logger, ...(stateDir ? { uplink: 'tap0' } : {}) }),
+  });
+  await network
+    .loadConfig()
+    .catch((err: unknown) => logger.info({ err: describeError(err) }, 'the pod network is not ready yet'));
   const pods = createPodSandboxService({
     core,
     config,
     logger,
+    network,
     portManager: hostPorts ?? portManager,
     os: sandboxOs,
     userNamespaces: { node: nodeIdMaps, unavailable: handler.userNamespaces },
@@ -233,6 +249,12 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
         if (cniTemplate) {
           const file = await cniTemplate.install(cidr);
           logger.info({ podCIDR: cidr, file }, 'CNI config written from network.cni_conf_template');
+          // The new subnet's masquerade rule, before kubelet starts the first pod in it.
+          await network
+            .loadConfig()
+            .catch((err: unknown) =>
+              logger.warn({ err: describeError(err) }, 'the new CNI config cannot be used yet'),
+            );
         }
         podCidr = cidr;
       },

@@ -43,7 +43,7 @@ export interface PodSandboxServiceOptions {
   os: SandboxOs;
   /** Pod user namespaces (hostUsers: false): the node's id maps, or why they are not offered. */
   userNamespaces?: PodUserNamespaceFacts;
-  /** Replaces the real CNI network (tests). */
+  /** The pod network; default: a CniNetwork without node-wide egress (the composition root passes its own). */
   network?: NetworkDriver;
   /** Replaces parts of the rest (tests). */
   overrides?: Partial<Pick<SandboxDeps, 'newId' | 'nodeHostname' | 'undoTimeoutMs' | 'paths'>>;

@@ -118,7 +118,7 @@ export async function runDoctor(config: Config, probe: HostProbe): Promise<Docto
       pkg: 'fuse-overlayfs',
       required: fuseRequired,
     },
-    // The bridge plugin (ipMasq) and portmap run iptables inside the node.
+    // The daemon (pods' egress masquerade, src/os/pod-egress.ts) and portmap run iptables inside the node.
     { tool: 'iptables', name: 'iptables', pkg: 'iptables', required: true },
   ];
   const searchDirs = [...probe.pathDirs(), ...SBIN_DIRS];

@@ -5,8 +5,8 @@ import type { TestDaemon } from './daemon.js';
 /**
  * What a pod can leave in the node once it is removed: IP leases, namespace pins, host ports
  * (TCP ones forwarded by the daemon, in its table <run_dir>/host-ports.json; UDP ones, or all
- * with `host_ports = "port-driver"`, published through rootlesskit), iptables rules of the CNI plugins (bridge masquerade chains,
- * portmap DNAT rules: each names its pod's container id in a comment). (Processes, mounts,
+ * with `host_ports = "port-driver"`, published through rootlesskit), iptables rules of the CNI plugins (portmap DNAT rules, and bridge masquerade chains with a
+ * conflist of ipMasq true: each names its pod's container id in a comment). (Processes, mounts,
  * cgroups and files are the harness's leak check at stop.)
  */
 export async function nodeLeftovers(daemon: TestDaemon): Promise<string[]> {
@@ -43,8 +43,13 @@ export async function nodeLeftovers(daemon: TestDaemon): Promise<string[]> {
   for (const { spec } of forwarded) left.push(`port forwarded ${spec.parentIP}:${spec.parentPort}`);
   const rules = await daemon.enter(['iptables-save']);
   for (const line of rules.stdout.split('\n')) {
-    // CNI names every per-pod rule after the pod: `-m comment --comment "name: ... id: <id>"`.
-    if (/^-A .*--comment "?name: [^"]* id: "?[0-9a-f]{64}/.test(line) || /^:CNI-[0-9a-f]{24} /.test(line))
+    // CNI names every per-pod rule after the pod: `-m comment --comment "name: ... id: <id>"`
+    // (bridge with ipMasq), `"dnat name: ... id: <id>"` (portmap); their per-pod chains are
+    // CNI-<hash> and CNI-DN-<hash>. The node-wide egress rule (src/os/pod-egress.ts) names no pod.
+    if (
+      /^-A .*--comment "?(?:dnat )?name: .*id: (?:\\?")?[0-9a-f]{64}/.test(line) ||
+      /^:CNI-(?:DN-)?[0-9a-f]{17,24} /.test(line)
+    )
       left.push(`iptables ${line.slice(0, 160)}`);
   }
   return left;

@@ -52,6 +52,16 @@ async function runp(config: Record<string, unknown>): Promise<string> {
   return r.stdout.trim();
 }
 
+/** The node's NAT rules that masquerade pods: the node-wide one per subnet (src/os/pod-egress.ts). */
+async function masqueradeRules(): Promise<string[]> {
+  const nat = await daemon.enter(['sh', '-c', 'PATH=/usr/sbin:$PATH iptables -t nat -S']);
+  expect(nat.exitCode, nat.stderr).toBe(0);
+  return nat.stdout.split('\n').filter((l) => /-j MASQUERADE/.test(l) && !/CNI-HOSTPORT/.test(l));
+}
+
+const EGRESS_RULE =
+  /^-A POSTROUTING -s 10\.88\.0\.0\/16 -o tap0 -m comment --comment "rootless-cri: pod egress through the uplink" -j MASQUERADE$/;
+
 async function inspect(id: string): Promise<Inspect> {
   const r = await daemon.crictl(['inspectp', '-o', 'json', id]);
   expect(r.exitCode, r.stderr).toBe(0);
@@ -239,6 +249,11 @@ describe('pod sandboxes in the rootless node', () => {
       const id = await runp(podJson('egress'));
       const get = await inPod(id, [...wget(10), `http://${address}:${port}/`]);
       expect(get.stdout, get.stderr).toBe('egress ok');
+      // The node masquerades the pod subnet with one rule: no per-pod chain for this pod.
+      expect(await masqueradeRules()).toEqual([expect.stringMatching(EGRESS_RULE)]);
+      const nat = await daemon.enter(['sh', '-c', 'PATH=/usr/sbin:$PATH iptables -t nat -S']);
+      expect(nat.stdout).not.toContain(id);
+      expect(nat.stdout).not.toMatch(/^-N CNI-[0-9a-f]{24}$/m);
       // Catalog row 31: the host's loopback stays closed to pods.
       const blocked = await inPod(id, [...wget(5), `http://10.0.2.2:${loopbackPort}/`]);
       expect(blocked.exitCode).not.toBe(0);
@@ -329,6 +344,8 @@ describe('pod sandboxes in the rootless node', () => {
     expect(after.info.namespaces.pid.infra?.pid).toBe(before.info.namespaces.pid.infra?.pid);
     const ping = await daemon.enter([BUSYBOX, 'ping', '-c', '1', '-W', '5', after.status.network.ip]);
     expect(ping.exitCode).toBe(0);
+    // The restarted daemon found the node's egress rule and did not add a second one.
+    expect(await masqueradeRules()).toEqual([expect.stringMatching(EGRESS_RULE)]);
     // The name is still held after the restart.
     const file = path.join(daemon.tmp, 'survivor-again.json');
     await writeFile(file, JSON.stringify(podJson('survivor')));

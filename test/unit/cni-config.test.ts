@@ -158,7 +158,8 @@ describe('parseCniConfig', () => {
       type: 'bridge',
       bridge: 'cni0',
       isGateway: true,
-      ipMasq: true,
+      // The node masquerades the subnet once (src/os/pod-egress.ts), not the plugin per pod.
+      ipMasq: false,
       hairpinMode: true,
       ipam: { type: 'host-local', ranges: [[{ subnet: '10.88.0.0/16' }]], routes: [{ dst: '0.0.0.0/0' }] },
     });
