@@ -8,8 +8,10 @@
  *   - vs single-core `gzip -dc` of the same layer blobs to /dev/null (the decompression floor);
  * and the same image with zstd layers (`large-zstd`) vs single-core `zstd -dc` of its blobs, and
  * vs `zstd -dc | tar -x` of them (decompression is so cheap that writing the files is the floor).
- * MB/s are uncompressed layer bytes (the tar streams) per second. Needs root (the daemon runs
- * as the test user; the bridge uses nsenter).
+ * MB/s are uncompressed layer bytes (the tar streams) per second. The CPU each pull costs,
+ * by process and daemon thread (pull-cpu.ts), is printed beside `gzip -dc`'s: on a shared
+ * machine it moves far less than the wall ratios. Needs root (the daemon runs as the test
+ * user; the bridge uses nsenter).
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -21,6 +23,7 @@ import { blobPath } from '../test/fixtures/image-builder.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { buildCatalogue, pushCatalogue } from '../test/fixtures/test-images.js';
 import { TestDaemon } from '../test/harness/daemon.js';
+import { childrenCpu, type PullCpu, PullCpuMeter } from './pull-cpu.js';
 
 const execFileAsync = promisify(execFile);
 const ROUNDS = Number(process.env.BENCH_PULL_ROUNDS ?? 3);
@@ -68,19 +71,26 @@ export async function benchPull(): Promise<void> {
     zstd: [] as number[],
     zstdTar: [] as number[],
   };
+  const cpu: PullCpu[] = [];
+  const gzipCpu: number[] = [];
   try {
     await pushCatalogue(registry.url, [large!, largeZstd!]);
     daemon = await TestDaemon.start();
     bridge = await exposeInNode(await daemon.nodePid(), registry.port);
+    const meter = PullCpuMeter.find(daemon.configFile, registry.pid);
     const ref = reference(registry.host);
     const blobs = image.layers.map((l) => blobPath(image.layoutDir, l.digest));
     const zstdRef = reference(registry.host, largeZstd!.entry);
     const zstdBlobs = zstdImage.layers.map((l) => blobPath(zstdImage.layoutDir, l.digest));
     for (let round = 0; round < ROUNDS; round++) {
-      seconds.ours.push(
-        await timed(() =>
-          daemon!.client.image('PullImage', { image: { image: ref } }, { timeoutMs: 600_000 }),
-        ),
+      cpu.push(
+        await meter.measure(async () => {
+          seconds.ours.push(
+            await timed(() =>
+              daemon!.client.image('PullImage', { image: { image: ref } }, { timeoutMs: 600_000 }),
+            ),
+          );
+        }),
       );
       // Removal garbage-collects blobs and layers, so every round pulls from scratch.
       await daemon.client.image('RemoveImage', { image: { image: ref } });
@@ -102,8 +112,12 @@ export async function benchPull(): Promise<void> {
       await rm(oci, { recursive: true, force: true });
       await rm(bundle, { recursive: true, force: true });
 
-      seconds.gzip.push(
-        await timed(() => execFileAsync('sh', ['-c', 'gzip -dc "$@" > /dev/null', 'gzip', ...blobs])),
+      gzipCpu.push(
+        await childrenCpu(async () => {
+          seconds.gzip.push(
+            await timed(() => execFileAsync('sh', ['-c', 'gzip -dc "$@" > /dev/null', 'gzip', ...blobs])),
+          );
+        }),
       );
 
       seconds.oursZstd.push(
@@ -153,6 +167,17 @@ export async function benchPull(): Promise<void> {
   console.log(`  gzip -dc of the layer blobs (one core, no writes)       ${gz.toFixed(2)} s  ${rate(gz)}`);
   console.log(`  ratio vs skopeo+umoci: ${(su / ours).toFixed(2)}x faster  (aim: >= 1.0x)`);
   console.log(`  ratio vs gzip -dc floor: ${(gz / ours).toFixed(2)}x  (aim: >= 0.7x)`);
+  const cpuOf = (k: keyof PullCpu) => median(cpu.map((c) => c[k]));
+  const gzCpu = median(gzipCpu);
+  console.log(
+    `  CPU per pull, medians: daemon main thread ${cpuOf('daemonMain')} ms, V8 GC workers ${cpuOf('daemonGc')}, ` +
+      `libuv pool ${cpuOf('daemonThreadPool')}, other threads ${cpuOf('daemonOther')}; unpack helpers ${cpuOf('helpers')}, ` +
+      `supervisor (registry dialer) ${cpuOf('supervisor')}, registry ${cpuOf('registry')}; total ${cpuOf('total')} ms`,
+  );
+  console.log(
+    `  CPU ratio vs gzip -dc (${gzCpu} ms of CPU): ${(gzCpu / cpuOf('total')).toFixed(2)}x ` +
+      '(load-independent; the wall ratio on 2 idle cores is at most about twice it)',
+  );
   console.log(
     `same image with zstd layers (${(zstdCompressed / 1e6).toFixed(0)} MB zstd), ${ROUNDS} rounds, medians`,
   );

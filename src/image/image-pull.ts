@@ -26,8 +26,10 @@ import { abortError, type RegistryClient, type RegistrySession } from './registr
  * PullImage: resolve the reference (mirrors first, then the registry), fetch and check the
  * config, download every layer blob into the content store (verified, at most
  * `maxConcurrentDownloads` at once, shared with concurrent pulls) and unpack each into its
- * layer directory as soon as its blob is in, then record the image under the name that was
- * asked for. The answer is the image id, the config digest.
+ * layer directory while its blob downloads (committed only once the blob verified; a bad
+ * blob is reported as the download's digest or size mismatch, see LayerStore.unpack), then
+ * record the image under the name that was asked for. The answer is the image id, the
+ * config digest.
  *
  * A client cancel or deadline aborts every download and unpack of this pull (shared ones
  * only when no other pull waits for them) and the call returns only once their temp files

@@ -147,6 +147,8 @@ export function createImageService(options: ImageServiceOptions): ImageService {
       return idMap ?? { uidMax: 0, gidMax: 0 };
     },
     unpacker: (o: UnpackLayerOptions) => unpacker(o),
+    // The real unpacker reads a layer while its blob downloads; an injected one gets the blob.
+    streaming: options.unpacker === undefined,
     quarantine,
     ...(options.unpackLimits === undefined ? {} : { limits: options.unpackLimits }),
   });

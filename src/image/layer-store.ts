@@ -316,10 +316,17 @@ export class LayerStore {
       // A tee nobody reads would stall the download; the download itself is left, and this
       // returns only once it has settled for us (its temp file gone if we were the last).
       fetched?.tee?.destroy();
+      // A streamed unpack reads bytes before they are verified, so a corrupt or substituted
+      // blob fails it as bad gzip or a bad tar long before the download checks the digest.
+      // The download is let finish: when it fails, its error (digest or size mismatch) is
+      // the cause; only a blob that verified leaves the unpack's own error as the answer.
+      const blobError =
+        fetched?.tee !== undefined && !signal.aborted ? await failureOf(fetched.result) : undefined;
       fetching.abort(err);
       await fetched?.result.catch(() => {});
       await this.discard(temp, `unfinished unpack of layer ${layer.digest}`);
       if (signal.aborted) throw abortError(signal, `unpack of layer ${layer.digest}`);
+      if (blobError !== undefined) throw blobError;
       if (
         (err as NodeJS.ErrnoException).code === 'ENOTEMPTY' ||
         (err as NodeJS.ErrnoException).code === 'EEXIST'
@@ -374,6 +381,14 @@ export class LayerStore {
       );
     });
   }
+}
+
+/** What `promise` rejects with, or undefined when it resolves. */
+function failureOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => undefined,
+    (err: unknown) => err ?? new Error('the blob download failed'),
+  );
 }
 
 /** Waits for `promise`, or throws as soon as `signal` fires. */
