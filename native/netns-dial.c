@@ -2,25 +2,28 @@
  * netns-dial NETNS_FILE PORT
  *
  * Port-forward dialer: joins the network namespace pinned at NETNS_FILE, connects to
- * 127.0.0.1:PORT (then [::1]:PORT), and relays stdin -> socket and socket -> stdout with
- * half-close both ways (stdin EOF -> shutdown(SHUT_WR); socket EOF -> close stdout).
+ * 127.0.0.1:PORT (then [::1]:PORT) and hands the connected socket to its parent, which then
+ * reads and writes the pod's connection itself: no process and no copy sit in between.
  * Node cannot setns() one thread, hence this helper. Never resolves a name.
  *
- * stderr carries exactly one JSON line: {"ok":true} once connected, or
- * {"ok":false,"kind":...,"errno":...,"error":...} and exit 1 (2 for a usage error).
- * stdout is the relayed byte stream, so nothing else is ever written there.
+ * The parent is Node.js and starts this helper with an IPC channel (its fd is in
+ * NODE_CHANNEL_FD): the socket goes over it as Node's own handle-passing message (one JSON
+ * line with the fd attached by SCM_RIGHTS), which the parent receives as a net.Socket with
+ * its 'message' event; the helper exits once the parent acknowledged it.
+ *
+ * stderr carries one JSON line on failure: {"ok":false,"kind":...,"errno":...,"error":...}
+ * and exit 1 (2 for a usage error); nothing on success.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static void json_string(const char *s) {
@@ -98,78 +101,59 @@ static int connect_loopback(int port) {
   return -1;
 }
 
-/* One direction of the relay: bytes read from `from` wait in `buf` until `to` takes them. */
-struct pipe_dir {
-  int from, to;
-  int open; /* `from` has not reached EOF */
-  char buf[64 * 1024];
-  size_t len, off;
-};
+/* Node's handle-passing message: the socket arrives at the parent as a net.Socket. */
+static const char HANDLE_MESSAGE[] =
+    "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"netnsDial\":\"connected\"}}\n";
 
-/*
- * Relays until both directions are done. All fds are non-blocking and each direction has
- * its own buffer, so a peer that is slow to read in one direction never stops the other
- * (an echo server would otherwise deadlock against us once both socket buffers fill).
- */
-static void relay(int sock) {
-  static struct pipe_dir up = {.from = STDIN_FILENO, .open = 1};
-  static struct pipe_dir down = {.to = STDOUT_FILENO, .open = 1};
-  up.to = sock;
-  down.from = sock;
-  int fds_nb[] = {STDIN_FILENO, STDOUT_FILENO, sock};
-  for (size_t i = 0; i < 3; i++) fcntl(fds_nb[i], F_SETFL, fcntl(fds_nb[i], F_GETFL) | O_NONBLOCK);
-  struct pipe_dir *dirs[2] = {&up, &down};
-  while (up.open || up.len > 0 || down.open || down.len > 0) {
-    struct pollfd fds[4];
-    for (int d = 0; d < 2; d++) {
-      struct pipe_dir *p = dirs[d];
-      fds[d * 2] = (struct pollfd){.fd = p->open && p->len == 0 ? p->from : -1, .events = POLLIN};
-      fds[d * 2 + 1] = (struct pollfd){.fd = p->len > 0 ? p->to : -1, .events = POLLOUT};
-    }
-    if (poll(fds, 4, -1) < 0) {
-      if (errno == EINTR) continue;
-      fail(1, "relay", errno, "poll");
-    }
-    for (int d = 0; d < 2; d++) {
-      struct pipe_dir *p = dirs[d];
-      if (fds[d * 2].revents != 0) {
-        ssize_t n = read(p->from, p->buf, sizeof(p->buf));
-        if (n > 0) {
-          p->len = (size_t)n;
-          p->off = 0;
-        } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-          p->open = 0;
-        }
-      }
-      if (fds[d * 2 + 1].revents != 0) {
-        ssize_t n = write(p->to, p->buf + p->off, p->len - p->off);
-        if (n > 0) {
-          p->off += (size_t)n;
-          if (p->off == p->len) p->len = p->off = 0;
-        } else if (n < 0 && errno != EINTR && errno != EAGAIN) {
-          /* The reader is gone: drop what it would have got and stop reading for it. */
-          p->len = p->off = 0;
-          p->open = 0;
-        }
-      }
-      if (!p->open && p->len == 0 && p->to >= 0) {
-        /* Half-close: the client's EOF reaches the pod, the pod's EOF reaches the client. */
-        if (p == &up)
-          shutdown(sock, SHUT_WR);
-        else
-          close(STDOUT_FILENO);
-        p->to = -1;
-      }
-    }
+/* Sends `sock` over the IPC channel `channel` with Node's handle-passing message. */
+static void send_socket(int channel, int sock) {
+  struct iovec iov = {.iov_base = (void *)HANDLE_MESSAGE, .iov_len = sizeof(HANDLE_MESSAGE) - 1};
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof(control));
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control.buf)};
+  struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &sock, sizeof(int));
+  ssize_t n;
+  do {
+    n = sendmsg(channel, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) fail(1, "relay", errno, "hand the connection to the parent");
+  if ((size_t)n != iov.iov_len) fail(1, "relay", 0, "hand the connection to the parent: short write");
+}
+
+/* Waits (bounded) for the parent's acknowledgement line, so the channel outlives its reply. */
+static void await_ack(int channel) {
+  alarm(10);
+  char buf[512];
+  for (;;) {
+    ssize_t n = read(channel, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || memchr(buf, '\n', (size_t)n) != NULL) return;
   }
+}
+
+static int ipc_channel(void) {
+  const char *text = getenv("NODE_CHANNEL_FD");
+  if (text == NULL) return -1;
+  char *end = NULL;
+  errno = 0;
+  long fd = strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || fd < 0 || fd > 1024) return -1;
+  return (int)fd;
 }
 
 int main(int argc, char **argv) {
   if (argc != 3) fail(2, "usage", 0, "usage: netns-dial NETNS_FILE PORT");
   int port = parse_port(argv[2]);
   if (port < 0) fail(2, "usage", 0, "PORT must be a number in 1-65535");
-  /* A reader that went away must end the relay, not kill it silently mid-report. */
-  signal(SIGPIPE, SIG_IGN);
+  int channel = ipc_channel();
+  if (channel < 0) fail(2, "usage", 0, "no IPC channel to the parent (NODE_CHANNEL_FD)");
 
   int ns = open(argv[1], O_RDONLY | O_CLOEXEC);
   if (ns < 0) fail(1, "netns", errno, "open network namespace file");
@@ -182,9 +166,8 @@ int main(int argc, char **argv) {
     snprintf(what, sizeof(what), "connect to localhost:%d", port);
     fail(1, "connect", errno, what);
   }
-  fputs("{\"ok\":true}\n", stderr);
-  fflush(stderr);
-  relay(sock);
+  send_socket(channel, sock);
   close(sock);
+  await_ack(channel);
   return 0;
 }

@@ -1,9 +1,12 @@
 /**
  * Dials 127.0.0.1:<port> (then [::1]) inside a pod's network namespace through the
- * native `netns-dial` helper (Node cannot setns() a thread). The helper's stdin/stdout are
- * the connection; its stderr says, in one JSON line, whether the connect worked.
+ * native `netns-dial` helper (Node cannot setns() a thread). The helper connects and hands
+ * the socket back over an IPC channel (Node's own handle passing, so it arrives as a
+ * net.Socket), then exits: the daemon reads and writes the pod's connection directly, with no
+ * relay process and no extra copy in between. A failure is one JSON line on its stderr.
  */
-import { Duplex } from 'node:stream';
+import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { FailedPreconditionError, UnavailableError } from '../errors.js';
 import { decodeHelperReport, nativeHelperPath } from './native-helpers.js';
 import { start } from './process-runner.js';
@@ -26,7 +29,7 @@ export function dialInNetns(
   options: DialInNetnsOptions = {},
 ): Promise<Duplex> {
   const helper = options.helperPath ?? nativeHelperPath('netns-dial');
-  const { child } = start(helper, [netnsFile, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const { child } = start(helper, [netnsFile, String(port)], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   return new Promise<Duplex>((resolve, reject) => {
     let stderr = '';
     let settled = false;
@@ -38,11 +41,11 @@ export function dialInNetns(
       );
       child.kill('SIGKILL');
     }, options.timeoutMs ?? 10_000);
-    const stdin = child.stdin!;
-    const stdout = child.stdout!;
-    const stderrStream = child.stderr!;
     const settle = (result: Error | Duplex): void => {
-      if (settled) return;
+      if (settled) {
+        if (!(result instanceof Error)) result.destroy();
+        return;
+      }
       settled = true;
       clearTimeout(timer);
       if (result instanceof Error) reject(result);
@@ -55,24 +58,26 @@ export function dialInNetns(
         }),
       ),
     );
+    child.on('message', (_message: unknown, handle: unknown) => {
+      if (!(handle instanceof Socket)) return;
+      // Node made it a plain socket; port-forward half-closes each direction on its own.
+      handle.allowHalfOpen = true;
+      settle(handle);
+    });
+    const stderrStream = child.stderr!;
     stderrStream.setEncoding('utf8');
     stderrStream.on('data', (text: string) => {
-      if (settled) return;
+      if (settled || stderr.length > 4096) return;
       stderr += text;
-      const newline = stderr.indexOf('\n');
-      if (newline < 0) {
-        if (stderr.length > 4096)
-          settle(new UnavailableError(`port-forward helper said: ${stderr.slice(0, 200)}`));
-        return;
-      }
-      const report = decodeHelperReport(stderr.slice(0, newline));
-      if (!report) {
-        settle(new UnavailableError(`port-forward helper said: ${stderr.slice(0, newline)}`));
-        child.kill('SIGKILL');
-        return;
-      }
-      if (report.ok) {
-        settle(wrap(stdout, stdin, () => child.kill('SIGKILL')));
+    });
+    // 'close', not 'exit': the report on stderr and the handle may still be unread at the exit.
+    child.once('close', (code) => {
+      if (settled) return;
+      const report = decodeHelperReport(stderr.slice(0, 4096), 'first');
+      if (!report || report.ok) {
+        settle(
+          new UnavailableError(`port-forward helper exited with ${code}: ${stderr.trim().slice(0, 200)}`),
+        );
         return;
       }
       const message = typeof report.error === 'string' ? report.error : 'unknown error';
@@ -84,44 +89,5 @@ export function dialInNetns(
           : new FailedPreconditionError(`port-forward helper: ${message}`),
       );
     });
-    // 'close', not 'exit': the report on stderr may still be unread when the process exits.
-    child.once('close', (code) => {
-      if (!settled) settle(new UnavailableError(`port-forward helper exited with ${code}: ${stderr.trim()}`));
-    });
   });
-}
-
-/** One Duplex over the helper's stdout (from the pod) and stdin (to the pod). */
-function wrap(
-  fromPod: NodeJS.ReadableStream & { destroy(): void },
-  toPod: NodeJS.WritableStream & { destroy(): void },
-  kill: () => void,
-): Duplex {
-  const duplex = new Duplex({
-    allowHalfOpen: true,
-    read() {
-      fromPod.resume();
-    },
-    write(chunk: Buffer, _encoding, callback) {
-      if (toPod.write(chunk)) callback();
-      else toPod.once('drain', () => callback());
-    },
-    final(callback) {
-      toPod.end();
-      callback();
-    },
-    destroy(error, callback) {
-      kill();
-      fromPod.destroy();
-      toPod.destroy();
-      callback(error);
-    },
-  });
-  fromPod.on('data', (chunk: Buffer) => {
-    if (!duplex.push(chunk)) fromPod.pause();
-  });
-  fromPod.on('end', () => duplex.push(null));
-  fromPod.on('error', (error: Error) => duplex.destroy(error));
-  toPod.on('error', () => {});
-  return duplex;
 }

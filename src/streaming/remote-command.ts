@@ -200,13 +200,18 @@ function forward(source: Readable, sink: Writable | undefined): void {
     source.resume();
     return;
   }
+  // One drain listener for the whole copy (not one per pause, which piled up 'close' listeners).
+  const resume = (): void => {
+    source.resume();
+  };
+  sink.on('drain', resume);
+  sink.once('close', () => {
+    sink.off('drain', resume);
+    source.resume();
+  });
   source.on('data', (chunk: Buffer) => {
     if (sink.destroyed || sink.writableEnded) return;
-    if (!sink.write(chunk)) {
-      source.pause();
-      sink.once('drain', () => source.resume());
-      sink.once('close', () => source.resume());
-    }
+    if (!sink.write(chunk)) source.pause();
   });
 }
 

@@ -12,9 +12,11 @@
  * message stream for SPDY-over-WebSocket port forwarding.
  */
 import { EventEmitter } from 'node:events';
+import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { Logger } from '../log.js';
 import {
+  dataFrameHead,
   GoAwayStatus,
   RstStatus,
   type SpdyFrame,
@@ -29,6 +31,12 @@ import {
 const MAX_OUTGOING_DATA = 64 * 1024;
 /** Bytes a stream may buffer from the peer before the transport is paused. */
 const STREAM_READ_BUFFER = 1 << 20;
+/**
+ * Bytes a stream takes before write() asks its writer to wait. Above a pipe's or socket's
+ * 64 KiB reads, so a writer copying one into a stream is paused only when the transport
+ * really is full, not after every chunk (Node's default is 16 KiB).
+ */
+const STREAM_WRITE_BUFFER = 256 * 1024;
 
 export interface SpdyConnectionOptions {
   logger: Logger;
@@ -59,7 +67,11 @@ export class SpdyStream extends Duplex {
     headers: SpdyHeaders,
     peerFin: boolean,
   ) {
-    super({ allowHalfOpen: true, readableHighWaterMark: STREAM_READ_BUFFER });
+    super({
+      allowHalfOpen: true,
+      readableHighWaterMark: STREAM_READ_BUFFER,
+      writableHighWaterMark: STREAM_WRITE_BUFFER,
+    });
     this.id = id;
     this.headers = headers;
     if (peerFin) this.onPeerFin();
@@ -92,10 +104,7 @@ export class SpdyStream extends Duplex {
       callback();
       return;
     }
-    for (let offset = 0; offset < chunk.length; offset += MAX_OUTGOING_DATA) {
-      const data = chunk.subarray(offset, offset + MAX_OUTGOING_DATA);
-      this.connection.sendFrame({ type: 'data', streamId: this.id, fin: false, data });
-    }
+    this.connection.sendData(this.id, chunk);
     this.connection.whenWritable(callback);
   }
 
@@ -150,6 +159,8 @@ export class SpdyConnection extends EventEmitter {
   private readonly pausedBy = new Set<number>();
   private readonly logger: Logger;
   private readonly maxConcurrentStreams: number;
+  /** The transport is a socket: a DATA frame's head and payload are written without a copy. */
+  private readonly gatheredWrites: boolean;
   private lastPeerStreamId = 0;
   private goneAway = false;
   private closed = false;
@@ -163,6 +174,7 @@ export class SpdyConnection extends EventEmitter {
     super();
     this.logger = options.logger;
     this.maxConcurrentStreams = options.maxConcurrentStreams ?? 2048;
+    this.gatheredWrites = transport instanceof Socket;
     this.closedPromise = new Promise((resolve) => {
       this.resolveClosed = resolve;
     });
@@ -220,6 +232,30 @@ export class SpdyConnection extends EventEmitter {
   sendFrame(frame: SpdyFrame): void {
     if (this.closed || this.transport.destroyed || this.transport.writableEnded) return;
     this.transport.write(this.encoder.encode(frame));
+  }
+
+  /**
+   * @internal DATA frames of at most MAX_OUTGOING_DATA bytes carrying `data`. On a socket each
+   * frame's head and payload go out as separate buffers of one gathered write (writev), so
+   * the payload is never copied; other transports (a WebSocket tunnel, where every write is a
+   * message) get whole frames.
+   */
+  sendData(streamId: number, data: Buffer): void {
+    if (this.closed || this.transport.destroyed || this.transport.writableEnded) return;
+    if (!this.gatheredWrites) {
+      for (let offset = 0; offset < data.length; offset += MAX_OUTGOING_DATA) {
+        const piece = data.subarray(offset, offset + MAX_OUTGOING_DATA);
+        this.transport.write(this.encoder.encode({ type: 'data', streamId, fin: false, data: piece }));
+      }
+      return;
+    }
+    this.transport.cork();
+    for (let offset = 0; offset < data.length; offset += MAX_OUTGOING_DATA) {
+      const piece = data.subarray(offset, offset + MAX_OUTGOING_DATA);
+      this.transport.write(dataFrameHead(streamId, false, piece.length));
+      this.transport.write(piece);
+    }
+    this.transport.uncork();
   }
 
   /** @internal Calls back when the transport has room (back-pressure for stream writes). */

@@ -302,19 +302,26 @@ function uint32s(...values: number[]): Buffer {
   return buf;
 }
 
+/**
+ * The 8 bytes in front of a DATA frame's payload, for writers that send the payload as a
+ * buffer of its own (a gathered write) instead of copying it behind the head.
+ */
+export function dataFrameHead(streamId: number, fin: boolean, length: number): Buffer {
+  if (length > 0xffffff) throw new RangeError('SPDY data frame payload over 16 MiB');
+  const head = Buffer.allocUnsafe(8);
+  head.writeUInt32BE(streamId & 0x7fffffff, 0);
+  head.writeUInt32BE(((fin ? FLAG_FIN : 0) << 24) | length, 4);
+  return head;
+}
+
 /** Encodes frames; header blocks go through this direction's single compression context. */
 export class SpdyFrameEncoder {
   private readonly compressor = new HeaderBlockCompressor();
 
   encode(frame: SpdyFrame): Buffer {
     switch (frame.type) {
-      case 'data': {
-        if (frame.data.length > 0xffffff) throw new RangeError('SPDY data frame payload over 16 MiB');
-        const head = Buffer.allocUnsafe(8);
-        head.writeUInt32BE(frame.streamId & 0x7fffffff, 0);
-        head.writeUInt32BE(((frame.fin ? FLAG_FIN : 0) << 24) | frame.data.length, 4);
-        return Buffer.concat([head, frame.data]);
-      }
+      case 'data':
+        return Buffer.concat([dataFrameHead(frame.streamId, frame.fin, frame.data.length), frame.data]);
       case 'syn_stream': {
         const fixed = Buffer.alloc(10);
         fixed.writeUInt32BE(frame.streamId & 0x7fffffff, 0);

@@ -76,7 +76,8 @@ class ChannelWriter extends Writable {
     private readonly subprotocol: string,
     private readonly channel: number,
   ) {
-    super();
+    // Above a pipe's 64 KiB reads, so the process's output is paused only when the socket is full.
+    super({ highWaterMark: 256 * 1024 });
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
