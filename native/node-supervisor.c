@@ -14,9 +14,11 @@
  *    net.Server sent by child.send() (see src/rootless/host-listeners.ts for why the daemon
  *    holds its host listeners itself). One handle is in flight at a time: the next waits for
  *    the daemon's NODE_HANDLE_ACK, as Node.js's own sender does.
- *  - serves the host dialer on DIAL_SOCKET (src/os/host-dialer.ts has the protocol): each
- *    connection is a forked child that connects from the host's network namespace and copies
- *    bytes both ways until both sides are done.
+ *  - connects to the host for the daemon (registries) when it asks on the channel, and hands
+ *    the connected socket over the same way (a net.Socket message); no process copies a pull.
+ *  - serves the host dialer on DIAL_SOCKET (src/os/host-dialer.ts has the protocol) for host
+ *    names, which the channel does not take: each connection is a forked child that resolves
+ *    and connects from the host's network namespace and copies bytes both ways.
  *  - watches rootlesskit's slirp4netns every 3 s and starts a replacement when it is gone
  *    (src/rootless/uplink.ts has the reasons); the replacement's --exit-fd is held here, so it
  *    never outlives this process.
@@ -435,8 +437,18 @@ static void dial_serve(int client) {
 struct handle_out {
   int fd;
   long long id;
-  int port;
+  int port; /* a listener's bound port; -1 for a dialed connection */
 };
+
+/* A connection to the host asked for by the daemon, its connect() under way. */
+struct dial_out {
+  int fd;
+  long long id;
+  long long deadline;
+  char where[300];
+};
+
+#define MAX_DIALS 64
 
 struct ipc {
   int fd;
@@ -445,6 +457,8 @@ struct ipc {
   bool awaiting_ack;
   struct handle_out queue[MAX_QUEUED_HANDLES];
   size_t queued;
+  struct dial_out dials[MAX_DIALS];
+  size_t dialing;
 };
 
 static void ipc_send_line(struct ipc *c, const char *line) {
@@ -454,10 +468,15 @@ static void ipc_send_line(struct ipc *c, const char *line) {
 
 static void ipc_send_handle(struct ipc *c, const struct handle_out *h) {
   char line[256];
-  int n = snprintf(line, sizeof(line),
-                   "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Server\",\"msg\":"
-                   "{\"type\":\"rcri:listener\",\"id\":%lld,\"port\":%d}}\n",
-                   h->id, h->port);
+  int n = h->port >= 0
+              ? snprintf(line, sizeof(line),
+                         "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Server\",\"msg\":"
+                         "{\"type\":\"rcri:listener\",\"id\":%lld,\"port\":%d}}\n",
+                         h->id, h->port)
+              : snprintf(line, sizeof(line),
+                         "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":"
+                         "{\"type\":\"rcri:dialed\",\"id\":%lld}}\n",
+                         h->id);
   char control[CMSG_SPACE(sizeof(int))];
   memset(control, 0, sizeof(control));
   struct iovec iov = {line, (size_t)n};
@@ -486,7 +505,21 @@ static void ipc_send_handle(struct ipc *c, const struct handle_out *h) {
   c->awaiting_ack = true;
 }
 
-static void ipc_listen_error(struct ipc *c, long long id, const char *code, const char *message) {
+/* Sends a handle now, or queues it behind the one awaiting its ACK; false when the queue is full (fd closed). */
+static bool ipc_hand_over(struct ipc *c, const struct handle_out *h) {
+  if (!c->awaiting_ack) {
+    ipc_send_handle(c, h);
+    return true;
+  }
+  if (c->queued < MAX_QUEUED_HANDLES) {
+    c->queue[c->queued++] = *h;
+    return true;
+  }
+  close(h->fd);
+  return false;
+}
+
+static void ipc_error(struct ipc *c, const char *type, long long id, const char *code, const char *message) {
   char line[1024];
   char escaped[700];
   size_t j = 0;
@@ -501,7 +534,7 @@ static void ipc_listen_error(struct ipc *c, long long id, const char *code, cons
   }
   escaped[j] = '\0';
   snprintf(line, sizeof(line),
-           "{\"type\":\"rcri:listener-error\",\"id\":%lld,\"code\":\"%s\",\"message\":\"%s\"}\n", id,
+           "{\"type\":\"%s\",\"id\":%lld,\"code\":\"%s\",\"message\":\"%s\"}\n", type, id,
            code, escaped);
   ipc_send_line(c, line);
 }
@@ -557,7 +590,7 @@ static void ipc_listen(struct ipc *c, long long id, const char *host, int port) 
   } else {
     char why[400];
     snprintf(why, sizeof(why), "the supervisor binds IP addresses only, not \"%.256s\"", host);
-    ipc_listen_error(c, id, "EINVAL", why);
+    ipc_error(c, "rcri:listener-error", id, "EINVAL", why);
     return;
   }
   /* Non-blocking, as libuv's own listeners are: the flag travels with the socket. */
@@ -567,7 +600,7 @@ static void ipc_listen(struct ipc *c, long long id, const char *host, int port) 
   if (fd < 0) {
     int e = errno;
     snprintf(why, sizeof(why), "socket %s: %s", errno_name(e), strerror(e));
-    ipc_listen_error(c, id, errno_name(e), why);
+    ipc_error(c, "rcri:listener-error", id, errno_name(e), why);
     return;
   }
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -575,20 +608,85 @@ static void ipc_listen(struct ipc *c, long long id, const char *host, int port) 
     int e = errno;
     snprintf(why, sizeof(why), "listen %s: %s %s:%d", errno_name(e), strerror(e), host, port);
     close(fd);
-    ipc_listen_error(c, id, errno_name(e), why);
+    ipc_error(c, "rcri:listener-error", id, errno_name(e), why);
     return;
   }
   addr_len = sizeof(addr);
   getsockname(fd, (struct sockaddr *)&addr, &addr_len);
   int bound = ntohs(family == AF_INET ? addr.v4.sin_port : addr.v6.sin6_port);
   struct handle_out h = {fd, id, bound};
-  if (!c->awaiting_ack) {
-    ipc_send_handle(c, &h);
-  } else if (c->queued < MAX_QUEUED_HANDLES) {
-    c->queue[c->queued++] = h;
+  if (!ipc_hand_over(c, &h)) ipc_error(c, "rcri:listener-error", id, "EAGAIN", "too many host listeners asked for at once");
+}
+
+/* Starts connecting to host:port (an IP literal) for the daemon; the answer comes from dial_progress. */
+static void ipc_dial(struct ipc *c, long long id, const char *host, int port) {
+  union {
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+  } addr;
+  memset(&addr, 0, sizeof(addr));
+  socklen_t addr_len;
+  int family;
+  if (inet_pton(AF_INET, host, &addr.v4.sin_addr) == 1) {
+    family = AF_INET;
+    addr.v4.sin_family = AF_INET;
+    addr.v4.sin_port = htons((uint16_t)port);
+    addr_len = sizeof(addr.v4);
+  } else if (inet_pton(AF_INET6, host, &addr.v6.sin6_addr) == 1) {
+    family = AF_INET6;
+    addr.v6.sin6_family = AF_INET6;
+    addr.v6.sin6_port = htons((uint16_t)port);
+    addr_len = sizeof(addr.v6);
   } else {
-    close(fd);
-    ipc_listen_error(c, id, "EAGAIN", "too many host listeners asked for at once");
+    ipc_error(c, "rcri:dial-error", id, "EINVAL", "the supervisor dials IP addresses only");
+    return;
+  }
+  if (port < 1 || c->dialing >= MAX_DIALS) {
+    ipc_error(c, "rcri:dial-error", id, port < 1 ? "EINVAL" : "EAGAIN",
+              port < 1 ? "malformed dial request" : "too many connections asked for at once");
+    return;
+  }
+  char why[512];
+  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0 || (connect(fd, (struct sockaddr *)&addr, addr_len) < 0 && errno != EINPROGRESS)) {
+    int e = errno;
+    snprintf(why, sizeof(why), "connect %s %s:%d", errno_name(e), host, port);
+    if (fd >= 0) close(fd);
+    ipc_error(c, "rcri:dial-error", id, errno_name(e), why);
+    return;
+  }
+  struct dial_out *d = &c->dials[c->dialing++];
+  d->fd = fd;
+  d->id = id;
+  d->deadline = now_ms(CLOCK_MONOTONIC) + DIAL_HANDSHAKE_MS;
+  snprintf(d->where, sizeof(d->where), "%s:%d", host, port);
+}
+
+/* Answers every dial whose connect() finished (or whose time ran out). */
+static void dial_progress(struct ipc *c) {
+  long long now = now_ms(CLOCK_MONOTONIC);
+  for (size_t i = 0; i < c->dialing;) {
+    struct dial_out *d = &c->dials[i];
+    struct pollfd p = {d->fd, POLLOUT, 0};
+    int ready = poll(&p, 1, 0);
+    if (ready == 0 && now < d->deadline) {
+      i++;
+      continue;
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (ready == 0) err = ETIMEDOUT;
+    else if (getsockopt(d->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err == 0) {
+      struct handle_out h = {d->fd, d->id, -1};
+      if (!ipc_hand_over(c, &h)) ipc_error(c, "rcri:dial-error", d->id, "EAGAIN", "too many connections asked for at once");
+    } else {
+      char why[400];
+      snprintf(why, sizeof(why), "connect %s %s", errno_name(err), d->where);
+      close(d->fd);
+      ipc_error(c, "rcri:dial-error", d->id, errno_name(err), why);
+    }
+    c->dials[i] = c->dials[--c->dialing];
   }
 }
 
@@ -604,16 +702,21 @@ static void ipc_line(struct ipc *c, const char *line) {
     return;
   }
   if (strstr(line, "\"cmd\":\"NODE_") != NULL) return; /* Node.js's own traffic */
-  if (strstr(line, "\"type\":\"rcri:listen\"") == NULL) return;
+  bool listen = strstr(line, "\"type\":\"rcri:listen\"") != NULL;
+  bool dial = strstr(line, "\"type\":\"rcri:dial\"") != NULL;
+  if (!listen && !dial) return;
   long long id = 0, port = -1;
   char host[64];
   if (!json_number(line, "id", &id)) return; /* nothing to answer to */
   if (!json_number(line, "port", &port) || port < 0 || port > 65535 ||
       !json_plain_string(line, "host", host, sizeof(host))) {
-    ipc_listen_error(c, id, "EINVAL", "malformed listen request");
+    ipc_error(c, listen ? "rcri:listener-error" : "rcri:dial-error", id, "EINVAL", "malformed request");
     return;
   }
-  ipc_listen(c, id, host, (int)port);
+  if (listen)
+    ipc_listen(c, id, host, (int)port);
+  else
+    ipc_dial(c, id, host, (int)port);
 }
 
 /* Reads what the daemon sent; false once the channel is closed. */
@@ -782,8 +885,15 @@ int main(int argc, char **argv) {
       uplink_check(&o, &uplink);
       uplink.next_check = now + UPLINK_INTERVAL_MS;
     }
-    struct pollfd p[3] = {{sfd, POLLIN, 0}, {dial, POLLIN, 0}, {ipc.fd, POLLIN, 0}};
-    int rc = poll(p, ipc.fd >= 0 ? 3 : 2, (int)(uplink.next_check - now));
+    struct pollfd p[3 + MAX_DIALS] = {{sfd, POLLIN, 0}, {dial, POLLIN, 0}, {ipc.fd, POLLIN, 0}};
+    nfds_t count = ipc.fd >= 0 ? 3 : 2;
+    long long wake = uplink.next_check;
+    for (size_t i = 0; ipc.fd >= 0 && i < ipc.dialing; i++) {
+      p[count++] = (struct pollfd){ipc.dials[i].fd, POLLOUT, 0};
+      if (ipc.dials[i].deadline < wake) wake = ipc.dials[i].deadline;
+    }
+    int rc = poll(p, count, wake > now ? (int)(wake - now) : 0);
+    if (ipc.dialing > 0) dial_progress(&ipc);
     if (rc < 0 && errno != EINTR) {
       log_line(50, "poll failed", "\"errno\":\"%s\"", errno_name(errno));
       break;
@@ -844,6 +954,8 @@ int main(int argc, char **argv) {
       ipc.fd = -1;
       for (size_t i = 0; i < ipc.queued; i++) close(ipc.queue[i].fd);
       ipc.queued = 0;
+      for (size_t i = 0; i < ipc.dialing; i++) close(ipc.dials[i].fd);
+      ipc.dialing = 0;
     }
   }
 

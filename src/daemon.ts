@@ -36,7 +36,7 @@ import { useRunServer } from './os/run-server.js';
 import { probeRuntimeHandler } from './os/runtime-features.js';
 import { NodeSandboxOs } from './os/sandbox-os.js';
 import { createPodSandboxService } from './podsandbox/index.js';
-import { ipcHostListeners } from './rootless/host-listeners.js';
+import { ipcHostListeners, supervisorDialer } from './rootless/host-listeners.js';
 import { HostPortForwarder } from './rootless/host-port-forwarder.js';
 import { inUserNamespace } from './rootless/node.js';
 import { prepareNodeForKubelet } from './rootless/node-setup.js';
@@ -129,11 +129,15 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
 
   // ---- images, the core, and the RPC modules over it ------------------------------------
   // Registries are reached from the host's network namespace when the supervisor offers it.
+  // Connections come over the supervisor's channel (handed over connected); the dialer socket
+  // relays the rest (host names) and serves a daemon without a channel.
   const hostDialerSocket = process.env.ROOTLESS_CRI_HOST_DIALER;
+  const socketDialer = hostDialerSocket ? hostDialer(hostDialerSocket) : null;
+  const dial = hostListeners ? supervisorDialer(hostListeners, socketDialer) : socketDialer;
   const images = createImageService({
     config,
     logger,
-    ...(hostDialerSocket ? { dial: hostDialer(hostDialerSocket) } : {}),
+    ...(dial ? { dial } : {}),
     metrics: metrics.imagePulls,
   });
   const node = await readNodeIdentity();

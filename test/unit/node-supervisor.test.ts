@@ -33,6 +33,7 @@ interface Supervised {
 function supervise(
   dir: string,
   requests: [string, number][],
+  dials: [string, number][] = [],
   node: { rootlesskit: string; child: string; slirp4netns: string } = {
     rootlesskit: NO_PID,
     child: NO_PID,
@@ -58,10 +59,11 @@ function supervise(
       '--',
       '/bin/sh',
       '-c',
-      '"$0" "$1" "$2"; exit $?',
+      '"$0" "$1" "$2" "$3"; exit $?',
       process.execPath,
       FIXTURE,
       JSON.stringify(requests),
+      JSON.stringify(dials),
     ],
     { stdio: ['pipe', 'pipe', 'pipe'] },
   );
@@ -128,6 +130,7 @@ describe('node-supervisor', () => {
   let echo: net.Server;
   let echoPort: number;
   let sup: Supervised;
+  let refusedPort: number;
 
   beforeAll(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'node-supervisor-'));
@@ -137,13 +140,26 @@ describe('node-supervisor', () => {
     busy = net.createServer();
     await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
     busyPort = (busy.address() as net.AddressInfo).port;
-    sup = supervise(dir, [
-      ['127.0.0.1', 0],
-      ['127.0.0.1', 0],
-      ['127.0.0.1', busyPort],
-      ['localhost', 0],
-      ['127.0.0.1', 0],
-    ]);
+    const refused = net.createServer();
+    await new Promise<void>((r) => refused.listen(0, '127.0.0.1', () => r()));
+    refusedPort = (refused.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => refused.close(() => r()));
+    sup = supervise(
+      dir,
+      [
+        ['127.0.0.1', 0],
+        ['127.0.0.1', 0],
+        ['127.0.0.1', busyPort],
+        ['localhost', 0],
+        ['127.0.0.1', 0],
+      ],
+      [
+        ['127.0.0.1', echoPort],
+        ['127.0.0.1', refusedPort],
+        ['registry.example', 443],
+        ['127.0.0.1', echoPort],
+      ],
+    );
     await sup.waitFor((l) => l.event === 'ready');
   });
 
@@ -176,6 +192,21 @@ describe('node-supervisor', () => {
         code: 'EINVAL',
         message: expect.stringContaining('IP addresses only'),
       }),
+    ]);
+  });
+
+  it('hands the daemon connected sockets to the host, and says why one could not be made', () => {
+    const dialed = sup.lines.filter((l) => String(l.type).startsWith('rcri:dial'));
+    expect(dialed).toEqual([
+      { id: 6, type: 'rcri:dialed', answer: 'ping\n' },
+      expect.objectContaining({
+        id: 7,
+        type: 'rcri:dial-error',
+        code: 'ECONNREFUSED',
+        message: `connect ECONNREFUSED 127.0.0.1:${refusedPort}`,
+      }),
+      expect.objectContaining({ id: 8, type: 'rcri:dial-error', code: 'EINVAL' }),
+      { id: 9, type: 'rcri:dialed', answer: 'ping\n' },
     ]);
   });
 
@@ -293,7 +324,11 @@ describe('node-supervisor exit status and uplink', () => {
           `cat <&3 >/dev/null\necho gone > "${dir}/gone.tmp"; mv "${dir}/gone.tmp" "${dir}/gone"\n`,
       );
       await chmod(fake, 0o755);
-      const sup = supervise(dir, [], { rootlesskit: NO_PID, child: String(process.pid), slirp4netns: fake });
+      const sup = supervise(dir, [], [], {
+        rootlesskit: NO_PID,
+        child: String(process.pid),
+        slirp4netns: fake,
+      });
       await sup.waitFor((l) => l.event === 'ready');
       expect(await waitForFile(path.join(dir, 'args'))).toBe(
         `--configure --mtu=1500 --disable-host-loopback --exit-fd=3 ${process.pid} tap0\n`,
