@@ -569,30 +569,40 @@ static bool json_plain_string(const char *line, const char *key, char *out, size
   return true;
 }
 
+union ip_address {
+  struct sockaddr sa;
+  struct sockaddr_in v4;
+  struct sockaddr_in6 v6;
+};
+
+/* host (an IPv4 or IPv6 literal) and port as a socket address; false for anything else. */
+static bool ip_address(const char *host, int port, union ip_address *addr, socklen_t *len) {
+  memset(addr, 0, sizeof(*addr));
+  if (inet_pton(AF_INET, host, &addr->v4.sin_addr) == 1) {
+    addr->v4.sin_family = AF_INET;
+    addr->v4.sin_port = htons((uint16_t)port);
+    *len = sizeof(addr->v4);
+    return true;
+  }
+  if (inet_pton(AF_INET6, host, &addr->v6.sin6_addr) == 1) {
+    addr->v6.sin6_family = AF_INET6;
+    addr->v6.sin6_port = htons((uint16_t)port);
+    *len = sizeof(addr->v6);
+    return true;
+  }
+  return false;
+}
+
 static void ipc_listen(struct ipc *c, long long id, const char *host, int port) {
-  union {
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-  } addr;
-  memset(&addr, 0, sizeof(addr));
+  union ip_address addr;
   socklen_t addr_len;
-  int family;
-  if (inet_pton(AF_INET, host, &addr.v4.sin_addr) == 1) {
-    family = AF_INET;
-    addr.v4.sin_family = AF_INET;
-    addr.v4.sin_port = htons((uint16_t)port);
-    addr_len = sizeof(addr.v4);
-  } else if (inet_pton(AF_INET6, host, &addr.v6.sin6_addr) == 1) {
-    family = AF_INET6;
-    addr.v6.sin6_family = AF_INET6;
-    addr.v6.sin6_port = htons((uint16_t)port);
-    addr_len = sizeof(addr.v6);
-  } else {
+  if (!ip_address(host, port, &addr, &addr_len)) {
     char why[400];
     snprintf(why, sizeof(why), "the supervisor binds IP addresses only, not \"%.256s\"", host);
     ipc_error(c, "rcri:listener-error", id, "EINVAL", why);
     return;
   }
+  int family = addr.sa.sa_family;
   /* Non-blocking, as libuv's own listeners are: the flag travels with the socket. */
   int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
@@ -604,7 +614,7 @@ static void ipc_listen(struct ipc *c, long long id, const char *host, int port) 
     return;
   }
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (bind(fd, (struct sockaddr *)&addr, addr_len) < 0 || listen(fd, 511) < 0) {
+  if (bind(fd, &addr.sa, addr_len) < 0 || listen(fd, 511) < 0) {
     int e = errno;
     snprintf(why, sizeof(why), "listen %s: %s %s:%d", errno_name(e), strerror(e), host, port);
     close(fd);
@@ -612,7 +622,7 @@ static void ipc_listen(struct ipc *c, long long id, const char *host, int port) 
     return;
   }
   addr_len = sizeof(addr);
-  getsockname(fd, (struct sockaddr *)&addr, &addr_len);
+  getsockname(fd, &addr.sa, &addr_len);
   int bound = ntohs(family == AF_INET ? addr.v4.sin_port : addr.v6.sin6_port);
   struct handle_out h = {fd, id, bound};
   if (!ipc_hand_over(c, &h)) ipc_error(c, "rcri:listener-error", id, "EAGAIN", "too many host listeners asked for at once");
@@ -620,27 +630,13 @@ static void ipc_listen(struct ipc *c, long long id, const char *host, int port) 
 
 /* Starts connecting to host:port (an IP literal) for the daemon; the answer comes from dial_progress. */
 static void ipc_dial(struct ipc *c, long long id, const char *host, int port) {
-  union {
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-  } addr;
-  memset(&addr, 0, sizeof(addr));
+  union ip_address addr;
   socklen_t addr_len;
-  int family;
-  if (inet_pton(AF_INET, host, &addr.v4.sin_addr) == 1) {
-    family = AF_INET;
-    addr.v4.sin_family = AF_INET;
-    addr.v4.sin_port = htons((uint16_t)port);
-    addr_len = sizeof(addr.v4);
-  } else if (inet_pton(AF_INET6, host, &addr.v6.sin6_addr) == 1) {
-    family = AF_INET6;
-    addr.v6.sin6_family = AF_INET6;
-    addr.v6.sin6_port = htons((uint16_t)port);
-    addr_len = sizeof(addr.v6);
-  } else {
+  if (!ip_address(host, port, &addr, &addr_len)) {
     ipc_error(c, "rcri:dial-error", id, "EINVAL", "the supervisor dials IP addresses only");
     return;
   }
+  int family = addr.sa.sa_family;
   if (port < 1 || c->dialing >= MAX_DIALS) {
     ipc_error(c, "rcri:dial-error", id, port < 1 ? "EINVAL" : "EAGAIN",
               port < 1 ? "malformed dial request" : "too many connections asked for at once");
@@ -648,7 +644,7 @@ static void ipc_dial(struct ipc *c, long long id, const char *host, int port) {
   }
   char why[512];
   int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0 || (connect(fd, (struct sockaddr *)&addr, addr_len) < 0 && errno != EINPROGRESS)) {
+  if (fd < 0 || (connect(fd, &addr.sa, addr_len) < 0 && errno != EINPROGRESS)) {
     int e = errno;
     snprintf(why, sizeof(why), "connect %s %s:%d", errno_name(e), host, port);
     if (fd >= 0) close(fd);

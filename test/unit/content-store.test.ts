@@ -15,6 +15,7 @@ import type { Descriptor } from '../../src/image/manifest.js';
 import { parseImageReference } from '../../src/image/reference.js';
 import { RegistryClient } from '../../src/image/registry-client.js';
 import { FakeRegistry, sha256 } from '../fakes/fake-registry.js';
+import { caught } from '../harness/caught.js';
 
 let root: string;
 let store: ContentStore;
@@ -31,15 +32,6 @@ afterEach(async () => {
   await registry.close();
   await rm(root, { recursive: true, force: true });
 });
-
-async function caught(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected a rejection');
-}
 
 async function leftovers(): Promise<{ blobs: string[]; ingest: string[] }> {
   return { blobs: await readdir(store.blobsDir), ingest: await readdir(store.ingestDir) };

@@ -13,6 +13,7 @@ import { silentLogger } from '../../src/log.js';
 import type { ImagePullMetrics, PullSummary } from '../../src/metrics.js';
 import { FakeRegistry, sha256 } from '../fakes/fake-registry.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
+import { caught } from '../harness/caught.js';
 
 /**
  * The image service end to end against the in-process fake registry, with a fake layer
@@ -131,15 +132,6 @@ async function list(filter?: string) {
     ctx(),
   );
   return r.images ?? [];
-}
-
-async function caught(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected a rejection');
 }
 
 async function dirNames(...parts: string[]): Promise<string[]> {

@@ -23,6 +23,7 @@ import { LayerStore } from '../../src/image/layer-store.js';
 import { prefixRunner, unpackLayer } from '../../src/image/layer-unpack.js';
 import { MEDIA_TYPE } from '../../src/image/media-types.js';
 import { buildTar } from '../fixtures/evil-tars.js';
+import { caught } from '../harness/caught.js';
 
 const HELPER = fileURLToPath(new URL('../../native/build/layer-unpack', import.meta.url));
 const runner = prefixRunner(['unshare', '--user', '--map-root-user']);
@@ -158,15 +159,6 @@ function pull(layer: Layer, body: Buffer, options: { size?: number; failsEarly?:
     blobPath: content.path(layer.digest),
     fetch: (signal, tee) => content.openIngest(layer.digest, size, served(body, hold), { signal, tee }),
   });
-}
-
-async function caught(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected a rejection');
 }
 
 async function leftovers() {

@@ -20,6 +20,7 @@ import type { Digest } from '../../src/image/digest.js';
 import { LayerStore, type LayerUnpacker } from '../../src/image/layer-store.js';
 import { LowerLayersPendingError } from '../../src/image/layer-unpack.js';
 import { MEDIA_TYPE } from '../../src/image/media-types.js';
+import { caught } from '../harness/caught.js';
 
 const sha = (data: Buffer): Digest => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 
@@ -103,15 +104,6 @@ function ensure(
     },
     signal,
   );
-}
-
-async function caught(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected a rejection');
 }
 
 /** Everything under the content and layer dirs: must be empty after a failure. */

@@ -30,6 +30,7 @@ import {
   sha256,
   streamBody,
 } from '../fakes/fake-registry.js';
+import { caught } from '../harness/caught.js';
 
 let registry: FakeRegistry;
 let other: FakeRegistry | undefined;
@@ -50,15 +51,6 @@ function client(options: RegistryClientOptions = {}): RegistryClient {
 
 function ref(path: string, host = registry.host) {
   return parseImageReference(`${host}/${path}`);
-}
-
-async function caught(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected a rejection');
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
