@@ -38,7 +38,7 @@
 extern char **environ;
 
 #define SETTLE_MS 200
-#define MAX_JOBS 512
+#define MAX_JOBS 4096
 #define MAX_LINE (64 * 1024 * 1024)
 
 struct output {

@@ -218,6 +218,62 @@ export interface RunDelegate {
   /** Whether it takes runs now; false sends them back to the daemon's own spawn. */
   available(): boolean;
   run(program: string, args: readonly string[], options: RunOptions): Promise<RunResult>;
+  startDetached(program: string, args: readonly string[], options: DetachedOptions): DetachedProcess;
+}
+
+export interface DetachedOptions {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+/**
+ * A process that outlives the call that started it (a pod's infra chain), stdin and stdout
+ * /dev/null-like, stderr kept (64 KiB) for the report of an early exit. It leads its own
+ * process group.
+ */
+export interface DetachedProcess {
+  /** Its pid once it runs; rejects with ProgramNotFoundError (or Unavailable) when it does not. */
+  readonly started: Promise<number>;
+  /** When it ended, with what it wrote on stderr (the rest of its output is dropped). */
+  readonly exited: Promise<ExitStatus & { stderr: string }>;
+  /** Signals its process group. */
+  kill(signal: NodeJS.Signals): void;
+  /** Lets go of its output: a process that lives on is not read from any more. */
+  release(): void;
+}
+
+const DETACHED_STDERR_CAP = 64 * 1024;
+
+/** Starts a detached process: through the run server when it is up, else by the daemon. */
+export function startDetached(
+  program: string,
+  args: readonly string[],
+  options: DetachedOptions = {},
+): DetachedProcess {
+  if (delegate?.available()) return delegate.startDetached(program, args, options);
+  const handle = start(program, args, {
+    daemon: true,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    ...(options.env ? { env: options.env } : {}),
+    ...(options.cwd ? { cwd: options.cwd } : {}),
+  });
+  let stderr = '';
+  handle.stderr!.setEncoding('utf8');
+  handle.stderr!.on('data', (chunk: string) => {
+    if (stderr.length < DETACHED_STDERR_CAP) stderr += chunk;
+  });
+  const closed = new Promise<void>((resolve) => handle.stderr!.once('close', () => resolve()));
+  return {
+    started: handle.spawned.then(() => handle.pid!),
+    // What it wrote just before it exited may still be in the pipe: wait for the end of it
+    // (briefly: a child it left may hold the pipe).
+    exited: handle.exited.then(async (status) => {
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 1_000))]);
+      return { ...status, stderr };
+    }),
+    kill: (signal) => handle.kill(signal),
+    release: () => handle.stderr?.destroy(),
+  };
 }
 
 let delegate: RunDelegate | null = null;

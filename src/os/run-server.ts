@@ -17,7 +17,10 @@ import { UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { nativeHelperPath } from './native-helpers.js';
 import {
+  type DetachedOptions,
+  type DetachedProcess,
   delegateRuns,
+  type ExitStatus,
   type ProcessHandle,
   ProcessTimeoutError,
   ProgramNotFoundError,
@@ -242,6 +245,77 @@ export class RunServer {
         finish(new UnavailableError(`cannot run ${program}: the run server did not take it: ${err.message}`));
       });
     });
+  }
+
+  /**
+   * A process that outlives the call (see process-runner.ts's startDetached): a run without a
+   * timeout whose pid is handed back as soon as it runs; its end, whenever it comes, settles
+   * `exited`. The server keeps reading its stderr (64 KiB kept) until then.
+   */
+  startDetached(program: string, args: readonly string[], options: DetachedOptions): DetachedProcess {
+    let resolvePid: (pid: number) => void = () => undefined;
+    let rejectPid: (err: Error) => void = () => undefined;
+    let resolveExit: (status: ExitStatus & { stderr: string }) => void = () => undefined;
+    const started = new Promise<number>((resolve, reject) => {
+      resolvePid = resolve;
+      rejectPid = reject;
+    });
+    started.catch(() => undefined);
+    const exited = new Promise<ExitStatus & { stderr: string }>((resolve) => {
+      resolveExit = resolve;
+    });
+    const id = this.nextId++;
+    const job: Job = {
+      program,
+      started: performance.now(),
+      onStarted: (pid) => {
+        if (job.pendingSignal) signalGroup(pid, job.pendingSignal);
+        resolvePid(pid);
+      },
+      onDone: (message) => {
+        if (message.errno !== undefined) rejectPid(new ProgramNotFoundError(program, message.errno));
+        resolveExit({
+          exitCode: message.code ?? null,
+          signal: message.signal ?? null,
+          stderr: Buffer.from(message.err ?? '', 'base64').toString('utf8'),
+        });
+      },
+      onServerGone: () => {
+        rejectPid(new UnavailableError(`${program}: the run server ended before it reported`));
+        resolveExit({ exitCode: null, signal: null, stderr: '' });
+      },
+    };
+    const handle = this.ensure() ? this.handle : null;
+    if (!handle) {
+      job.onServerGone();
+    } else {
+      try {
+        const request = encodeRunRequest(id, program, args, { ...options, maxOutputBytes: 64 * 1024 });
+        this.jobs.set(id, job);
+        handle.child.send({ type: 'run', req: request }, (err) => {
+          if (!err) return;
+          this.jobs.delete(id);
+          job.onServerGone();
+        });
+      } catch (err) {
+        rejectPid(err as Error);
+        resolveExit({ exitCode: null, signal: null, stderr: '' });
+      }
+    }
+    const accounted = started.then(
+      () => reportRun(program, performance.now() - job.started, 'ok'),
+      () => reportRun(program, performance.now() - job.started, 'error'),
+    );
+    void accounted;
+    return {
+      started,
+      exited,
+      kill: (signal) => {
+        if (job.pid !== undefined) signalGroup(job.pid, signal);
+        else job.pendingSignal = signal;
+      },
+      release: () => undefined,
+    };
   }
 
   /** Stops the server (the daemon's shutdown); runs in flight fail. */

@@ -37,7 +37,7 @@ import { FailedPreconditionError, InternalError, InvalidArgumentError } from '..
 import { recordHelperWait } from './helper-time.js';
 import { nativeHelperPath } from './native-helpers.js';
 import { createPodUserNamespace, type IdMapping } from './pod-user-namespace.js';
-import { run, start } from './process-runner.js';
+import { type ExitStatus, run, startDetached } from './process-runner.js';
 import { parentOf } from './process-tree.js';
 import { SAFE_PATH } from './programs.js';
 
@@ -343,31 +343,21 @@ export class NodeSandboxOs implements SandboxOs {
     nested = false,
   ): Promise<InfraProcess> {
     const spawnedAt = performance.now();
-    const handle = start(program, args, {
-      daemon: true,
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { PATH: SAFE_PATH },
+    // Started by the run server when it is up (no fork of the daemon), else by the daemon.
+    const proc = startDetached(program, args, { env: { PATH: SAFE_PATH } });
+    let exit: (ExitStatus & { stderr: string }) | null = null;
+    void proc.exited.then((status) => {
+      exit = status;
     });
-    const { child, spawned } = handle;
-    let stderr = '';
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (chunk: string) => {
-      if (stderr.length < 64 * 1024) stderr += chunk;
-    });
-    // The script's stderr closes when it execs the infra process (or exits).
-    const stderrClosed = new Promise<void>((resolve) => child.stderr!.once('close', resolve));
-    let exitCode: number | null = null;
-    child.once('exit', (code, signal) => {
-      exitCode = code ?? (signal ? 128 : -1);
-    });
-    await spawned;
-    const startedPid = child.pid!;
+    const startedPid = await proc.started;
     let wrapperPid = nested ? 0 : startedPid;
     const deadline = Date.now() + 5_000;
     let pid = 0;
     while (Date.now() < deadline) {
-      if (exitCode !== null) {
-        await Promise.race([stderrClosed, sleep(1_000)]);
+      const ended = exit as (ExitStatus & { stderr: string }) | null;
+      if (ended !== null) {
+        const { stderr } = ended;
+        const exitCode = ended.exitCode ?? (ended.signal ? 128 : -1);
         const result: StepResult = { exitCode, stderr };
         const cgroupFailed = /rcri-step cgroup|spawn-in-cgroup: /.test(stderr);
         throw (
@@ -394,10 +384,10 @@ export class NodeSandboxOs implements SandboxOs {
       }
       await sleep(1);
     }
-    child.stderr!.destroy();
+    proc.release();
     recordHelperWait(spawnedAt);
     if (pid === 0) {
-      handle.kill('SIGKILL');
+      proc.kill('SIGKILL');
       throw new InternalError('the pod infra process did not start within 5s');
     }
     return {

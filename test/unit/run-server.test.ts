@@ -11,11 +11,14 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { CancelledError, UnavailableError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
 import {
+  type DetachedOptions,
+  type DetachedProcess,
   ProcessTimeoutError,
   ProgramNotFoundError,
   type RunOptions,
   type RunResult,
   spawnAndRun,
+  startDetached,
 } from '../../src/os/process-runner.js';
 import { RunServer } from '../../src/os/run-server.js';
 import { isAlive } from '../../src/rootless/node.js';
@@ -120,6 +123,37 @@ describe.each(runners)('run() by %s', (_name, run) => {
       expect(r.stdout.toString()).toBe(`${i}\n`);
       expect(r.exitCode).toBe(i % 3);
     });
+  });
+});
+
+type Detacher = (program: string, args: readonly string[], options?: DetachedOptions) => DetachedProcess;
+const detachers: [string, Detacher][] = [
+  ['startDetached', startDetached],
+  ['RunServer', (p, a, o) => server.startDetached(p, a, o ?? {})],
+];
+
+describe.each(detachers)('a detached process by %s', (_name, detach) => {
+  it('reports its pid at once and, when it ends early, its status and stderr', async () => {
+    const proc = detach('/bin/sh', ['-c', 'echo oops >&2; exit 3']);
+    expect(await proc.started).toBeGreaterThan(1);
+    expect(await proc.exited).toEqual({ exitCode: 3, signal: null, stderr: 'oops\n' });
+  });
+
+  it('lives on after the call; kill ends its process group', async () => {
+    const proc = detach('/bin/sh', ['-c', 'sleep 1000 & exec sleep 1000'], {
+      env: { PATH: '/usr/bin:/bin' },
+    });
+    const pid = await proc.started;
+    proc.release();
+    expect(isAlive(pid)).toBe(true);
+    proc.kill('SIGKILL');
+    expect(await proc.exited).toMatchObject({ exitCode: null, signal: 'SIGKILL' });
+    await gone(pid);
+  });
+
+  it('rejects a program that cannot start with ProgramNotFoundError', async () => {
+    const proc = detach('/nonexistent/program', []);
+    await expect(proc.started).rejects.toBeInstanceOf(ProgramNotFoundError);
   });
 });
 
