@@ -277,14 +277,19 @@ describe('a client deadline mid-way through a long RPC', () => {
       .image('PullImage', { image: { image: `${stalling.host}/stall/me:v1` } }, { timeoutMs: 3_000 })
       .catch((e: unknown) => e);
     expect(grpcCode(err), String(err)).toBe(status.DEADLINE_EXCEEDED);
+    // The client's deadline ends the call at once; the daemon drops the download and the
+    // layer it was unpacking as it streamed (its temp dir) right after: wait for both.
     await until(
-      'the download',
-      async () => (await readdir(path.join(imageDir, 'content', 'ingest')).catch(() => [])).length,
-      (n) => n === 0,
+      'the download and the streamed unpack',
+      async () => ({
+        ingest: (await readdir(path.join(imageDir, 'content', 'ingest')).catch(() => [])).length,
+        layerTemps: (await readdir(path.join(imageDir, 'layers')).catch(() => [])).filter((n) =>
+          n.startsWith('.'),
+        ),
+        unpackers: await processes('layer-unpack'),
+      }),
+      (left) => left.ingest === 0 && left.layerTemps.length === 0 && left.unpackers.length === 0,
     );
-    const layers = await readdir(path.join(imageDir, 'layers')).catch(() => []);
-    expect(layers.filter((n) => n.startsWith('.'))).toEqual([]);
-    expect(await processes('layer-unpack')).toEqual([]);
     const statusAfter = await daemon.client.image('ImageStatus', {
       image: { image: `${stalling.host}/stall/me:v1` },
     });
