@@ -124,8 +124,7 @@ async function main(argv: string[]): Promise<number> {
  * V8 flags of the daemon. A 1 MiB young generation (V8's default is 16 MiB per semi-space):
  * the daemon idles most of its life and every scavenge touched the whole space, so it stayed
  * resident — 15 MiB of the idle daemon's RSS (105 → 90 MiB, measured after five pod
- * lifecycles). An operator's own
- * NODE_OPTIONS come first and these win over them.
+ * lifecycles). An operator's own NODE_OPTIONS come first and these win over them.
  */
 const DAEMON_V8_FLAGS = ['--max-semi-space-size=1'];
 

@@ -53,9 +53,15 @@ interface Job {
   pid?: number;
   /** A signal asked for before the server said which pid the program has. */
   pendingSignal?: NodeJS.Signals;
-  onStarted(pid: number): void;
+  onStarted?(pid: number): void;
   onDone(message: ServerMessage): void;
   onServerGone(): void;
+}
+
+/** Signals the job's process group, or once the server says which it is. */
+function signalJob(job: Job, signal: NodeJS.Signals): void {
+  if (job.pid !== undefined) signalGroup(job.pid, signal);
+  else job.pendingSignal = signal;
 }
 
 function signalGroup(pid: number, signal: NodeJS.Signals): void {
@@ -141,7 +147,8 @@ export class RunServer {
     if (!job) return;
     if (message.type === 'started' && typeof message.pid === 'number') {
       job.pid = message.pid;
-      job.onStarted(message.pid);
+      if (job.pendingSignal) signalGroup(message.pid, job.pendingSignal);
+      job.onStarted?.(message.pid);
     } else if (message.type === 'done') {
       this.jobs.delete(message.id!);
       job.onDone(message);
@@ -183,9 +190,6 @@ export class RunServer {
       const job: Job = {
         program,
         started,
-        onStarted: (pid) => {
-          if (job.pendingSignal) signalGroup(pid, job.pendingSignal);
-        },
         onDone: AsyncResource.bind((message: ServerMessage) => {
           if (message.errno !== undefined) {
             finish(new ProgramNotFoundError(program, message.errno));
@@ -212,10 +216,7 @@ export class RunServer {
           ),
         ),
       };
-      const kill = (sig: NodeJS.Signals) => {
-        if (job.pid !== undefined) signalGroup(job.pid, sig);
-        else job.pendingSignal = sig;
-      };
+      const kill = (sig: NodeJS.Signals) => signalJob(job, sig);
       const timer = setTimeout(() => {
         timedOut = true;
         kill('SIGTERM');
@@ -238,12 +239,25 @@ export class RunServer {
           resolve(result);
         }
       };
-      this.jobs.set(id, job);
-      handle.child.send({ type: 'run', req: request }, (err) => {
-        if (!err) return;
-        this.jobs.delete(id);
-        finish(new UnavailableError(`cannot run ${program}: the run server did not take it: ${err.message}`));
-      });
+      this.submit(handle, id, job, request, (err) =>
+        finish(new UnavailableError(`cannot run ${program}: the run server did not take it: ${err.message}`)),
+      );
+    });
+  }
+
+  /** Sends a job's request; `failed` when the server did not take it. */
+  private submit(
+    handle: ProcessHandle,
+    id: number,
+    job: Job,
+    request: string,
+    failed: (err: Error) => void,
+  ): void {
+    this.jobs.set(id, job);
+    handle.child.send({ type: 'run', req: request }, (err) => {
+      if (!err) return;
+      this.jobs.delete(id);
+      failed(err);
     });
   }
 
@@ -268,10 +282,7 @@ export class RunServer {
     const job: Job = {
       program,
       started: performance.now(),
-      onStarted: (pid) => {
-        if (job.pendingSignal) signalGroup(pid, job.pendingSignal);
-        resolvePid(pid);
-      },
+      onStarted: (pid) => resolvePid(pid),
       onDone: (message) => {
         if (message.errno !== undefined) rejectPid(new ProgramNotFoundError(program, message.errno));
         resolveExit({
@@ -291,12 +302,7 @@ export class RunServer {
     } else {
       try {
         const request = encodeRunRequest(id, program, args, { ...options, maxOutputBytes: 64 * 1024 });
-        this.jobs.set(id, job);
-        handle.child.send({ type: 'run', req: request }, (err) => {
-          if (!err) return;
-          this.jobs.delete(id);
-          job.onServerGone();
-        });
+        this.submit(handle, id, job, request, () => job.onServerGone());
       } catch (err) {
         rejectPid(err as Error);
         resolveExit({ exitCode: null, signal: null, stderr: '' });
@@ -310,10 +316,7 @@ export class RunServer {
     return {
       started,
       exited,
-      kill: (signal) => {
-        if (job.pid !== undefined) signalGroup(job.pid, signal);
-        else job.pendingSignal = signal;
-      },
+      kill: (signal) => signalJob(job, signal),
       release: () => undefined,
     };
   }

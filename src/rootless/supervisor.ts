@@ -32,8 +32,6 @@ export interface SupervisorOptions {
   /** The command that runs the daemon once inside the node, e.g. [node, cli.js, serve, --in-node, ...]. */
   daemonCommand: string[];
   nsenter?: string;
-  /** native/build/node-supervisor by default. */
-  supervisorProgram?: string;
 }
 
 export function hostDialerPath(runDir: string): string {
@@ -129,10 +127,10 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
 
   // The rest of the supervisor's life is a small native program (native/node-supervisor.c):
   // it replaces this process (same pid, so supervisor.pid stays true) and a node costs one
-  // Node.js process, the daemon's. It serves the host dialer (registries are reached from
-  // the host's network namespace, see host-dialer.ts), hands host listeners to the daemon
-  // over fd 3 (host-listeners.ts), restarts the uplink (slirp4netns, when rootlesskit's dies), forwards signals, writes
-  // the daemon's pid file and exits as the daemon did.
+  // Node.js process, the daemon's. On the daemon's fd 3 it hands over host listeners and
+  // connections to host addresses (host-listeners.ts); it serves the dialer socket for host
+  // names (host-dialer.ts), restarts the uplink (slirp4netns, when rootlesskit's dies),
+  // forwards signals, writes the daemon's pid file and exits as the daemon did.
   const [cmd, ...args] = options.daemonCommand;
   const argv = [
     '--run-dir',
@@ -161,7 +159,7 @@ export async function superviseDaemon(options: SupervisorOptions, logger: Logger
     ROOTLESS_CRI_IN_NODE: '1',
     ROOTLESS_CRI_HOST_DIALER: hostDialerPath(options.runDir),
   };
-  const program = options.supervisorProgram ?? nativeHelperPath('node-supervisor');
+  const program = nativeHelperPath('node-supervisor');
   if (typeof process.execve !== 'function') {
     throw new FailedPreconditionError(
       `Node.js ${process.version} has no process.execve (24 LTS has): install the pinned Node.js with deploy/install-node.sh`,
