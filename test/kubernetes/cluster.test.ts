@@ -20,7 +20,7 @@ import {
 } from '../fixtures/test-images.js';
 import { mirrorConfig, TestDaemon } from '../harness/daemon.js';
 import { CLUSTER_DOMAIN, Cluster, DNS_SERVICE_IP } from './cluster.js';
-import { check, k8sBinary, publishPort, waitFor } from './k8s-harness.js';
+import { check, k8sBinary, publishPort, waitFor, waitForKubeProxy } from './k8s-harness.js';
 
 const REPORT_DIR =
   process.env.ROOTLESS_CRI_REPORT_DIR ?? path.resolve(import.meta.dirname, '../../.work/reports');
@@ -317,6 +317,13 @@ describe('a single-node cluster in the node', { timeout: 330_000 }, () => {
 
   it('serves a ClusterIP Service through kube-proxy, by its DNS name, to another pod', async () => {
     const svc = await json<{ spec: { clusterIP: string } }>(['get', 'service', 'web']);
+    const pods = await json<{
+      items: { metadata: { name: string }; status: { podIP?: string } }[];
+    }>(['get', 'pods', '-l', 'app=web']);
+    const ips = pods.items.filter((p) => webPods.includes(p.metadata.name)).map((p) => p.status.podIP!);
+    expect(ips).toHaveLength(REPLICAS);
+    // (the rollout just finished: kube-proxy may still send the Service to the replaced pods)
+    await waitForKubeProxy(daemon, 'default/web', ips);
     const lookup = await k(['exec', 'tools', '--', 'nslookup', `web.default.svc.${CLUSTER_DOMAIN}`]);
     expect(lookup).toContain(svc.spec.clusterIP);
     const byName = await k(['exec', 'tools', '--', 'wget', '-q', '-O', '-', 'http://web/']);

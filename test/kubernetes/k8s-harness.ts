@@ -291,3 +291,45 @@ export function podRunning(pod: PodStatus | undefined, notReady: string[] = []):
     statuses.every((c) => c.state.running !== undefined && (c.ready || notReady.includes(c.name)))
   );
 }
+
+/**
+ * The pod IPs kube-proxy (iptables mode) in `daemon`'s node sends a Service's cluster IP to, read
+ * from the node's nat table: KUBE-SERVICES' "<ns>/<name>[:port] cluster IP" rule names the
+ * Service's KUBE-SVC chain, that chain jumps to one KUBE-SEP chain per endpoint, each DNATs.
+ */
+export async function kubeProxyBackends(daemon: TestDaemon, service: string): Promise<string[]> {
+  const rules = (await daemon.enter(['iptables-save', '-t', 'nat'])).stdout.split('\n');
+  const svcChains = new Set<string>();
+  for (const rule of rules) {
+    const m = /^-A KUBE-SERVICES .*--comment "?([^" ]+) cluster IP"? .*-j (KUBE-SVC-\S+)/.exec(rule);
+    if (m && (m[1] === service || m[1]!.startsWith(`${service}:`))) svcChains.add(m[2]!);
+  }
+  const sepChains = new Set<string>();
+  for (const rule of rules) {
+    const m = /^-A (KUBE-SVC-\S+) .*-j (KUBE-SEP-\S+)/.exec(rule);
+    if (m && svcChains.has(m[1]!)) sepChains.add(m[2]!);
+  }
+  const backends: string[] = [];
+  for (const rule of rules) {
+    const m = /^-A (KUBE-SEP-\S+) .*-j DNAT .*--to-destination ([\d.]+):\d+/.exec(rule);
+    if (m && sepChains.has(m[1]!)) backends.push(m[2]!);
+  }
+  return backends.sort();
+}
+
+/**
+ * Waits until kube-proxy in `daemon`'s node sends `service` to exactly `podIPs`. A Deployment's
+ * rollout or a drain is over for the API server before kube-proxy has applied the new
+ * EndpointSlice (it syncs at most once a second); until then the Service's rules may still
+ * DNAT to a replaced pod's released IP and a client gets "No route to host".
+ */
+export async function waitForKubeProxy(daemon: TestDaemon, service: string, podIPs: string[]): Promise<void> {
+  const want = [...podIPs].sort().join(' ');
+  let seen = '';
+  await waitFor(`kube-proxy to send ${service} to ${want}`, async () => {
+    seen = (await kubeProxyBackends(daemon, service)).join(' ');
+    return seen === want ? true : undefined;
+  }).catch((err: Error) => {
+    throw new Error(`${err.message} (its rules send it to: ${seen || 'nothing'})`);
+  });
+}

@@ -27,7 +27,7 @@ import {
   pushCatalogue,
 } from '../fixtures/test-images.js';
 import { APP_DIR, mirrorConfig, SECOND_TEST_USER, TEST_USER, TestDaemon } from '../harness/daemon.js';
-import { CLI, check, k8sBinary, k8sBinDir, waitFor } from './k8s-harness.js';
+import { CLI, check, k8sBinary, k8sBinDir, waitFor, waitForKubeProxy } from './k8s-harness.js';
 
 const REPORT_DIR =
   process.env.ROOTLESS_CRI_REPORT_DIR ?? path.resolve(import.meta.dirname, '../../.work/reports');
@@ -602,6 +602,9 @@ describe('a two-node rootless cluster, each node another user', { timeout: 330_0
       undefined,
       140_000,
     );
+    // (the drain just finished: kube-proxy may still send the Service to the evicted pods)
+    const ips = (await podsOf('app=web')).map((p) => p.status.podIP!);
+    await waitForKubeProxy(cp!.daemon, 'default/web', ips);
     const body = await k(['exec', `tools-${CP}`, '--', 'wget', '-q', '-O', '-', 'http://web/']);
     expect(`${body}\n`).toBe(HTTP_SERVER_INDEX_HTML);
     await check(SUITE, `drain of ${WORKER}: ${REPLICAS} web pods back on ${CP}, Service still answers`);
