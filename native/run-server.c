@@ -13,7 +13,8 @@
  *                    argc, args..., envc, env..., then the stdin bytes (none: /dev/null)
  *   server → daemon  {"type":"started","id":N,"pid":P}
  *                    {"type":"done","id":N,"code":C|null,"signal":S|null,
- *                     "out":"<base64>","err":"<base64>","truncated":bool}
+ *                     "out":"<base64>","err":"<base64>","truncated":bool,"held":bool}
+ *                    ("held": settled while something still held stdout or stderr open)
  *                    {"type":"done","id":N,"errno":"ENOENT"}   (could not start it)
  *
  * Each program leads its own process group (setsid), as src/os/process-runner.ts's run() does:
@@ -155,7 +156,7 @@ static void send_not_started(long long id, int errnum) {
   send_line(line);
 }
 
-static void send_done(struct job *j) {
+static void send_done(struct job *j, bool held) {
   size_t out_len = 0, err_len = 0;
   char *out = b64_encode(j->out.data != NULL ? j->out.data : "", j->out.len, &out_len);
   char *err = b64_encode(j->err.data != NULL ? j->err.data : "", j->err.len, &err_len);
@@ -166,8 +167,9 @@ static void send_done(struct job *j) {
     const char *abbrev = sigabbrev_np(WTERMSIG(j->status));
     snprintf(sig, sizeof(sig), "\"SIG%s\"", abbrev != NULL ? abbrev : "KILL");
   }
-  snprintf(head, sizeof(head), "{\"type\":\"done\",\"id\":%lld,\"code\":%s,\"signal\":%s,\"truncated\":%s,\"out\":\"",
-           j->id, code, sig, j->out.truncated || j->err.truncated ? "true" : "false");
+  snprintf(head, sizeof(head),
+           "{\"type\":\"done\",\"id\":%lld,\"code\":%s,\"signal\":%s,\"truncated\":%s,\"held\":%s,\"out\":\"",
+           j->id, code, sig, j->out.truncated || j->err.truncated ? "true" : "false", held ? "true" : "false");
   send_line(head);
   if (out != NULL) send_all(out, out_len);
   send_line("\",\"err\":\"");
@@ -185,9 +187,9 @@ static void close_output(struct output *o) {
   o->open = false;
 }
 
-static void finish(int slot) {
+static void finish(int slot, bool held) {
   struct job *j = g_jobs[slot];
-  send_done(j);
+  send_done(j, held);
   close_output(&j->out);
   close_output(&j->err);
   if (j->in_fd >= 0) close(j->in_fd);
@@ -498,7 +500,7 @@ int main(void) {
         /* Whatever is already in the pipes comes along. */
         if (j->out.open) read_output(&j->out);
         if (j->err.open) read_output(&j->err);
-        finish(i);
+        finish(i, !drained);
       }
     }
   }

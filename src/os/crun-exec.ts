@@ -18,9 +18,10 @@
  * group nor crun's (issue 12 item 3: `sh -c 'sleep 100000 & echo started'` kept ExecSync
  * waiting for its output forever, and the sleep ran on). Hence:
  * - ExecSync answers when the exec'd process exits, with what it wrote until then (and for a
- *   short drain after). Whatever still holds its output pipes then (a background child) is
- *   found through /proc and killed with its process group, as a probe must not leave
- *   processes behind; the output is awaited a bounded time after that, never longer.
+ *   200 ms drain after: run()'s settleOnExit; crun is started by the run server, so the daemon
+ *   does not fork itself for a probe). Whatever still held its output pipes then (a
+ *   background child) is found through /proc and killed with its process group, as a probe
+ *   must not leave processes behind.
  * - At the deadline the exec'd process's group (read from /proc while crun, its parent, still
  *   runs) is killed, and whatever holds the pipes; the output collected so far is dropped and
  *   the answer is DEADLINE_EXCEEDED with the time that really passed.
@@ -43,16 +44,17 @@ import {
 import { failpoint } from '../failpoint.js';
 import type { Logger } from '../log.js';
 import type { OciProcess, OciSpec } from './oci-spec.js';
-import { collectStream, type ProcessHandle, start } from './process-runner.js';
+import { exitStatus, type ProcessHandle, run, start } from './process-runner.js';
 import { channelHolders, processGroupOf, stdioChannels } from './process-tree.js';
 import type { StdioOptions, StreamSession } from './stream-session.js';
 
 /** Upper bound of what ExecSync keeps of each stream (the CRI API's 16 MiB). */
 export const EXEC_OUTPUT_CAP = 16 * 1024 * 1024;
-/** After the exec'd process exited: how long output still in flight is awaited. */
-const EXIT_DRAIN_MS = 100;
-/** After what held the output open was killed: how long its last bytes are awaited. */
-const LEFTOVER_DRAIN_MS = 1000;
+/**
+ * ExecSync's run of crun has a timeout of its own only as a backstop: the deadline is enforced
+ * by killing the exec session (crun's process group is not the exec'd process's).
+ */
+const BACKSTOP_MS = 30_000;
 /** Unix socket paths longer than this do not fit sockaddr_un. */
 const MAX_SOCKET_PATH = 100;
 
@@ -94,6 +96,25 @@ export function mergeOutputs(first: Readable, second: Readable): Readable {
     second.destroy();
   });
   return merged;
+}
+
+/** The crun of an exec session, as killSession needs it. */
+interface CrunRun {
+  /** crun has exited (its pid may have been reused since). */
+  readonly done: boolean;
+  /** SIGKILL to crun and its process group. */
+  kill(): void;
+  readonly exited: Promise<unknown>;
+}
+
+function crunRunOf(handle: ProcessHandle): CrunRun {
+  return {
+    get done() {
+      return handle.done;
+    },
+    kill: () => handle.kill('SIGKILL'),
+    exited: handle.exited,
+  };
 }
 
 interface PreparedExec {
@@ -155,7 +176,11 @@ export class CrunExec {
     ];
   }
 
-  /** ExecSync: runs `process` in the container and collects its output, within `timeoutMs`. */
+  /**
+   * ExecSync: runs `process` in the container and collects its output, within `timeoutMs`.
+   * crun is started by run() (the run server when it is up: the daemon does not fork itself),
+   * settling when crun exits; its pid comes back at once, for the pipes and the session.
+   */
   async execSync(
     id: string,
     bundleDir: string,
@@ -164,20 +189,43 @@ export class CrunExec {
   ): Promise<ExecResult> {
     const base = await this.baseProcess(bundleDir, id);
     const prepared = await this.prepare(bundleDir, id, { ...base, terminal: false, ...process });
-    const started = performance.now();
-    // Not given the abort signal: on abort the session is killed by killSession, which needs
-    // crun alive to read the exec'd pid safely.
-    const handle = start(this.options.crunPath, this.crunArgs(prepared, [], id), {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const stdout = collectStream(handle.stdout, EXEC_OUTPUT_CAP);
-    const stderr = collectStream(handle.stderr, EXEC_OUTPUT_CAP);
+    const began = performance.now();
+    let crunPid: number | undefined;
+    let ended = false;
     // What crun's stdout and stderr are, read while it surely runs (it outlives the exec'd
     // process): a background child that keeps them open is found by them later.
-    const channels = handle.spawned.then(
-      () => (handle.pid === undefined ? new Set<string>() : stdioChannels(handle.pid, [1, 2])),
-      () => new Set<string>(),
-    );
+    let channels: Promise<Set<string>> = Promise.resolve(new Set());
+    let onStarted: () => void = () => undefined;
+    const started = new Promise<void>((resolve) => {
+      onStarted = resolve;
+    });
+    // Not given the abort signal, and its own timeout only a backstop: on abort or at the
+    // deadline the session is killed by killSession, which needs crun alive to read the exec'd
+    // pid safely (crun's group is not the exec'd process's).
+    const ran = run(this.options.crunPath, this.crunArgs(prepared, [], id), {
+      maxOutputBytes: EXEC_OUTPUT_CAP,
+      settleOnExit: true,
+      timeoutMs: options.timeoutMs + BACKSTOP_MS,
+      onStarted: (pid) => {
+        crunPid = pid;
+        channels = stdioChannels(pid, [1, 2]).catch(() => new Set<string>());
+        onStarted();
+      },
+    }).finally(() => {
+      ended = true;
+    });
+    const crun: CrunRun = {
+      get done() {
+        return ended;
+      },
+      kill: () => {
+        if (crunPid !== undefined && !ended) signalTree(crunPid);
+      },
+      exited: ran.then(
+        () => undefined,
+        () => undefined,
+      ),
+    };
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((resolve) => {
       timer = setTimeout(() => resolve('deadline'), options.timeoutMs);
@@ -189,42 +237,30 @@ export class CrunExec {
       else options.signal?.addEventListener('abort', onAbort, { once: true });
     });
     try {
-      await handle.spawned;
-      failpoint('exec.started');
-      const outcome = await Promise.race([handle.exited, deadline, aborted]);
+      await Promise.race([started, ran]);
+      if (crunPid !== undefined) failpoint('exec.started');
+      const outcome = await Promise.race([ran, deadline, aborted]);
       if (outcome === 'deadline' || outcome === 'aborted') {
-        await this.killSession(handle, prepared.pidFile);
+        await this.killSession(crun, prepared.pidFile);
         await killChannelHolders(await channels);
         if (outcome === 'aborted') {
           const reason: unknown = options.signal?.reason;
           throw reason instanceof CriError ? reason : new CancelledError('ExecSync was cancelled');
         }
-        const elapsed = Math.round(performance.now() - started);
+        const elapsed = Math.round(performance.now() - began);
         throw new DeadlineExceededError(
           `command ${JSON.stringify(process.args)} timed out after ${elapsed} ms (timeout ${options.timeoutMs} ms); every process it started was killed`,
         );
       }
-      // The exec'd process exited: output it wrote is in the pipes; anything it left running
-      // in the background (holding them open) goes with the rest of its session.
-      const drained = await Promise.race([
-        Promise.all([stdout, stderr]).then(() => true),
-        sleep(EXIT_DRAIN_MS).then(() => false),
-      ]);
-      await this.killLeftovers(handle, prepared.pidFile);
-      if (!drained) {
-        await killChannelHolders(await channels);
-        await Promise.race([Promise.all([stdout, stderr]), sleep(LEFTOVER_DRAIN_MS)]);
-      }
-      // Whatever still holds the pipes now (out of our reach) does not hold the answer.
-      handle.stdout?.destroy();
-      handle.stderr?.destroy();
-      const [out, err] = await Promise.all([stdout, stderr]);
-      return { exitCode: exitCodeOf(outcome.exitCode, outcome.signal), stdout: out, stderr: err };
+      // The exec'd process exited and crun with it: what it left running in the background
+      // (holding the output pipes open past the settle) goes with the rest of its session.
+      await this.killLeftovers(prepared.pidFile);
+      if (outcome.outputHeld) await killChannelHolders(await channels);
+      return { exitCode: exitStatus(outcome), stdout: outcome.stdout, stderr: outcome.stderr };
     } finally {
       clearTimeout(timer);
       if (onAbort) options.signal?.removeEventListener('abort', onAbort);
-      handle.stdout?.destroy();
-      handle.stderr?.destroy();
+      await crun.exited;
       await prepared.cleanup();
     }
   }
@@ -324,7 +360,7 @@ export class CrunExec {
       wait: () => exited,
       kill: () => {
         if (exitCode !== null) return;
-        void this.killSession(handle, run.pidFile).catch((error) =>
+        void this.killSession(crunRunOf(handle), run.pidFile).catch((error) =>
           log.warn({ err: error }, 'could not kill the exec process'),
         );
       },
@@ -336,7 +372,7 @@ export class CrunExec {
    * makes it the leader of a session of its own, so what it forks follows it), then crun's own
    * group. crun writes the pid just after starting the process: wait for it briefly.
    */
-  private async killSession(handle: ProcessHandle, pidFile: string): Promise<void> {
+  private async killSession(handle: CrunRun, pidFile: string): Promise<void> {
     const deadline = Date.now() + 2_000;
     for (;;) {
       const pid = await readPid(pidFile);
@@ -352,7 +388,7 @@ export class CrunExec {
       if (handle.done || Date.now() >= deadline) break;
       await sleep(20);
     }
-    handle.kill('SIGKILL');
+    handle.kill();
     await handle.exited;
   }
 
@@ -361,7 +397,7 @@ export class CrunExec {
    * holding the output pipes) and crun's group. The group outlives its leader while members
    * remain, so it is still addressed by the leader's pid.
    */
-  private async killLeftovers(handle: ProcessHandle, pidFile: string): Promise<void> {
+  private async killLeftovers(pidFile: string): Promise<void> {
     const pid = await readPid(pidFile);
     if (pid !== null) {
       try {
@@ -370,7 +406,6 @@ export class CrunExec {
         // nobody left in it
       }
     }
-    handle.kill('SIGKILL');
   }
 }
 

@@ -60,6 +60,8 @@ export interface RunOptions {
    * short moment of the exit is kept.
    */
   settleOnExit?: boolean;
+  /** Called with the pid once the program runs (ExecSync reads what its pipes are while it does). */
+  onStarted?: (pid: number) => void;
 }
 
 export interface RunResult {
@@ -72,6 +74,8 @@ export interface RunResult {
   stderr: Buffer;
   /** True when a stream was longer than maxOutputBytes (the rest was dropped). */
   truncated: boolean;
+  /** With settleOnExit: something (a child it left) still held stdout or stderr at the end. */
+  outputHeld?: boolean;
   durationMs: number;
 }
 
@@ -325,13 +329,22 @@ export function spawnAndRun(
     const onAbort = () => killGroup(child, 'SIGKILL');
     signal?.addEventListener('abort', onAbort, { once: true });
 
-    const result = (exitCode: number | null, exitSignal: NodeJS.Signals | null): RunResult => ({
+    if (options.onStarted) {
+      const onStarted = options.onStarted;
+      child.once('spawn', () => onStarted(child.pid!));
+    }
+    const result = (
+      exitCode: number | null,
+      exitSignal: NodeJS.Signals | null,
+      outputHeld = false,
+    ): RunResult => ({
       program,
       exitCode,
       signal: exitSignal,
       stdout: stdout.bytes(),
       stderr: stderr.bytes(),
       truncated: stdout.truncated || stderr.truncated,
+      ...(options.settleOnExit ? { outputHeld } : {}),
       durationMs: performance.now() - started,
     });
     const finish = (outcome: { result?: RunResult; error?: Error }) => {
@@ -365,9 +378,8 @@ export function spawnAndRun(
     );
     if (options.settleOnExit) {
       child.once('exit', (code, exitSignal) => {
-        const done = () => finish({ result: result(code, exitSignal) });
-        child.once('close', done);
-        setTimeout(done, EXIT_DRAIN_MS).unref();
+        child.once('close', () => finish({ result: result(code, exitSignal) }));
+        setTimeout(() => finish({ result: result(code, exitSignal, true) }), EXIT_DRAIN_MS).unref();
       });
     } else {
       // 'close' comes after the output streams ended, so nothing written is lost.

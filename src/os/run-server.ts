@@ -44,6 +44,7 @@ interface ServerMessage {
   out?: string;
   err?: string;
   truncated?: boolean;
+  held?: boolean;
   errno?: string;
 }
 
@@ -190,6 +191,7 @@ export class RunServer {
       const job: Job = {
         program,
         started,
+        ...(options.onStarted ? { onStarted: AsyncResource.bind(options.onStarted) } : {}),
         onDone: AsyncResource.bind((message: ServerMessage) => {
           if (message.errno !== undefined) {
             finish(new ProgramNotFoundError(program, message.errno));
@@ -202,6 +204,7 @@ export class RunServer {
             stdout: Buffer.from(message.out ?? '', 'base64'),
             stderr: Buffer.from(message.err ?? '', 'base64'),
             truncated: message.truncated === true,
+            ...(options.settleOnExit ? { outputHeld: message.held === true } : {}),
             durationMs: performance.now() - started,
           };
           if (signal?.aborted) finish(runCancelled(signal, program));

@@ -110,9 +110,25 @@ describe.each(runners)('run() by %s', (_name, run) => {
     });
     const grandchild = Number(r.stdout.toString().trim());
     expect(r.exitCode).toBe(0);
+    expect(r.outputHeld).toBe(true);
     expect(isAlive(grandchild)).toBe(true);
     process.kill(grandchild, 'SIGKILL');
     await gone(grandchild);
+  });
+
+  it('with settleOnExit, says nothing held the output when the pipes closed with the exit', async () => {
+    const r = await run('/bin/sh', ['-c', 'echo done'], { settleOnExit: true });
+    expect(r.stdout.toString()).toBe('done\n');
+    expect(r.outputHeld).toBe(false);
+  });
+
+  it('tells the pid once the program runs, before the run settles', async () => {
+    let pid: number | undefined;
+    const r = await run('/bin/sh', ['-c', 'echo $$'], { onStarted: (p) => (pid = p) }).then((result) => {
+      expect(pid).toBeDefined();
+      return result;
+    });
+    expect(pid).toBe(Number(r.stdout.toString().trim()));
   });
 
   it('runs many at once, each with its own output', async () => {
