@@ -213,6 +213,8 @@ class OutputCollector {
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
+/** The longest delay a Node.js timer takes (a longer one fires at once): timeouts are capped to it. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 const DEFAULT_OUTPUT_CAP = 1024 * 1024;
 /** With settleOnExit: how long output written just before the exit may still arrive. */
 const EXIT_DRAIN_MS = 200;
@@ -320,7 +322,7 @@ export function spawnAndRun(
     let settled = false;
     let timedOut = false;
     let forceKill: NodeJS.Timeout | undefined;
-    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const timeoutMs = Math.min(options.timeoutMs ?? DEFAULT_TIMEOUT_MS, MAX_TIMER_MS);
     const timer = setTimeout(() => {
       timedOut = true;
       killGroup(child, 'SIGTERM');

@@ -21,6 +21,7 @@ import {
   type DetachedProcess,
   delegateRuns,
   type ExitStatus,
+  MAX_TIMER_MS,
   type ProcessHandle,
   ProcessTimeoutError,
   ProgramNotFoundError,
@@ -185,7 +186,7 @@ export class RunServer {
       let settled = false;
       let timedOut = false;
       let forceKill: NodeJS.Timeout | undefined;
-      const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+      const timeoutMs = Math.min(options.timeoutMs ?? DEFAULT_TIMEOUT_MS, MAX_TIMER_MS);
       // The server's answers arrive in the channel's context: each goes back to the caller's
       // (the CRI call whose helper time this run is, os/helper-time.ts).
       const job: Job = {

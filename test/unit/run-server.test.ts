@@ -122,6 +122,11 @@ describe.each(runners)('run() by %s', (_name, run) => {
     expect(r.outputHeld).toBe(false);
   });
 
+  it('takes a timeout longer than a timer can wait as "very long", not as "at once"', async () => {
+    const r = await run('/bin/sh', ['-c', 'echo ok'], { timeoutMs: 2 ** 31 + 30_000 });
+    expect(r.stdout.toString()).toBe('ok\n');
+  });
+
   it('tells the pid once the program runs, before the run settles', async () => {
     let pid: number | undefined;
     const r = await run('/bin/sh', ['-c', 'echo $$'], { onStarted: (p) => (pid = p) }).then((result) => {
