@@ -22,7 +22,7 @@ import { chown, cp, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promis
 import os from 'node:os';
 import path from 'node:path';
 import { startRegistry } from '../test/fixtures/registry.js';
-import { TestDaemon, testUser } from '../test/harness/daemon.js';
+import { type TestDaemon, testUser } from '../test/harness/daemon.js';
 import {
   benchImage,
   criIteration,
@@ -32,16 +32,11 @@ import {
   REPOSITORY,
   TAG,
 } from './containers.js';
+import { daemonEnvFrom, startBenchDaemon } from './daemon-env.js';
 import { percentile } from './stats.js';
 
 const ITERATIONS = Number(process.env.BENCH_LIFECYCLE_ITERATIONS ?? 30);
 const CPU_PROF = process.env.BENCH_CPU_PROF;
-
-/** BENCH_DAEMON_ENV="K=V K=V": added to the daemon's environment (ROOTLESS_CRI_RUN_SERVER=0, for one). */
-function daemonEnv(): Record<string, string> {
-  const pairs = (process.env.BENCH_DAEMON_ENV ?? '').split(/\s+/).filter((p) => p.includes('='));
-  return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
-}
 
 interface RpcLine {
   msg?: string;
@@ -91,22 +86,11 @@ interface Arm {
 
 /** A daemon of the bench, restarted with `env` when there is any. */
 async function startArm(name: string, env: Record<string, string>, image: string): Promise<Arm> {
-  const daemon = await TestDaemon.start();
-  if (Object.keys(env).length > 0) {
-    await daemon.cli(['stop']);
-    await daemon.supervisorExited();
-    await daemon.serve(env);
-  }
+  const daemon = await startBenchDaemon(env);
   await daemon.client.image('PullImage', { image: { image } }, { timeoutMs: 120_000 });
   for (let i = 0; i < 3; i++) await criIteration(daemon, image, `warm-${i}`);
   const logFile = path.join(daemon.tmp, 'daemon.log');
   return { name, daemon, logFile, offset: (await readFile(logFile)).length, phases: [], lines: [] };
-}
-
-/** BENCH_DAEMON_ENV_B="K=V ...": a second daemon with that environment, lifecycles alternating. */
-function envOf(variable: string): Record<string, string> {
-  const pairs = (process.env[variable] ?? '').split(/\s+/).filter((p) => p.includes('='));
-  return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
 }
 
 export async function benchLifecycle(): Promise<void> {
@@ -116,7 +100,7 @@ export async function benchLifecycle(): Promise<void> {
   try {
     await benchImage(registry.url, work);
     const image = `${registry.host}/${REPOSITORY}:${TAG}`;
-    const envA = daemonEnv();
+    const envA = daemonEnvFrom('BENCH_DAEMON_ENV');
     // Profiles go to a temp dir the daemon's user owns (the harness counts the user's files
     // elsewhere as leaks), and are copied out once the daemon has exited.
     const profDir = CPU_PROF ? await mkdtemp(path.join(os.tmpdir(), 'rcri-cpu-prof-')) : '';
@@ -127,7 +111,7 @@ export async function benchLifecycle(): Promise<void> {
     }
     arms.push(await startArm('A', envA, image));
     if (process.env.BENCH_DAEMON_ENV_B !== undefined)
-      arms.push(await startArm('B', envOf('BENCH_DAEMON_ENV_B'), image));
+      arms.push(await startArm('B', daemonEnvFrom('BENCH_DAEMON_ENV_B'), image));
     for (let i = 0; i < ITERATIONS; i++) {
       for (const arm of arms) {
         const times: PhaseTimes = {};
