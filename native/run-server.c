@@ -9,9 +9,12 @@
  * channel (NODE_CHANNEL_FD, JSON lines); it dies with the daemon (PR_SET_PDEATHSIG).
  *
  *   daemon → server  {"type":"run","req":"<base64>"}   the request, NUL-separated:
- *                    id, program, cwd ("" = inherit), settle ("0"/"1"), output cap,
- *                    argc, args..., envc, env..., then the stdin bytes (none: /dev/null)
+ *                    id, program, cwd ("" = inherit), settle ("0"/"1"), report ("0"/"1"),
+ *                    output cap, argc, args..., envc, env..., then the stdin bytes (none:
+ *                    /dev/null)
+ *                    {"type":"release","id":N}   (a report job: stop reading its pipes)
  *   server → daemon  {"type":"started","id":N,"pid":P}
+ *                    {"type":"report","id":N,"data":"<base64>"}   (what arrived on fd 3)
  *                    {"type":"done","id":N,"code":C|null,"signal":S|null,
  *                     "out":"<base64>","err":"<base64>","truncated":bool,"held":bool}
  *                    ("held": settled while something still held stdout or stderr open)
@@ -22,6 +25,11 @@
  * kept up to the cap per stream and the rest read and dropped. "settle" ends a run when the
  * program exits even if a grandchild keeps the pipes open (fuse-overlayfs daemonizes), keeping
  * what arrives within 200 ms of the exit.
+ *
+ * "report" gives the program a pipe on fd 3 whose bytes are passed on as they arrive (conmon's
+ * sync pipe: `crun create`'s result comes on it from conmon's daemonized child, long after the
+ * started process exited). Such a job is done when the program has exited and either every pipe
+ * is closed or the daemon released it (it has what it wanted; conmon keeps its end open).
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -52,10 +60,11 @@ struct output {
 struct job {
   long long id;
   pid_t pid;
-  bool exited, settle;
+  bool exited, settle, released;
   int status;
   long long exited_at;
   struct output out, err;
+  int report_fd; /* fd 3's read end, -1 when none or closed */
   int in_fd;
   char *input;
   size_t input_len, input_off;
@@ -156,6 +165,18 @@ static void send_not_started(long long id, int errnum) {
   send_line(line);
 }
 
+static void send_report(const struct job *j, const char *data, size_t len) {
+  size_t b64_len = 0;
+  char *b64 = b64_encode(data, len, &b64_len);
+  if (b64 == NULL) return;
+  char head[96];
+  snprintf(head, sizeof(head), "{\"type\":\"report\",\"id\":%lld,\"data\":\"", j->id);
+  send_line(head);
+  send_all(b64, b64_len);
+  send_line("\"}\n");
+  free(b64);
+}
+
 static void send_done(struct job *j, bool held) {
   size_t out_len = 0, err_len = 0;
   char *out = b64_encode(j->out.data != NULL ? j->out.data : "", j->out.len, &out_len);
@@ -192,6 +213,7 @@ static void finish(int slot, bool held) {
   send_done(j, held);
   close_output(&j->out);
   close_output(&j->err);
+  if (j->report_fd >= 0) close(j->report_fd);
   if (j->in_fd >= 0) close(j->in_fd);
   free(j->out.data);
   free(j->err.data);
@@ -229,6 +251,31 @@ static void read_output(struct output *o) {
   o->len += keep;
 }
 
+static void read_report(struct job *j) {
+  char buf[65536];
+  ssize_t n = read(j->report_fd, buf, sizeof(buf));
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n <= 0) {
+    close(j->report_fd);
+    j->report_fd = -1;
+    return;
+  }
+  send_report(j, buf, (size_t)n);
+}
+
+/* The daemon has what it wanted of a report job: its pipes are no longer read. */
+static void release_job(long long id) {
+  for (int i = 0; i < MAX_JOBS; i++) {
+    struct job *j = g_jobs[i];
+    if (j == NULL || j->id != id) continue;
+    j->released = true;
+    if (j->report_fd >= 0) close(j->report_fd);
+    j->report_fd = -1;
+    close_output(&j->out);
+    close_output(&j->err);
+  }
+}
+
 static void write_input(struct job *j) {
   while (j->input_off < j->input_len) {
     ssize_t n = write(j->in_fd, j->input + j->input_off, j->input_len - j->input_off);
@@ -255,11 +302,13 @@ static bool next_field(char **cursor, char *end, char **field) {
 
 static void start_job(char *req, size_t req_len) {
   char *cursor = req, *end = req + req_len;
-  char *id_s, *program, *cwd, *settle_s, *cap_s, *argc_s, *envc_s;
+  char *id_s, *program, *cwd, *settle_s, *report_s, *cap_s, *argc_s, *envc_s;
   if (!next_field(&cursor, end, &id_s) || !next_field(&cursor, end, &program) ||
       !next_field(&cursor, end, &cwd) || !next_field(&cursor, end, &settle_s) ||
-      !next_field(&cursor, end, &cap_s) || !next_field(&cursor, end, &argc_s))
+      !next_field(&cursor, end, &report_s) || !next_field(&cursor, end, &cap_s) ||
+      !next_field(&cursor, end, &argc_s))
     return;
+  bool has_report = report_s[0] == '1';
   long long id = strtoll(id_s, NULL, 10);
   long argc = strtol(argc_s, NULL, 10);
   if (argc < 0 || argc > 100000) {
@@ -305,10 +354,13 @@ static void start_job(char *req, size_t req_len) {
   for (int i = 0; i < MAX_JOBS && slot < 0; i++)
     if (g_jobs[i] == NULL) slot = i;
   int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, in_pipe[2] = {-1, -1}, exec_pipe[2] = {-1, -1};
+  int report_pipe[2] = {-1, -1};
   if (slot < 0 || pipe2(out_pipe, O_CLOEXEC) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0 ||
-      (has_input && pipe2(in_pipe, O_CLOEXEC) < 0) || pipe2(exec_pipe, O_CLOEXEC) < 0) {
+      (has_input && pipe2(in_pipe, O_CLOEXEC) < 0) || (has_report && pipe2(report_pipe, O_CLOEXEC) < 0) ||
+      pipe2(exec_pipe, O_CLOEXEC) < 0) {
     int e = slot < 0 ? EAGAIN : errno;
-    int fds[] = {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1], in_pipe[0], in_pipe[1], exec_pipe[0], exec_pipe[1]};
+    int fds[] = {out_pipe[0],  out_pipe[1],  err_pipe[0],    err_pipe[1],    in_pipe[0],
+                 in_pipe[1],   exec_pipe[0], exec_pipe[1],   report_pipe[0], report_pipe[1]};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
       if (fds[i] >= 0) close(fds[i]);
     free(argv);
@@ -326,6 +378,8 @@ static void start_job(char *req, size_t req_len) {
     setsid();
     int in = has_input ? in_pipe[0] : open("/dev/null", O_RDONLY);
     if (in < 0 || dup2(in, 0) < 0 || dup2(out_pipe[1], 1) < 0 || dup2(err_pipe[1], 2) < 0) goto fail;
+    /* dup2 onto itself keeps close-on-exec: clear it by hand then. */
+    if (has_report && (report_pipe[1] == 3 ? fcntl(3, F_SETFD, 0) : dup2(report_pipe[1], 3)) < 0) goto fail;
     if (cwd[0] != '\0' && chdir(cwd) < 0) goto fail;
     environ = envp;
     execvp(program, argv);
@@ -339,6 +393,7 @@ static void start_job(char *req, size_t req_len) {
   close(err_pipe[1]);
   close(exec_pipe[1]);
   if (has_input) close(in_pipe[0]);
+  if (has_report) close(report_pipe[1]);
   free(argv);
   free(envp);
   int exec_errno = 0;
@@ -356,6 +411,7 @@ static void start_job(char *req, size_t req_len) {
     close(out_pipe[0]);
     close(err_pipe[0]);
     if (has_input) close(in_pipe[1]);
+    if (has_report) close(report_pipe[0]);
     send_not_started(id, exec_errno);
     return;
   }
@@ -369,6 +425,8 @@ static void start_job(char *req, size_t req_len) {
   j->err = (struct output){NULL, 0, 0, cap > 0 ? (size_t)cap : 0, false, true, err_pipe[0]};
   fcntl(out_pipe[0], F_SETFL, O_NONBLOCK);
   fcntl(err_pipe[0], F_SETFL, O_NONBLOCK);
+  j->report_fd = has_report ? report_pipe[0] : -1;
+  if (has_report) fcntl(report_pipe[0], F_SETFL, O_NONBLOCK);
   j->in_fd = -1;
   if (has_input) {
     j->input = malloc(input_len > 0 ? input_len : 1);
@@ -384,6 +442,11 @@ static void start_job(char *req, size_t req_len) {
 }
 
 static void handle_line(char *line) {
+  if (strstr(line, "\"type\":\"release\"") != NULL) {
+    char *at = strstr(line, "\"id\":");
+    if (at != NULL) release_job(strtoll(at + 5, NULL, 10));
+    return;
+  }
   if (strstr(line, "\"type\":\"run\"") == NULL) return;
   char *at = strstr(line, "\"req\":\"");
   if (at == NULL) return;
@@ -418,9 +481,9 @@ int main(void) {
   size_t buf_cap = 1 << 16, buf_len = 0;
   char *buf = malloc(buf_cap);
   if (buf == NULL) return 1;
-  static struct pollfd fds[2 + 3 * MAX_JOBS];
-  static int owner[2 + 3 * MAX_JOBS];
-  static char which[2 + 3 * MAX_JOBS];
+  static struct pollfd fds[2 + 4 * MAX_JOBS];
+  static int owner[2 + 4 * MAX_JOBS];
+  static char which[2 + 4 * MAX_JOBS];
   for (;;) {
     int n = 0;
     fds[n++] = (struct pollfd){g_channel, POLLIN, 0};
@@ -433,6 +496,7 @@ int main(void) {
       if (j->out.open) owner[n] = i, which[n] = 'o', fds[n++] = (struct pollfd){j->out.fd, POLLIN, 0};
       if (j->err.open) owner[n] = i, which[n] = 'e', fds[n++] = (struct pollfd){j->err.fd, POLLIN, 0};
       if (j->in_fd >= 0) owner[n] = i, which[n] = 'i', fds[n++] = (struct pollfd){j->in_fd, POLLOUT, 0};
+      if (j->report_fd >= 0) owner[n] = i, which[n] = 'r', fds[n++] = (struct pollfd){j->report_fd, POLLIN, 0};
       if (j->exited && j->settle) {
         long long left = j->exited_at + SETTLE_MS - now;
         int t = left > 0 ? (int)left : 0;
@@ -472,6 +536,7 @@ int main(void) {
         if (which[k] == 'o' && j->out.open) read_output(&j->out);
         if (which[k] == 'e' && j->err.open) read_output(&j->err);
         if (which[k] == 'i' && j->in_fd >= 0) write_input(j);
+        if (which[k] == 'r' && j->report_fd >= 0) read_report(j);
       }
     }
     if (rc > 0 && (fds[1].revents & POLLIN)) {
@@ -495,8 +560,8 @@ int main(void) {
     for (int i = 0; i < MAX_JOBS; i++) {
       struct job *j = g_jobs[i];
       if (j == NULL || !j->exited) continue;
-      bool drained = !j->out.open && !j->err.open;
-      if (drained || (j->settle && now >= j->exited_at + SETTLE_MS)) {
+      bool drained = !j->out.open && !j->err.open && j->report_fd < 0;
+      if (drained || j->released || (j->settle && now >= j->exited_at + SETTLE_MS)) {
         /* Whatever is already in the pipes comes along. */
         if (j->out.open) read_output(&j->out);
         if (j->err.open) read_output(&j->err);

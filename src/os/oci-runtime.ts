@@ -272,8 +272,7 @@ export class CrunConmonRuntime implements OciRuntime {
     });
     aborted.catch(() => undefined);
     try {
-      await conmon.handle.spawned;
-      conmon.release();
+      await conmon.spawned;
       const timeoutMs = this.options.createTimeoutMs ?? 120_000;
       const report = await waitingOnHelper(
         Promise.race([
@@ -303,7 +302,7 @@ export class CrunConmonRuntime implements OciRuntime {
     } catch (err) {
       // conmon daemonized (its children are not in our process group): kill it and the runtime
       // it started by its pid file, then remove what crun may have made.
-      conmon.handle.kill('SIGKILL');
+      conmon.kill();
       const conmonPid = Number((await readFile(conmonFiles(dir).pidFile, 'utf8').catch(() => '')).trim());
       if (Number.isSafeInteger(conmonPid) && conmonPid > 0) await killTree(conmonPid);
       await this.crun(['delete', '--force', id]).catch(() => undefined);

@@ -225,6 +225,7 @@ export interface RunDelegate {
   available(): boolean;
   run(program: string, args: readonly string[], options: RunOptions): Promise<RunResult>;
   startDetached(program: string, args: readonly string[], options: DetachedOptions): DetachedProcess;
+  startReporting(program: string, args: readonly string[], options: ReportingOptions): ReportingProcess;
 }
 
 export interface DetachedOptions {
@@ -279,6 +280,68 @@ export function startDetached(
     }),
     kill: (signal) => handle.kill(signal),
     release: () => handle.stderr?.destroy(),
+  };
+}
+
+export interface ReportingOptions {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** The program helper time is counted for (the real one, when `program` is a wrapper). */
+  runs?: string;
+}
+
+/**
+ * A process that reports on a pipe at its fd 3 (conmon's sync pipe), stdin /dev/null, stdout
+ * and stderr kept (64 KiB each) for the report of a failure. What it reports may come from a
+ * process it left behind (conmon daemonizes), after it exited.
+ */
+export interface ReportingProcess {
+  /** Its pid once it runs; rejects with ProgramNotFoundError (or Unavailable) when it does not. */
+  readonly started: Promise<number>;
+  /** The bytes written to fd 3, until every writer closed it or release(). */
+  readonly report: Readable;
+  /** Its exit, with its stdout and stderr (up to release(), when that came first). */
+  readonly exited: Promise<ExitStatus & { output: string }>;
+  /** Signals its process group. */
+  kill(signal: NodeJS.Signals): void;
+  /** Stops reading its pipes: whatever keeps them open is no longer waited for. */
+  release(): void;
+}
+
+const REPORTING_OUTPUT_CAP = 64 * 1024;
+
+/** Starts a reporting process: through the run server when it is up, else by the daemon. */
+export function startReporting(
+  program: string,
+  args: readonly string[],
+  options: ReportingOptions = {},
+): ReportingProcess {
+  if (delegate?.available()) return delegate.startReporting(program, args, options);
+  const handle = start(program, args, {
+    daemon: true,
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    ...(options.env ? { env: options.env } : {}),
+    ...(options.cwd ? { cwd: options.cwd } : {}),
+    ...(options.runs ? { runs: options.runs } : {}),
+  });
+  const report = handle.child.stdio[3] as Readable;
+  const output = Promise.all([
+    collectStream(handle.stdout, REPORTING_OUTPUT_CAP),
+    collectStream(handle.stderr, REPORTING_OUTPUT_CAP),
+  ]);
+  return {
+    started: handle.spawned.then(() => handle.pid!),
+    report,
+    exited: handle.exited.then(async (status) => {
+      const [out, err] = await output;
+      return { ...status, output: `${err.toString('utf8')} ${out.toString('utf8')}`.trim() };
+    }),
+    kill: (signal) => handle.kill(signal),
+    release: () => {
+      report.destroy();
+      handle.stdout?.destroy();
+      handle.stderr?.destroy();
+    },
   };
 }
 

@@ -13,6 +13,7 @@
  * ROOTLESS_CRI_RUN_SERVER=0 turns it off (benchmarks compare both).
  */
 import { AsyncResource } from 'node:async_hooks';
+import { PassThrough } from 'node:stream';
 import { UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { nativeHelperPath } from './native-helpers.js';
@@ -25,6 +26,8 @@ import {
   type ProcessHandle,
   ProcessTimeoutError,
   ProgramNotFoundError,
+  type ReportingOptions,
+  type ReportingProcess,
   type RunOptions,
   type RunResult,
   reportRun,
@@ -46,6 +49,7 @@ interface ServerMessage {
   err?: string;
   truncated?: boolean;
   held?: boolean;
+  data?: string;
   errno?: string;
 }
 
@@ -56,6 +60,8 @@ interface Job {
   /** A signal asked for before the server said which pid the program has. */
   pendingSignal?: NodeJS.Signals;
   onStarted?(pid: number): void;
+  /** Bytes the program wrote on its report pipe (fd 3). */
+  onReport?(data: Buffer): void;
   onDone(message: ServerMessage): void;
   onServerGone(): void;
 }
@@ -84,6 +90,7 @@ export function encodeRunRequest(
   program: string,
   args: readonly string[],
   options: RunOptions,
+  report = false,
 ): string {
   const env = options.env ?? process.env;
   const pairs = Object.entries(env)
@@ -94,6 +101,7 @@ export function encodeRunRequest(
     program,
     options.cwd ?? '',
     options.settleOnExit ? '1' : '0',
+    report ? '1' : '0',
     String(options.maxOutputBytes ?? DEFAULT_OUTPUT_CAP),
     String(args.length),
     ...args,
@@ -151,6 +159,8 @@ export class RunServer {
       job.pid = message.pid;
       if (job.pendingSignal) signalGroup(message.pid, job.pendingSignal);
       job.onStarted?.(message.pid);
+    } else if (message.type === 'report' && typeof message.data === 'string') {
+      job.onReport?.(Buffer.from(message.data, 'base64'));
     } else if (message.type === 'done') {
       this.jobs.delete(message.id!);
       job.onDone(message);
@@ -322,6 +332,83 @@ export class RunServer {
       exited,
       kill: (signal) => signalJob(job, signal),
       release: () => undefined,
+    };
+  }
+
+  /**
+   * A process reporting on fd 3 (process-runner.ts's startReporting): the server passes on what
+   * arrives there as it arrives, and keeps reading (stdout and stderr too, 64 KiB kept) until
+   * every pipe is closed or release() says the daemon has what it wanted.
+   */
+  startReporting(program: string, args: readonly string[], options: ReportingOptions): ReportingProcess {
+    let resolvePid: (pid: number) => void = () => undefined;
+    let rejectPid: (err: Error) => void = () => undefined;
+    let resolveExit: (status: ExitStatus & { output: string }) => void = () => undefined;
+    const started = new Promise<number>((resolve, reject) => {
+      resolvePid = resolve;
+      rejectPid = reject;
+    });
+    started.catch(() => undefined);
+    const exited = new Promise<ExitStatus & { output: string }>((resolve) => {
+      resolveExit = resolve;
+    });
+    const report = new PassThrough();
+    const id = this.nextId++;
+    const handle = this.ensure() ? this.handle : null;
+    const job: Job = {
+      program: options.runs ?? program,
+      started: performance.now(),
+      onStarted: (pid) => resolvePid(pid),
+      onReport: (data) => {
+        if (!report.destroyed) report.write(data);
+      },
+      onDone: (message) => {
+        if (message.errno !== undefined) rejectPid(new ProgramNotFoundError(program, message.errno));
+        report.end();
+        const err = Buffer.from(message.err ?? '', 'base64').toString('utf8');
+        const out = Buffer.from(message.out ?? '', 'base64').toString('utf8');
+        resolveExit({
+          exitCode: message.code ?? null,
+          signal: message.signal ?? null,
+          output: `${err} ${out}`.trim(),
+        });
+      },
+      onServerGone: () => {
+        rejectPid(new UnavailableError(`${program}: the run server ended before it reported`));
+        report.end();
+        resolveExit({ exitCode: null, signal: null, output: '' });
+      },
+    };
+    if (!handle) {
+      job.onServerGone();
+    } else {
+      try {
+        const request = encodeRunRequest(id, program, args, { ...options, maxOutputBytes: 64 * 1024 }, true);
+        this.submit(handle, id, job, request, () => job.onServerGone());
+      } catch (err) {
+        rejectPid(err as Error);
+        report.end();
+        resolveExit({ exitCode: null, signal: null, output: '' });
+      }
+    }
+    void started.then(
+      () => reportRun(job.program, performance.now() - job.started, 'ok'),
+      () => reportRun(job.program, performance.now() - job.started, 'error'),
+    );
+    let released = false;
+    return {
+      started,
+      report,
+      exited,
+      kill: (signal) => signalJob(job, signal),
+      release: () => {
+        if (released) return;
+        released = true;
+        report.end();
+        if (this.jobs.get(id) === job && handle && !handle.done) {
+          handle.child.send({ type: 'release', id }, () => undefined);
+        }
+      },
     };
   }
 

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CancelledError, UnavailableError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
@@ -15,10 +16,13 @@ import {
   type DetachedProcess,
   ProcessTimeoutError,
   ProgramNotFoundError,
+  type ReportingOptions,
+  type ReportingProcess,
   type RunOptions,
   type RunResult,
   spawnAndRun,
   startDetached,
+  startReporting,
 } from '../../src/os/process-runner.js';
 import { RunServer } from '../../src/os/run-server.js';
 import { isAlive } from '../../src/rootless/node.js';
@@ -174,6 +178,59 @@ describe.each(detachers)('a detached process by %s', (_name, detach) => {
 
   it('rejects a program that cannot start with ProgramNotFoundError', async () => {
     const proc = detach('/nonexistent/program', []);
+    await expect(proc.started).rejects.toBeInstanceOf(ProgramNotFoundError);
+  });
+});
+
+type Reporter = (program: string, args: readonly string[], options?: ReportingOptions) => ReportingProcess;
+const reporters: [string, Reporter][] = [
+  ['startReporting', startReporting],
+  ['RunServer', (p, a, o) => server.startReporting(p, a, o ?? {})],
+];
+
+/** The first line a stream carries, or what it had when it ended. */
+function firstLine(stream: Readable): Promise<string> {
+  return new Promise((resolve) => {
+    let text = '';
+    stream.on('data', (chunk: Buffer) => {
+      text += chunk.toString();
+      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')));
+    });
+    stream.once('end', () => resolve(text));
+    stream.once('close', () => resolve(text));
+  });
+}
+
+describe.each(reporters)('a process reporting on fd 3 by %s', (_name, startIt) => {
+  it('passes on a report written after it exited by a child it left, which keeps every pipe open', async () => {
+    // Like conmon: the started process exits at once; its daemonized child reports later and
+    // keeps fd 3, stdout and stderr open for as long as it lives.
+    const proc = startIt('/bin/sh', [
+      '-c',
+      '(echo "{\\"data\\": 7}" >&3; exec sleep 1000) & echo $! >&2; exit 0',
+    ]);
+    expect(await proc.started).toBeGreaterThan(1);
+    expect(await firstLine(proc.report)).toBe('{"data": 7}');
+    proc.release();
+    const exited = await proc.exited;
+    expect(exited).toMatchObject({ exitCode: 0, signal: null });
+    const child = Number(exited.output);
+    expect(isAlive(child)).toBe(true);
+    process.kill(child, 'SIGKILL');
+    await gone(child);
+  });
+
+  it('ends the report when every writer closed fd 3, and gives the exit status and output', async () => {
+    const proc = startIt('/bin/sh', ['-c', 'echo one >&3; echo two >&3; echo said; exit 4']);
+    const all: Buffer[] = [];
+    proc.report.on('data', (c: Buffer) => all.push(c));
+    await new Promise((r) => proc.report.once('end', r));
+    expect(Buffer.concat(all).toString()).toBe('one\ntwo\n');
+    expect(await proc.exited).toEqual({ exitCode: 4, signal: null, output: 'said' });
+  });
+
+  it('rejects a program that cannot start with ProgramNotFoundError', async () => {
+    const proc = startIt('/nonexistent/reporter', []);
     await expect(proc.started).rejects.toBeInstanceOf(ProgramNotFoundError);
   });
 });
