@@ -11,8 +11,10 @@
  * INTERNAL (refusals after a fault, such as exec in an exited container, are expected).
  *
  * Faults: the daemon, the supervisor, the supervisor's nsenter child, a container's conmon, a
- * container's process, a container's fuse-overlayfs, slirp4netns, and (rarely: it ends every
- * pod) the node holder, catatonit. A fault that ends the node makes every pod and container
+ * container's process, a container's fuse-overlayfs, slirp4netns, the daemon's run server
+ * (native/run-server, killed 0-30 ms into the next operation, so that it dies with the
+ * operation's crun, conmon or CNI plugin in flight), and (rarely: it ends every pod) the node
+ * holder, catatonit. A fault that ends the node makes every pod and container
  * "gone with a reason": they stay in the model, must be listed, and must be removable.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -235,9 +237,20 @@ export async function soak(): Promise<number> {
       ['fuse-overlayfs', 1],
       ['slirp4netns', 1],
       ['node-holder', 1],
+      ['run-server', 2],
     ];
-    const injectFault = async () => {
-      const kind = pickWeighted(faultKinds);
+    /** Kills the daemon's run server a random moment into what comes next. */
+    const armRunServerKill = async () => {
+      let server: number | undefined;
+      for (const c of await childrenOf(await d.daemonPid()))
+        if ((await comm(c)) === 'run-server') server = c;
+      if (server === undefined) return;
+      const target = server;
+      setTimeout(() => {
+        if (kill(target)) bump(faults, 'run-server');
+      }, random() * 30);
+    };
+    const injectFault = async (kind: string) => {
       let done = false;
       switch (kind) {
         case 'daemon':
@@ -336,9 +349,14 @@ export async function soak(): Promise<number> {
     const deadline = startedAt + MINUTES * 60_000;
     while (Date.now() < deadline) {
       if (random() < 1 / OPS_PER_FAULT) {
-        await injectFault();
-        await compare('a fault', false);
-        continue;
+        const kind = pickWeighted(faultKinds);
+        if (kind === 'run-server') {
+          await armRunServerKill(); // and the operation below runs while it dies
+        } else {
+          await injectFault(kind);
+          await compare('a fault', false);
+          continue;
+        }
       }
       const name = pickWeighted(weights);
       try {

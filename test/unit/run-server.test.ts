@@ -264,4 +264,40 @@ describe('RunServer', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('ends a report job in flight when the server dies, saying so', async () => {
+    const own = new RunServer(silentLogger());
+    try {
+      const proc = own.startReporting('/bin/sh', ['-c', 'echo $$; exec sleep 1000'], {
+        runs: '/usr/bin/conmon',
+      });
+      const pid = await proc.started;
+      process.kill(own.pid!, 'SIGKILL');
+      const ended = new Promise((r) => proc.report.once('end', r));
+      proc.report.resume();
+      await ended;
+      expect((await proc.exited).output).toBe('the run server ended before conmon reported');
+      process.kill(-pid, 'SIGKILL');
+      await gone(pid);
+    } finally {
+      await own.close();
+    }
+  });
+
+  it('gives up after servers that keep dying at once (the daemon then forks for itself)', async () => {
+    const own = new RunServer(silentLogger());
+    try {
+      let starts = 0;
+      while (own.available() && starts <= 20) {
+        starts += 1;
+        const pid = own.pid!;
+        process.kill(pid, 'SIGKILL');
+        await gone(pid);
+      }
+      expect(starts).toBe(6);
+      expect(own.available()).toBe(false);
+    } finally {
+      await own.close();
+    }
+  });
 });
