@@ -70,6 +70,18 @@ interface Job {
   onServerGone(): void;
 }
 
+/** A promise and its settling functions; a rejection nobody awaits is not an unhandled one. */
+function deferred<T>(): { promise: Promise<T>; resolve: (value: T) => void; reject: (err: Error) => void } {
+  let resolve: (value: T) => void = () => undefined;
+  let reject: (err: Error) => void = () => undefined;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
+}
+
 /** Signals the job's process group, or once the server says which it is. */
 function signalJob(job: Job, signal: NodeJS.Signals): void {
   if (job.pid !== undefined) signalGroup(job.pid, signal);
@@ -288,17 +300,8 @@ export class RunServer {
    * `exited`. The server keeps reading its stderr (64 KiB kept) until then.
    */
   startDetached(program: string, args: readonly string[], options: DetachedOptions): DetachedProcess {
-    let resolvePid: (pid: number) => void = () => undefined;
-    let rejectPid: (err: Error) => void = () => undefined;
-    let resolveExit: (status: ExitStatus & { stderr: string }) => void = () => undefined;
-    const started = new Promise<number>((resolve, reject) => {
-      resolvePid = resolve;
-      rejectPid = reject;
-    });
-    started.catch(() => undefined);
-    const exited = new Promise<ExitStatus & { stderr: string }>((resolve) => {
-      resolveExit = resolve;
-    });
+    const { promise: started, resolve: resolvePid, reject: rejectPid } = deferred<number>();
+    const { promise: exited, resolve: resolveExit } = deferred<ExitStatus & { stderr: string }>();
     const id = this.nextId++;
     const job: Job = {
       program,
@@ -348,17 +351,8 @@ export class RunServer {
    * every pipe is closed or release() says the daemon has what it wanted.
    */
   startReporting(program: string, args: readonly string[], options: ReportingOptions): ReportingProcess {
-    let resolvePid: (pid: number) => void = () => undefined;
-    let rejectPid: (err: Error) => void = () => undefined;
-    let resolveExit: (status: ExitStatus & { output: string }) => void = () => undefined;
-    const started = new Promise<number>((resolve, reject) => {
-      resolvePid = resolve;
-      rejectPid = reject;
-    });
-    started.catch(() => undefined);
-    const exited = new Promise<ExitStatus & { output: string }>((resolve) => {
-      resolveExit = resolve;
-    });
+    const { promise: started, resolve: resolvePid, reject: rejectPid } = deferred<number>();
+    const { promise: exited, resolve: resolveExit } = deferred<ExitStatus & { output: string }>();
     const report = new PassThrough();
     const id = this.nextId++;
     const handle = this.ensure() ? this.handle : null;
