@@ -7,7 +7,7 @@
  */
 import { FailedPreconditionError, InternalError, ResourceExhaustedError } from '../errors.js';
 import { decodeHelperReport, nativeHelperPath } from './native-helpers.js';
-import { outputTail, run } from './process-runner.js';
+import { outputTail, ProgramNotFoundError, run } from './process-runner.js';
 
 export interface RemoveTreeOptions {
   helperPath?: string;
@@ -26,8 +26,11 @@ const OUTPUT_CAP = 16 * 1024;
 /** Removes `path` and everything below it; resolves with the number of entries removed. */
 export async function removeTree(path: string, options: RemoveTreeOptions = {}): Promise<number> {
   const helper = options.helperPath ?? nativeHelperPath('remove-tree');
+  // A missing helper is an installation fault; anything else (the run server ended under the
+  // run: Unavailable, a timeout) keeps its own kind: RemoveContainer answered INTERNAL for it.
   const r = await run(helper, [path], { maxOutputBytes: OUTPUT_CAP, timeoutMs: 10 * 60_000 }).catch(
     (err: unknown) => {
+      if (!(err instanceof ProgramNotFoundError)) throw err;
       throw new InternalError(`cannot start the remove-tree helper ${helper} (run npm run build)`, {
         cause: err,
       });
