@@ -242,8 +242,9 @@ export async function soak(): Promise<number> {
     /** Kills the daemon's run server a random moment into what comes next. */
     const armRunServerKill = async () => {
       let server: number | undefined;
-      for (const c of await childrenOf(await d.daemonPid()))
+      for (const c of await childrenOf(await d.daemonPid())) {
         if ((await comm(c)) === 'run-server') server = c;
+      }
       if (server === undefined) return;
       const target = server;
       setTimeout(() => {
