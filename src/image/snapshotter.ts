@@ -29,7 +29,7 @@ import { constants } from 'node:fs';
 import { access, chmod, chown, lstat, mkdir, readdir, readFile, rm, stat, symlink } from 'node:fs/promises';
 import { isAbsolute, join, normalize } from 'node:path';
 import {
-  type CriError,
+  CriError,
   FailedPreconditionError,
   InternalError,
   InvalidArgumentError,
@@ -310,6 +310,9 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
       // fd-relative: a container can grow its upper dir past PATH_MAX (catalogue row 45),
       // which fs.rm could then never delete, and RemoveContainer would fail for good.
       await removeTree(paths.dir).catch((err: unknown) => {
+        // A kind the removal chose is kept: a mount found below (FailedPrecondition), a full
+        // disk, the run server ending under the helper (Unavailable: retry).
+        if (err instanceof CriError && err.kind !== 'Internal') throw err;
         throw new InternalError(
           `cannot delete snapshot directory ${paths.dir}: ${(err as Error).message.slice(0, 500)}`,
           { cause: err },

@@ -7,10 +7,12 @@ import { chmod, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { UnavailableError } from '../../src/errors.js';
 import { FuseOverlayfsSnapshotter } from '../../src/image/fuse-overlayfs-snapshotter.js';
 import { OverlaySnapshotter } from '../../src/image/overlay-snapshotter.js';
 import type { ProcessInfo, SnapshotterOs } from '../../src/image/snapshotter.js';
 import type { CommandOptions, CommandResult } from '../../src/os/mounts.js';
+import { delegateRuns } from '../../src/os/process-runner.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
 
 interface RecordedCommand {
@@ -273,6 +275,29 @@ describe('overlay snapshotter', () => {
     makeDeepTree(join(root, 'snapshots/deep/upper'), 150);
     await s.remove('deep');
     expect(await exists(join(root, 'snapshots/deep'))).toBe(false);
+  });
+
+  it('remove keeps the kind of a failed tree removal: Unavailable when the run server ended under it', async () => {
+    const s = new OverlaySnapshotter({ root, os });
+    await s.prepare('c1', await layers(1));
+    const gone = new UnavailableError('remove-tree was started but the run server ended before it reported');
+    delegateRuns({
+      available: () => true,
+      run: () => Promise.reject(gone),
+      startDetached: () => {
+        throw new Error('not used');
+      },
+      startReporting: () => {
+        throw new Error('not used');
+      },
+    });
+    try {
+      await expect(s.remove('c1')).rejects.toBe(gone);
+    } finally {
+      delegateRuns(null);
+    }
+    await s.remove('c1');
+    expect(await exists(join(root, 'snapshots/c1'))).toBe(false);
   });
 
   it('usage measures the upper dir', async () => {
