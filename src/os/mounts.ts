@@ -37,10 +37,20 @@ export function unescapeMountField(field: string): string {
   return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
 }
 
-/** Parses mountinfo text; malformed lines are skipped rather than failing every caller. */
-export function parseMountInfo(text: string): MountInfoEntry[] {
+/** A path as the kernel writes it in mountinfo (space, tab, newline and backslash in octal). */
+export function escapeMountField(path: string): string {
+  return path.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
+}
+
+/**
+ * Parses mountinfo text; malformed lines are skipped rather than failing every caller. With
+ * `containing`, only lines that hold that text are parsed (a node with a hundred pods has
+ * hundreds of mounts; a caller asking about one path needs a handful).
+ */
+export function parseMountInfo(text: string, containing?: string): MountInfoEntry[] {
   const entries: MountInfoEntry[] = [];
   for (const line of text.split('\n')) {
+    if (containing !== undefined && !line.includes(containing)) continue;
     if (line.trim() === '') continue;
     const fields = line.split(' ');
     const separator = fields.indexOf('-', 6);
@@ -71,13 +81,15 @@ export const readSelfMountInfo: MountTableReader = () => readFile('/proc/self/mo
 
 /** Mounts stacked exactly at `path` (absolute, normalised), most recent last. */
 export async function mountsAt(path: string, read: MountTableReader): Promise<MountInfoEntry[]> {
-  return parseMountInfo(await read()).filter((m) => m.mountPoint === path);
+  return parseMountInfo(await read(), ` ${escapeMountField(path)} `).filter((m) => m.mountPoint === path);
 }
 
 /** Mounts at `dir` or anywhere below it: what must be gone before `dir` may be deleted. */
 export async function mountsAtOrUnder(dir: string, read: MountTableReader): Promise<MountInfoEntry[]> {
   const prefix = dir.endsWith('/') ? dir : `${dir}/`;
-  return parseMountInfo(await read()).filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(prefix));
+  return parseMountInfo(await read(), ` ${escapeMountField(dir)}`).filter(
+    (m) => m.mountPoint === dir || m.mountPoint.startsWith(prefix),
+  );
 }
 
 // ---- commands -------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import { UnavailableError } from '../../src/errors.js';
 import {
   type CommandResult,
   type CommandRunner,
+  escapeMountField,
   mountsAt,
   mountsAtOrUnder,
   parseMountInfo,
@@ -52,6 +53,26 @@ describe('mountinfo parsing', () => {
       ].join('\n');
     expect((await mountsAt('/s/c1/merged', read)).map((m) => m.mountId)).toEqual([2]);
     expect((await mountsAtOrUnder('/s/c1', read)).map((m) => m.mountId)).toEqual([1, 2]);
+  });
+
+  it("finds paths with escaped characters, and a path that is also another mount's source or root", async () => {
+    const read = async () =>
+      [
+        '96 30 0:51 / /tmp/with\\040space\\011tab\\134back rw - overlay overlay rw',
+        '97 30 0:51 / /tmp/with\\040space\\011tab\\134back/below rw - tmpfs t rw',
+        '98 30 0:52 /tmp/with\\040space\\011tab\\134back /elsewhere rw - tmpfs /tmp/with\\040space rw',
+      ].join('\n');
+    const odd = '/tmp/with space\ttab\\back';
+    expect(escapeMountField(odd)).toBe('/tmp/with\\040space\\011tab\\134back');
+    expect((await mountsAt(odd, read)).map((m) => m.mountId)).toEqual([96]);
+    expect((await mountsAtOrUnder(odd, read)).map((m) => m.mountId)).toEqual([96, 97]);
+    expect((await mountsAt('/tmp/with space', read)).map((m) => m.mountId)).toEqual([]);
+  });
+
+  it('parses only the lines holding a text when asked, the same entries as a whole parse', () => {
+    const all = parseMountInfo(MOUNTINFO);
+    expect(parseMountInfo(MOUNTINFO, ' /var/lib/x/snapshots/c1/merged ')).toEqual([all[1]]);
+    expect(parseMountInfo(MOUNTINFO, 'nowhere')).toEqual([]);
   });
 });
 
