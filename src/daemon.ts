@@ -23,6 +23,7 @@ import { addStateCollectors, createMetrics } from './metrics.js';
 import { NodeCgroupManager } from './os/cgroup-manager.js';
 import { CniNetwork } from './os/cni-network.js';
 import { CniTemplateInstaller } from './os/cni-template.js';
+import { useCrunScratchDir } from './os/crun-scratch.js';
 import { hostDialer } from './os/host-dialer.js';
 import { type MetricsServer, startMetricsServer } from './os/metrics-server.js';
 import { readNodeIdentity } from './os/node-identity.js';
@@ -59,6 +60,8 @@ export async function runDaemon(config: Config, logger: Logger): Promise<number>
   await mkdir(config.rootDir, { recursive: true, mode: 0o700 });
   await mkdir(config.runDir, { recursive: true, mode: 0o700 });
   if (!process.env.ROOTLESS_CRI_IN_NODE) await writePidFile(config.runDir, process.pid);
+  // Before any crun runs: its temporary files go to a directory of ours (os/crun-scratch.ts).
+  await useCrunScratchDir(config.runDir);
 
   // Run-to-completion programs are forked by a small native server, not by this process
   // (os/run-server.ts).

@@ -151,6 +151,8 @@ export interface CrunConmonOptions {
 const ID = /^[0-9a-zA-Z][0-9a-zA-Z_.-]{0,127}$/;
 /** How long a conmon identified by pid and start time is trusted on a signal-0 probe alone. */
 const MONITOR_REVERIFY_MS = 60_000;
+/** How long a failed create waits for a conmon that outlived its report to finish `crun create`. */
+const CREATE_SETTLE_MS = 10_000;
 
 export class CrunConmonRuntime implements OciRuntime {
   readonly paths: RuntimePaths;
@@ -301,8 +303,12 @@ export class CrunConmonRuntime implements OciRuntime {
       throw new FailedPreconditionError(`cannot create container ${id}: ${detail.trim()}`);
     } catch (err) {
       // conmon daemonized (its children are not in our process group): kill it and the runtime
-      // it started by its pid file, then remove what crun may have made.
+      // it started by its pid file, then remove what crun may have made. A conmon that outlived
+      // its report (the run server ended under it, the client went away while it started) may
+      // still be on its way to `crun create`: let that finish first, or `crun delete` below
+      // would find nothing and the container made just after would be left in the pod's cgroup.
       conmon.kill();
+      if (options.conmonCgroup) await this.#creationSettled(options.conmonCgroup, id, dir);
       const conmonPid = Number((await readFile(conmonFiles(dir).pidFile, 'utf8').catch(() => '')).trim());
       if (Number.isSafeInteger(conmonPid) && conmonPid > 0) await killTree(conmonPid);
       await this.crun(['delete', '--force', id]).catch(() => undefined);
@@ -311,6 +317,26 @@ export class CrunConmonRuntime implements OciRuntime {
       clearTimeout(timer);
       if (onAbort) signal?.removeEventListener('abort', onAbort);
       conmon.detach();
+    }
+  }
+
+  /**
+   * Waits (up to CREATE_SETTLE_MS) until no process in conmon's cgroup still works on container
+   * `id`, or crun has written the container's pid file (creation done; conmon stays as its
+   * monitor). conmon and `crun create` name the id in their arguments.
+   */
+  async #creationSettled(conmonCgroupDir: string, id: string, bundleDir: string): Promise<void> {
+    const containerPid = conmonFiles(bundleDir).containerPidFile;
+    const deadline = Date.now() + CREATE_SETTLE_MS;
+    while (Date.now() < deadline && !existsSync(containerPid)) {
+      const procs = await readFile(path.join(conmonCgroupDir, 'cgroup.procs'), 'utf8').catch(() => '');
+      let working = false;
+      for (const pid of procs.split('\n').filter(Boolean)) {
+        const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+        if (argv.split('\0').includes(id)) working = true;
+      }
+      if (!working) return;
+      await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
 
