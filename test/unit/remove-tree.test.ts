@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { UnavailableError } from '../../src/errors.js';
-import { delegateRuns } from '../../src/os/process-runner.js';
 import { removeTree } from '../../src/os/remove-tree.js';
+import { withRunsFailing } from '../fakes/failing-runs.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
 
 let work: string;
@@ -83,20 +83,6 @@ describe('removeTree', () => {
 
   it('keeps the kind of a run that failed for another reason (the run server ended under it)', async () => {
     const gone = new UnavailableError('remove-tree was started but the run server ended before it reported');
-    delegateRuns({
-      available: () => true,
-      run: () => Promise.reject(gone),
-      startDetached: () => {
-        throw new Error('not used');
-      },
-      startReporting: () => {
-        throw new Error('not used');
-      },
-    });
-    try {
-      await expect(removeTree(join(work, 'x'))).rejects.toBe(gone);
-    } finally {
-      delegateRuns(null);
-    }
+    await withRunsFailing(gone, () => expect(removeTree(join(work, 'x'))).rejects.toBe(gone));
   });
 });

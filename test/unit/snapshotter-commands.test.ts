@@ -12,7 +12,7 @@ import { FuseOverlayfsSnapshotter } from '../../src/image/fuse-overlayfs-snapsho
 import { OverlaySnapshotter } from '../../src/image/overlay-snapshotter.js';
 import type { ProcessInfo, SnapshotterOs } from '../../src/image/snapshotter.js';
 import type { CommandOptions, CommandResult } from '../../src/os/mounts.js';
-import { delegateRuns } from '../../src/os/process-runner.js';
+import { withRunsFailing } from '../fakes/failing-runs.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
 
 interface RecordedCommand {
@@ -281,21 +281,7 @@ describe('overlay snapshotter', () => {
     const s = new OverlaySnapshotter({ root, os });
     await s.prepare('c1', await layers(1));
     const gone = new UnavailableError('remove-tree was started but the run server ended before it reported');
-    delegateRuns({
-      available: () => true,
-      run: () => Promise.reject(gone),
-      startDetached: () => {
-        throw new Error('not used');
-      },
-      startReporting: () => {
-        throw new Error('not used');
-      },
-    });
-    try {
-      await expect(s.remove('c1')).rejects.toBe(gone);
-    } finally {
-      delegateRuns(null);
-    }
+    await withRunsFailing(gone, () => expect(s.remove('c1')).rejects.toBe(gone));
     await s.remove('c1');
     expect(await exists(join(root, 'snapshots/c1'))).toBe(false);
   });
