@@ -36,6 +36,17 @@ const runners: [string, Runner][] = [
   ['RunServer', (p, a, o) => server.run(p, a, o)],
 ];
 
+/**
+ * SIGKILL to a pid a test read from a program's output. Refuses anything but a real other
+ * process: Number('') is 0, and kill(0) would end this process's whole group (the test run,
+ * and `make test` with it).
+ */
+function killPid(pid: number, signal: NodeJS.Signals = 'SIGKILL'): void {
+  if (!Number.isSafeInteger(pid) || pid <= 1 || pid === process.pid)
+    throw new Error(`refusing to kill pid ${pid}`);
+  process.kill(pid, signal);
+}
+
 async function gone(pid: number): Promise<void> {
   while (isAlive(pid)) await new Promise((r) => setTimeout(r, 10));
 }
@@ -116,7 +127,7 @@ describe.each(runners)('run() by %s', (_name, run) => {
     expect(r.exitCode).toBe(0);
     expect(r.outputHeld).toBe(true);
     expect(isAlive(grandchild)).toBe(true);
-    process.kill(grandchild, 'SIGKILL');
+    killPid(grandchild);
     await gone(grandchild);
   });
 
@@ -204,19 +215,18 @@ function firstLine(stream: Readable): Promise<string> {
 describe.each(reporters)('a process reporting on fd 3 by %s', (_name, startIt) => {
   it('passes on a report written after it exited by a child it left, which keeps every pipe open', async () => {
     // Like conmon: the started process exits at once; its daemonized child reports later and
-    // keeps fd 3, stdout and stderr open for as long as it lives.
+    // keeps fd 3, stdout and stderr open for as long as it lives. It reports its own pid.
     const proc = startIt('/bin/sh', [
       '-c',
-      '(echo "{\\"data\\": 7}" >&3; exec sleep 1000) & echo $! >&2; exit 0',
+      `(exec /bin/sh -c 'echo "{\\"data\\": $$}" >&3; exec sleep 1000') & exit 0`,
     ]);
     expect(await proc.started).toBeGreaterThan(1);
-    expect(await firstLine(proc.report)).toBe('{"data": 7}');
+    const line = await firstLine(proc.report);
+    const child = (JSON.parse(line) as { data: number }).data;
     proc.release();
-    const exited = await proc.exited;
-    expect(exited).toMatchObject({ exitCode: 0, signal: null });
-    const child = Number(exited.output);
+    expect(await proc.exited).toMatchObject({ exitCode: 0, signal: null });
     expect(isAlive(child)).toBe(true);
-    process.kill(child, 'SIGKILL');
+    killPid(child);
     await gone(child);
   });
 
@@ -253,13 +263,13 @@ describe('RunServer', () => {
         await new Promise((r) => setTimeout(r, 10));
       }
       const first = own.pid!;
-      process.kill(first, 'SIGKILL');
+      killPid(first);
       await expect(running).rejects.toBeInstanceOf(UnavailableError);
       const again = await own.run('/bin/echo', ['back']);
       expect(again.stdout.toString()).toBe('back\n');
       expect(own.pid).not.toBe(first);
     } finally {
-      if (orphan > 0) process.kill(orphan, 'SIGKILL');
+      if (orphan > 0) killPid(orphan);
       await own.close();
       await rm(dir, { recursive: true, force: true });
     }
@@ -272,11 +282,12 @@ describe('RunServer', () => {
         runs: '/usr/bin/conmon',
       });
       const pid = await proc.started;
-      process.kill(own.pid!, 'SIGKILL');
+      killPid(own.pid!);
       const ended = new Promise((r) => proc.report.once('end', r));
       proc.report.resume();
       await ended;
       expect((await proc.exited).output).toBe('the run server ended before conmon reported');
+      expect(pid).toBeGreaterThan(1);
       process.kill(-pid, 'SIGKILL');
       await gone(pid);
     } finally {
@@ -291,7 +302,7 @@ describe('RunServer', () => {
       while (own.available() && starts <= 20) {
         starts += 1;
         const pid = own.pid!;
-        process.kill(pid, 'SIGKILL');
+        killPid(pid);
         await gone(pid);
       }
       expect(starts).toBe(6);
