@@ -295,6 +295,45 @@ export class RunServer {
   }
 
   /**
+   * Sends a job that outlives the call (detached or reporting), with 64 KiB of output kept: to
+   * the server when it is up, else the job ends as if the server had gone; `failed` when its
+   * request cannot be made. Its helper time is counted from its start.
+   */
+  private launch(
+    job: Job,
+    started: Promise<number>,
+    program: string,
+    args: readonly string[],
+    options: DetachedOptions,
+    report: boolean,
+    failed: (err: Error) => void,
+  ): { id: number; handle: ProcessHandle | null } {
+    const id = this.nextId++;
+    const handle = this.ensure() ? this.handle : null;
+    if (!handle) {
+      job.onServerGone();
+    } else {
+      try {
+        const request = encodeRunRequest(
+          id,
+          program,
+          args,
+          { ...options, maxOutputBytes: 64 * 1024 },
+          report,
+        );
+        this.submit(handle, id, job, request, () => job.onServerGone());
+      } catch (err) {
+        failed(err as Error);
+      }
+    }
+    void started.then(
+      () => reportRun(job.program, performance.now() - job.started, 'ok'),
+      () => reportRun(job.program, performance.now() - job.started, 'error'),
+    );
+    return { id, handle };
+  }
+
+  /**
    * A process that outlives the call (see process-runner.ts's startDetached): a run without a
    * timeout whose pid is handed back as soon as it runs; its end, whenever it comes, settles
    * `exited`. The server keeps reading its stderr (64 KiB kept) until then.
@@ -302,7 +341,6 @@ export class RunServer {
   startDetached(program: string, args: readonly string[], options: DetachedOptions): DetachedProcess {
     const { promise: started, resolve: resolvePid, reject: rejectPid } = deferred<number>();
     const { promise: exited, resolve: resolveExit } = deferred<ExitStatus & { stderr: string }>();
-    const id = this.nextId++;
     const job: Job = {
       program,
       started: performance.now(),
@@ -320,23 +358,10 @@ export class RunServer {
         resolveExit({ exitCode: null, signal: null, stderr: '' });
       },
     };
-    const handle = this.ensure() ? this.handle : null;
-    if (!handle) {
-      job.onServerGone();
-    } else {
-      try {
-        const request = encodeRunRequest(id, program, args, { ...options, maxOutputBytes: 64 * 1024 });
-        this.submit(handle, id, job, request, () => job.onServerGone());
-      } catch (err) {
-        rejectPid(err as Error);
-        resolveExit({ exitCode: null, signal: null, stderr: '' });
-      }
-    }
-    const accounted = started.then(
-      () => reportRun(program, performance.now() - job.started, 'ok'),
-      () => reportRun(program, performance.now() - job.started, 'error'),
-    );
-    void accounted;
+    this.launch(job, started, program, args, options, false, (err) => {
+      rejectPid(err);
+      resolveExit({ exitCode: null, signal: null, stderr: '' });
+    });
     return {
       started,
       exited,
@@ -354,8 +379,6 @@ export class RunServer {
     const { promise: started, resolve: resolvePid, reject: rejectPid } = deferred<number>();
     const { promise: exited, resolve: resolveExit } = deferred<ExitStatus & { output: string }>();
     const report = new PassThrough();
-    const id = this.nextId++;
-    const handle = this.ensure() ? this.handle : null;
     const job: Job = {
       program: options.runs ?? program,
       started: performance.now(),
@@ -381,22 +404,11 @@ export class RunServer {
         resolveExit({ exitCode: null, signal: null, output: what });
       },
     };
-    if (!handle) {
-      job.onServerGone();
-    } else {
-      try {
-        const request = encodeRunRequest(id, program, args, { ...options, maxOutputBytes: 64 * 1024 }, true);
-        this.submit(handle, id, job, request, () => job.onServerGone());
-      } catch (err) {
-        rejectPid(err as Error);
-        report.end();
-        resolveExit({ exitCode: null, signal: null, output: '' });
-      }
-    }
-    void started.then(
-      () => reportRun(job.program, performance.now() - job.started, 'ok'),
-      () => reportRun(job.program, performance.now() - job.started, 'error'),
-    );
+    const { id, handle } = this.launch(job, started, program, args, options, true, (err) => {
+      rejectPid(err);
+      report.end();
+      resolveExit({ exitCode: null, signal: null, output: '' });
+    });
     let released = false;
     return {
       started,
