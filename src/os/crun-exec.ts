@@ -30,7 +30,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
-import { constants as osConstants, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -339,7 +339,7 @@ export class CrunExec {
     }
     let exitCode: number | null = null;
     const exited = handle.exited.then(async ({ exitCode: code, signal }) => {
-      exitCode = exitCodeOf(code, signal);
+      exitCode = exitStatus({ exitCode: code, signal });
       if (diagnostics.trim() !== '' && exitCode !== 0) {
         log.info({ exitCode, crun: diagnostics.trim() }, 'exec ended with runtime messages');
       }
@@ -446,9 +446,4 @@ function signalTree(pid: number): void {
       // gone, or not a group leader
     }
   }
-}
-
-function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
-  if (code !== null) return code;
-  return 128 + (signal ? (osConstants.signals[signal] ?? 1) : 0);
 }
