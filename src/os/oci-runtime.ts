@@ -333,7 +333,10 @@ export class CrunConmonRuntime implements OciRuntime {
       let working = false;
       for (const pid of procs.split('\n').filter(Boolean)) {
         const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-        if (argv.split('\0').includes(id)) working = true;
+        if (argv.split('\0').includes(id)) {
+          working = true;
+          break;
+        }
       }
       if (!working) return;
       await new Promise((resolve) => setTimeout(resolve, 20));
