@@ -32,6 +32,8 @@ describe('the Node.js rootless-cri runs on', () => {
     expect(Number(String(version.stdout).slice(1).split('.')[0])).toBeGreaterThanOrEqual(24);
   });
 
+  // Only where the host's own Node.js is older than 24 (Debian 12's 18/20): on a host whose
+  // Node.js is already 24 or newer there is no older Node.js to start the CLI with.
   it.skipIf(!(hostNodeMajor < 24))(
     'the CLI started on an older Node.js refuses, naming the launcher',
     async () => {
