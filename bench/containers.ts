@@ -7,7 +7,7 @@
  *     daemon's image store) + `crun run -d` of a bundle made from the config.json the daemon
  *     wrote + `crun delete -f` + unmount + removal of the writable dirs, a bash loop timed with
  *     $EPOCHREALTIME (no fork per timestamp);
- *   - Debian's podman rootless as the test user, same image from the same registry:
+ *   - Debian's podman rootless as the test user (installed by bench/peer-setup.sh), same image from the same registry:
  *     `podman --runtime runc run -d --rm` + `podman rm -f -t 0` (podman's crun refuses the
  *     host's hybrid cgroups outside the node; runc works), storage on fuse-overlayfs like ours,
  *     its own HOME/XDG dirs, image pulled once before timing.
@@ -23,6 +23,7 @@ import { existsSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { execa } from 'execa';
 import { busyboxBaseLayer, ImageBuilder, type LayerItem } from '../test/fixtures/image-builder.js';
 import { pushImage, startRegistry } from '../test/fixtures/registry.js';
 import { TestDaemon } from '../test/harness/daemon.js';
@@ -320,9 +321,11 @@ async function benchMemory(
     const processes = await nodeProcesses(userNamespace);
     const byPid = new Map(processes.map((p) => [p.pid, p]));
     const conmon = processes.filter((p) => p.comm === 'conmon');
-    // The infra process of a pod: the daemon starts `unshare --pid --fork catatonit -P`.
-    const unshare = processes.filter((p) => p.comm === 'unshare' && p.ppid === daemonPid);
+    // The infra process of a pod: `unshare --pid --fork catatonit -P`, started by the run
+    // server (or by the daemon with ROOTLESS_CRI_RUN_SERVER=0): the unshare is whatever parent
+    // an infra catatonit has.
     const infra = processes.filter((p) => p.comm === 'catatonit' && byPid.get(p.ppid)?.comm === 'unshare');
+    const unshare = infra.map((p) => byPid.get(p.ppid)!);
     const fuse = processes.filter((p) => p.comm === 'fuse-overlayfs');
     const kib = (b: number) => `${(b / 1024).toFixed(0)} KiB`;
     const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
@@ -371,6 +374,8 @@ async function benchMemory(
 }
 
 export async function benchContainers(): Promise<void> {
+  // podman (and containerd/runc, which the peer bench uses) from Debian when missing.
+  await execa('bash', [path.resolve(import.meta.dirname, '../../bench/peer-setup.sh')], { stdio: 'inherit' });
   const work = await mkdtemp(path.join(os.tmpdir(), 'rcri-bench-containers-'));
   const registry = await startRegistry();
   let daemon: TestDaemon | undefined;

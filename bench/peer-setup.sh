@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what `npm run bench peer` runs as its peer, from Debian 12's packages: containerd
-# (1.6.20) and runc (rootlesskit, slirp4netns, socat and the CNI plugins come with
+# Installs what `npm run bench peer` and `npm run bench containers` run as their peers, from
+# Debian 12's packages: containerd (1.6.20), runc and podman (4.3.1) (rootlesskit, slirp4netns, socat and the CNI plugins come with
 # deploy/setup-host.sh). Idempotent and quiet; run as root. The bench starts its own containerd
 # as the unprivileged bench user under rootlesskit, so the package's system service must never
 # run: policy-rc.d refuses every service start while apt runs, and where systemd is PID 1 the
@@ -8,7 +8,7 @@
 set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "peer-setup: must run as root" >&2; exit 1; }
 missing=()
-for p in containerd runc; do
+for p in containerd runc podman; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
