@@ -238,6 +238,7 @@ export class CrunConmonRuntime implements OciRuntime {
     }
     await rm(path.join(this.options.exitDir, id), { force: true });
     this.exits.forget(id);
+    this.execs.forget(dir);
     await writeFile(path.join(dir, 'config.json'), JSON.stringify(options.spec));
     signal?.throwIfAborted();
     const conmon = startConmon(
@@ -397,6 +398,7 @@ export class CrunConmonRuntime implements OciRuntime {
   }
 
   async delete(id: string, force: boolean): Promise<void> {
+    this.execs.forget(this.dir(id));
     const r = await this.crun(['delete', ...(force ? ['--force'] : []), id]);
     if (r.exitCode === 0 || !this.known(id)) return;
     throw new CommandFailedError(r, ['delete', id], {
