@@ -25,6 +25,7 @@ import { busyboxBaseLayer, ImageBuilder } from '../test/fixtures/image-builder.j
 import { pushImage, startRegistry } from '../test/fixtures/registry.js';
 import { TestDaemon } from '../test/harness/daemon.js';
 import { nodeLeftovers } from '../test/harness/node-leftovers.js';
+import { nextSeed } from './seeded-random.js';
 
 const MINUTES = Number(process.argv[2] ?? process.env.SOAK_MINUTES ?? 30);
 /** About one fault per this many operations. */
@@ -47,7 +48,7 @@ const bump = (c: Counter, key: string) => c.set(key, (c.get(key) ?? 0) + 1);
 let seed = Number(process.env.SOAK_SEED ?? Date.now() % 2 ** 31);
 /** A small seeded generator, so a run that found something can be replayed (SOAK_SEED). */
 function random(): number {
-  seed = (seed * 1103515245 + 12345) % 2 ** 31;
+  seed = nextSeed(seed);
   return seed / 2 ** 31;
 }
 /** One of the names, each as likely as its weight. */
