@@ -7,10 +7,10 @@
  *     daemon's image store) + `crun run -d` of a bundle made from the config.json the daemon
  *     wrote + `crun delete -f` + unmount + removal of the writable dirs, a bash loop timed with
  *     $EPOCHREALTIME (no fork per timestamp);
- *   - Debian's podman rootless as the test user (installed by bench/peer-setup.sh), same image from the same registry:
- *     `podman --runtime runc run -d --rm` + `podman rm -f -t 0` (podman's crun refuses the
- *     host's hybrid cgroups outside the node; runc works), storage on fuse-overlayfs like ours,
- *     its own HOME/XDG dirs, image pulled once before timing.
+ *   - Debian's podman rootless as the test user (installed by bench/peer-setup.sh), same image
+ *     from the same registry: `podman --runtime runc run -d --rm` + `podman rm -f -t 0`
+ *     (podman's crun refuses the host's hybrid cgroups outside the node; runc works), storage
+ *     on fuse-overlayfs like ours, its own HOME/XDG dirs, image pulled once before timing.
  * Then memory: the daemon's RSS/PSS idle and with 20 running pods (one busybox sleep container
  * each), and the per-pod overhead (daemon delta + conmon + infra catatonit).
  *

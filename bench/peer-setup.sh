@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what `npm run bench peer` and `npm run bench containers` run as their peers, from
-# Debian 12's packages: containerd (1.6.20), runc and podman (4.3.1) (rootlesskit, slirp4netns, socat and the CNI plugins come with
-# deploy/setup-host.sh). Idempotent and quiet; run as root. The bench starts its own containerd
-# as the unprivileged bench user under rootlesskit, so the package's system service must never
-# run: policy-rc.d refuses every service start while apt runs, and where systemd is PID 1 the
-# unit is masked (a containerd that root runs would also put a socket in /run/containerd).
+# Debian 12's packages: containerd (1.6.20), runc and podman (4.3.1) (rootlesskit, slirp4netns,
+# socat and the CNI plugins come with deploy/setup-host.sh). Idempotent and quiet; run as root.
+# The bench starts its own containerd as the unprivileged bench user under rootlesskit, so the
+# package's system service must never run: policy-rc.d refuses every service start while apt
+# runs, and where systemd is PID 1 the unit is masked (a containerd that root runs would also
+# put a socket in /run/containerd).
 set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "peer-setup: must run as root" >&2; exit 1; }
 missing=()

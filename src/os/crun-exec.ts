@@ -182,6 +182,7 @@ export class CrunExec {
       );
     }
   }
+
   /** The bundle was made anew or the container deleted: its process spec is read again next time. */
   forget(bundleDir: string): void {
     this.processes.delete(bundleDir);
