@@ -29,6 +29,7 @@ import { CrunExec, EXEC_OUTPUT_CAP, type ExecResult } from './crun-exec.js';
 import { type ExecFailure, readExecFailure } from './exec-failure.js';
 import { type ExitInfo, type ExitListener, ExitWatcher } from './exit-watcher.js';
 import { waitingOnHelper } from './helper-time.js';
+import { readKernelFile } from './kernel-file.js';
 import { nativeHelperPath } from './native-helpers.js';
 import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
 import { withPodViews } from './pod-user-namespace.js';
@@ -330,10 +331,10 @@ export class CrunConmonRuntime implements OciRuntime {
     const containerPid = conmonFiles(bundleDir).containerPidFile;
     const deadline = Date.now() + CREATE_SETTLE_MS;
     while (Date.now() < deadline && !existsSync(containerPid)) {
-      const procs = await readFile(path.join(conmonCgroupDir, 'cgroup.procs'), 'utf8').catch(() => '');
+      const procs = (await readKernelFile(path.join(conmonCgroupDir, 'cgroup.procs'))) ?? '';
       let working = false;
       for (const pid of procs.split('\n').filter(Boolean)) {
-        const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+        const argv = (await readKernelFile(`/proc/${pid}/cmdline`)) ?? '';
         if (argv.split('\0').includes(id)) {
           working = true;
           break;
