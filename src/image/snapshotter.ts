@@ -49,7 +49,7 @@ import {
 } from '../os/mounts.js';
 import type { IdMapping } from '../os/pod-user-namespace.js';
 import { removeTree } from '../os/remove-tree.js';
-import { type DirectoryUsage, measureExistingDirectory } from './image-fs-info.js';
+import { type DirectoryUsage, measureExistingDirectory, slicedSyncAccess } from './image-fs-info.js';
 
 export type SnapshotterName = 'fuse-overlayfs' | 'overlay';
 
@@ -323,7 +323,7 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
 
   async usage(id: string): Promise<DirectoryUsage> {
     const paths = this.paths(id);
-    const usage = await measureExistingDirectory(paths.upper).catch(() => undefined);
+    const usage = await measureExistingDirectory(paths.upper, slicedSyncAccess).catch(() => undefined);
     if (usage === undefined) {
       throw new NotFoundError(`snapshot ${id} does not exist in the ${this.name} snapshotter`);
     }

@@ -12,7 +12,8 @@
  * and every YIELD_EVERY reads the caller yields to the event loop, so a call over hundreds of
  * files never holds other requests for more than a fraction of a millisecond.
  *
- * Only for kernel pseudo-files: files on a disk (writable layers, records) stay asynchronous.
+ * Only for kernel pseudo-files: files on a disk (records, the image store) stay asynchronous;
+ * the writable layers' walk has its own synchronous slices (image-fs-info.ts says why).
  * Any error (the file or the process is gone, the controller is not delegated) is null, as every
  * caller treats these files as optional.
  */

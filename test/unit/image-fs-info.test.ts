@@ -9,6 +9,8 @@ import {
   type DirectoryUsage,
   measureDirectory,
   measureExistingDirectory,
+  poolAccess,
+  slicedSyncAccess,
 } from '../../src/image/image-fs-info.js';
 import { silentLogger } from '../../src/log.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
@@ -28,7 +30,10 @@ function du(dir: string): { bytes: bigint; inodes: bigint } {
   return { bytes: BigInt(bytes), inodes: BigInt(inodes) };
 }
 
-describe('measureDirectory', () => {
+describe.each([
+  ['through the libuv pool', poolAccess],
+  ['in synchronous slices', slicedSyncAccess],
+])('measureDirectory %s', (_how, access) => {
   let root: string;
   let store: string;
   let outside: string;
@@ -57,7 +62,7 @@ describe('measureDirectory', () => {
   });
 
   it('counts allocated bytes and inodes like du, never through symlinks', async () => {
-    const usage = await measureDirectory(store);
+    const usage = await measureDirectory(store, access);
     expect(usage).toEqual(du(store));
     // The 2 MB file behind the links is not in it, and the sparse file counts its blocks only.
     expect(usage.bytes).toBeLessThan(2_000_000n);
@@ -65,13 +70,13 @@ describe('measureDirectory', () => {
   });
 
   it('counts a hard-linked file once', async () => {
-    const before = await measureDirectory(store);
+    const before = await measureDirectory(store, access);
     await link(join(store, 'blobs', 'sha256', 'one'), join(store, 'layers', 'a', 'usr', 'bin', 'one-again'));
-    const after = await measureDirectory(store);
+    const after = await measureDirectory(store, access);
     expect(after).toEqual(before);
     expect(after).toEqual(du(store));
     await writeFile(join(store, 'blobs', 'sha256', 'three'), Buffer.alloc(50_000, 5));
-    const grown = await measureDirectory(store);
+    const grown = await measureDirectory(store, access);
     expect(grown.inodes).toBe(before.inodes + 1n);
     expect(grown.bytes).toBeGreaterThanOrEqual(before.bytes + 50_000n);
     expect(grown).toEqual(du(store));
@@ -81,7 +86,7 @@ describe('measureDirectory', () => {
     const deep = join(root, 'deep');
     await mkdir(deep);
     makeDeepTree(deep, 150);
-    const usage = await measureDirectory(deep);
+    const usage = await measureDirectory(deep, access);
     expect(usage.inodes).toBeGreaterThan(90n);
     expect(usage.skipped).toBeGreaterThan(0);
     expect(usage.firstSkipError).toMatch(/ENAMETOOLONG/);
@@ -89,14 +94,47 @@ describe('measureDirectory', () => {
   });
 
   it('reports zero for a directory that does not exist yet', async () => {
-    expect(await measureDirectory(join(root, 'not-there'))).toEqual({ bytes: 0n, inodes: 0n });
+    expect(await measureDirectory(join(root, 'not-there'), access)).toEqual({ bytes: 0n, inodes: 0n });
   });
 
   it('measureExistingDirectory: the same figures, and undefined for a missing directory or a file', async () => {
-    expect(await measureExistingDirectory(store)).toEqual(await measureDirectory(store));
-    expect(await measureExistingDirectory(join(root, 'not-there'))).toBeUndefined();
+    expect(await measureExistingDirectory(store, access)).toEqual(await measureDirectory(store, access));
+    expect(await measureExistingDirectory(join(root, 'not-there'), access)).toBeUndefined();
     await writeFile(join(root, 'a-file'), 'x');
-    expect(await measureExistingDirectory(join(root, 'a-file'))).toBeUndefined();
+    expect(await measureExistingDirectory(join(root, 'a-file'), access)).toBeUndefined();
+  });
+});
+
+describe('slicedSyncAccess', () => {
+  let root: string;
+
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'image-fs-info-sliced-'));
+    for (let d = 0; d < 20; d++) {
+      await mkdir(join(root, `d${d}`));
+      await Promise.all(Array.from({ length: 500 }, (_, f) => writeFile(join(root, `d${d}`, `f${f}`), '')));
+    }
+  });
+
+  afterAll(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it('gives the event loop turns while it walks, not only before it starts', async () => {
+    // 10,000 lstat calls take several 1 ms slices on any machine; a walk that never yielded
+    // would run to its end in microtasks, before any setImmediate callback.
+    let turns = 0;
+    let walking = true;
+    const spin = () => {
+      if (!walking) return;
+      turns += 1;
+      setImmediate(spin);
+    };
+    setImmediate(spin);
+    const usage = await measureDirectory(root, slicedSyncAccess);
+    walking = false;
+    expect(usage.inodes).toBe(10_021n);
+    expect(turns).toBeGreaterThanOrEqual(3);
   });
 });
 
