@@ -10,11 +10,13 @@
  *     (default 50, after 3 warm-up calls): ListPodSandbox and ListContainers (aim p50 <= 6 ms),
  *     ListPodSandboxStats and ListContainerStats (aim p50 <= 50 ms), and ListPodSandboxMetrics
  *     (kubelet's PodAndContainerStatsFromCRI; no aim yet). The floor is Version's round trip
- *     through the same daemon in the same run: what any RPC costs before it does work.
+ *     through the same daemon in the same run: what any RPC costs before it does work. Each
+ *     RPC's line gives the daemon's CPU per call and its RSS after that RPC's calls.
  *
  * Every answer is checked to list all the pods / containers, so a list that skipped work would
  * fail rather than look fast. Everything is removed at the end, and the harness fails the run
  * on any process, mount, cgroup or file left behind. Needs root (a real daemon as the test user).
+ * BENCH_DAEMON_ENV adds to the daemon's environment (daemon-env.ts), e.g. NODE_OPTIONS=--cpu-prof.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -22,7 +24,8 @@ import path from 'node:path';
 import { busyboxBaseLayer, ImageBuilder } from '../test/fixtures/image-builder.js';
 import { pushImage, startRegistry } from '../test/fixtures/registry.js';
 import type { CriClient } from '../test/harness/cri-client.js';
-import { TestDaemon } from '../test/harness/daemon.js';
+import type { TestDaemon } from '../test/harness/daemon.js';
+import { daemonEnvFrom, startBenchDaemon } from './daemon-env.js';
 import { percentile } from './stats.js';
 
 const PODS = Number(process.env.BENCH_MANY_PODS ?? 110);
@@ -68,50 +71,65 @@ async function pool(count: number, parallel: number, work: (i: number) => Promis
 interface Timing {
   p50: number;
   p99: number;
+  /** The daemon's CPU (user + system) per call, ms, over the timed calls. */
+  cpuPerCall: number;
+  /** The daemon's RSS after the calls, MiB. */
+  rssAfter: number;
 }
 
-/** `calls` sequential calls after a warm-up (the call checks its own answer). Milliseconds. */
-async function timeCalls(calls: number, call: () => Promise<void>): Promise<Timing> {
+/**
+ * `calls` sequential calls after a warm-up (the call checks its own answer). Milliseconds of
+ * wall time; the daemon's CPU over them (its /proc ticks: 10 ms each, so 50 calls of 20 ms give
+ * a figure to ~1 %) tells what a call costs the node apart from how busy the machine was.
+ */
+async function timeCalls(daemonPid: number, calls: number, call: () => Promise<void>): Promise<Timing> {
   for (let i = 0; i < WARMUP; i++) await call();
   const samples: number[] = [];
+  const ticksBefore = await cpuTicks(daemonPid);
   for (let i = 0; i < calls; i++) {
     const t0 = process.hrtime.bigint();
     await call();
     samples.push(Number(process.hrtime.bigint() - t0) / 1e6);
   }
+  const cpuPerCall = (((await cpuTicks(daemonPid)) - ticksBefore) * 10) / calls; // USER_HZ is 100
   samples.sort((a, b) => a - b);
-  return { p50: percentile(samples, 50), p99: percentile(samples, 99) };
+  return {
+    p50: percentile(samples, 50),
+    p99: percentile(samples, 99),
+    cpuPerCall,
+    rssAfter: await rssMiB(daemonPid),
+  };
 }
 
 function expectCount(what: string, got: number, want: number): void {
   if (got !== want) throw new Error(`${what} listed ${got} entries, expected ${want}`);
 }
 
-async function measureRpcs(cri: CriClient): Promise<Record<string, Timing>> {
+async function measureRpcs(cri: CriClient, daemonPid: number): Promise<Record<string, Timing>> {
   const timeout = { timeoutMs: 120_000 };
   return {
-    Version: await timeCalls(CALLS, async () => {
+    Version: await timeCalls(daemonPid, CALLS, async () => {
       await cri.runtime('Version', {});
     }),
-    ListPodSandbox: await timeCalls(CALLS, async () => {
+    ListPodSandbox: await timeCalls(daemonPid, CALLS, async () => {
       const r = await cri.runtime('ListPodSandbox', {}, timeout);
       expectCount('ListPodSandbox', r.items.length, PODS);
     }),
-    ListContainers: await timeCalls(CALLS, async () => {
+    ListContainers: await timeCalls(daemonPid, CALLS, async () => {
       const r = await cri.runtime('ListContainers', {}, timeout);
       expectCount('ListContainers', r.containers.length, PODS);
     }),
-    ListPodSandboxStats: await timeCalls(CALLS, async () => {
+    ListPodSandboxStats: await timeCalls(daemonPid, CALLS, async () => {
       const r = await cri.runtime('ListPodSandboxStats', {}, timeout);
       expectCount('ListPodSandboxStats', r.stats.length, PODS);
       const containers = r.stats.reduce((n, s) => n + (s.linux?.containers.length ?? 0), 0);
       expectCount('ListPodSandboxStats containers', containers, PODS);
     }),
-    ListContainerStats: await timeCalls(CALLS, async () => {
+    ListContainerStats: await timeCalls(daemonPid, CALLS, async () => {
       const r = await cri.runtime('ListContainerStats', {}, timeout);
       expectCount('ListContainerStats', r.stats.length, PODS);
     }),
-    ListPodSandboxMetrics: await timeCalls(CALLS, async () => {
+    ListPodSandboxMetrics: await timeCalls(daemonPid, CALLS, async () => {
       const r = await cri.runtime('ListPodSandboxMetrics', {}, timeout);
       expectCount('ListPodSandboxMetrics', r.pod_metrics.length, PODS);
     }),
@@ -137,7 +155,7 @@ export async function benchManyPods(): Promise<void> {
     });
     await pushImage(registry.url, REPOSITORY, ['1'], built);
     const image = `${registry.host}/${REPOSITORY}:1`;
-    daemon = await TestDaemon.start();
+    daemon = await startBenchDaemon(daemonEnvFrom('BENCH_DAEMON_ENV'));
     const cri = daemon.client;
     await cri.image('PullImage', { image: { image } }, { timeoutMs: 120_000 });
     const daemonPid = await daemon.daemonPid();
@@ -179,7 +197,7 @@ export async function benchManyPods(): Promise<void> {
           `supervisor ${rssIdle.supervisor.toFixed(0)} MiB (${rssEmpty.supervisor.toFixed(0)} with no pods)`,
       );
 
-      const timings = await measureRpcs(cri);
+      const timings = await measureRpcs(cri, daemonPid);
       const floor = timings.Version!.p50;
       console.log(
         `  RPCs, ${CALLS} calls each, one at a time (ms; floor = Version p50 ${floor.toFixed(2)} ms):`,
@@ -190,11 +208,10 @@ export async function benchManyPods(): Promise<void> {
         const vsAim = aim === undefined ? '' : `  aim p50 <= ${aim} ms: ratio ${(t.p50 / aim).toFixed(2)}x`;
         console.log(
           `    ${method.padEnd(22)} p50 ${t.p50.toFixed(2).padStart(8)}  p99 ${t.p99.toFixed(2).padStart(8)}  ` +
-            `(${(t.p50 / floor).toFixed(1)}x floor)${vsAim}`,
+            `(${(t.p50 / floor).toFixed(1)}x floor)  daemon CPU ${t.cpuPerCall.toFixed(1)} ms/call, ` +
+            `RSS after ${t.rssAfter.toFixed(0)} MiB${vsAim}`,
         );
       }
-      const rssAfter = await rssMiB(daemonPid);
-      console.log(`  RSS daemon after the RPCs ${rssAfter.toFixed(0)} MiB`);
     } finally {
       await pool(PODS, PARALLEL, async (i) => {
         const pod_sandbox_id = pods[i];
