@@ -50,7 +50,8 @@ log() { echo "setup-host: $*"; }
 
 PACKAGES=(rootlesskit slirp4netns catatonit crun conmon fuse-overlayfs fuse3 uidmap
   containernetworking-plugins iptables util-linux iproute2 procps busybox-static
-  docker-registry apache2-utils openssl curl jq socat gcc libc6-dev make)
+  docker-registry apache2-utils openssl curl jq socat gcc libc6-dev make
+  zlib1g-dev libzstd-dev libssl-dev)
 
 if [ "$packages" = 1 ]; then
   missing=()

@@ -565,6 +565,24 @@ describe.each(VARIANTS)('layer unpack $name', (variant) => {
     await expectFailure(zstd.subarray(0, zstd.length - 20), 'InvalidArgument', notZstd, { mediaType });
   });
 
+  it('reads a gzip blob of several members as one tar stream, and refuses anything else after the last member', async () => {
+    const tar = evil.normalLayer();
+    const half = Math.floor(tar.length / 1024) * 512;
+    const members = Buffer.concat([gzipSync(tar.subarray(0, half)), gzipSync(tar.subarray(half))]);
+    const mediaType = MEDIA_TYPE.ociLayerGzip;
+    const result = await unpack(members, { mediaType, diffId: sha256(tar) });
+    expect(result).toMatchObject({ entries: 16, bytes: tar.length, diffId: sha256(tar) });
+    await rm(dest, { recursive: true });
+    // Go's gzip reader (containerd) refuses trailing bytes that are not another member, too.
+    const trailing = Buffer.concat([gzipSync(tar), Buffer.alloc(512)]);
+    await expectFailure(trailing, 'InvalidArgument', /not gzip follows the end of the gzip stream/, {
+      mediaType,
+    });
+    await expectFailure(gzipSync(tar).subarray(0, 100), 'InvalidArgument', /gzip stream ends early/, {
+      mediaType,
+    });
+  });
+
   it('rejects corrupt gzip data', async () => {
     const gzipped = gzipSync(evil.normalLayer());
     gzipped.fill(0x41, 40, 80);
