@@ -461,7 +461,7 @@ export class ContentStore {
       const hash = createHash('sha256');
       // Network reads are small (often 16-64 KiB); collecting them into larger writes costs
       // one thread-pool trip per MiB instead of one per read, and hands the tee's reader
-      // (the gunzip) fewer, larger chunks.
+      // (the pipe to the unpack helper) fewer, larger chunks.
       let pending: Buffer[] = [];
       let pendingBytes = 0;
       const flush = async () => {
