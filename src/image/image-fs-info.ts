@@ -18,15 +18,15 @@
  *
  * The same walk measures one container's writable layer for the stats RPCs (the snapshotter's
  * usage). Two ways to reach the filesystem (WalkAccess): the image store's big, possibly cold
- * tree through the libuv pool; the writable layers, small and in the kernel's caches, in
- * synchronous slices.
+ * tree through the libuv pool; the writable layers, small and in the kernel's caches, with
+ * synchronous calls that yield to the event loop every few calls.
  */
 import { type BigIntStats, lstatSync, readdirSync, statSync } from 'node:fs';
 import { lstat, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { ImageHandlers } from '../api/handlers.js';
 import type { Logger } from '../log.js';
+import { syncCallTurn } from '../os/kernel-file.js';
 
 export interface DirectoryUsage {
   /** Allocated bytes, a decimal string (uint64 on the wire). */
@@ -81,41 +81,28 @@ export const poolAccess: WalkAccess = {
   },
 };
 
-/** How long synchronous walking holds the event loop before it yields. */
-const SLICE_MS = 1;
-let sliceStart = 0;
-
-/** Yields to the event loop when the current slice is used up (awaited only then: a call is ~2 µs). */
-function sliceUsedUp(): boolean {
-  return performance.now() - sliceStart >= SLICE_MS;
-}
-
-async function nextSlice(): Promise<void> {
-  await yieldToEventLoop();
-  sliceStart = performance.now();
-}
-
 /**
- * Synchronous calls, yielding to the event loop once a slice of SLICE_MS has passed: for the
- * writable layers, which every stats RPC walks once per container (kubelet polls them every
- * few seconds; at 110 pods a call walks 110 layers). Their entries are in the kernel's dentry
- * and inode caches (the containers made them), so an lstat is ~2 µs of CPU there, while a
- * round trip through the pool costs the event loop 10-20 µs and the call its hand-offs. The
- * price: a walk over a cold spinning disk holds the loop for one seek per call, at most.
+ * Synchronous calls, yielding to the event loop every 32 calls as kernel-file.ts's reads do (one
+ * budget for both): for the writable layers, which every stats RPC walks once per container
+ * (kubelet polls them every few seconds; at 110 pods a call walks 110 layers). Their entries
+ * are in the kernel's dentry and inode caches (the containers made them), so an lstat is ~2 µs
+ * of CPU there, while a round trip through the pool costs the event loop 10-20 µs and the call
+ * its hand-offs. The price: a walk over a cold spinning disk holds the loop for one seek per
+ * call, at most.
  */
 export const slicedSyncAccess: WalkAccess = {
   async stat(path) {
-    if (sliceUsedUp()) await nextSlice();
+    await syncCallTurn();
     return statSync(path, { bigint: true });
   },
   async readdir(dir) {
-    if (sliceUsedUp()) await nextSlice();
+    await syncCallTurn();
     return readdirSync(dir);
   },
   async lstatEach(paths, onError) {
     const infos: (BigIntStats | undefined)[] = [];
     for (const path of paths) {
-      if (sliceUsedUp()) await nextSlice();
+      await syncCallTurn();
       try {
         infos.push(lstatSync(path, { bigint: true }));
       } catch (err) {

@@ -12,8 +12,9 @@
  * and every YIELD_EVERY reads the caller yields to the event loop, so a call over hundreds of
  * files never holds other requests for more than a fraction of a millisecond.
  *
- * Only for kernel pseudo-files: files on a disk (records, the image store) stay asynchronous;
- * the writable layers' walk has its own synchronous slices (image-fs-info.ts says why).
+ * Only for kernel pseudo-files: files on a disk (records, the image store) stay asynchronous.
+ * The one exception, the writable layers' walk (image-fs-info.ts says why), makes its own
+ * synchronous calls and takes its turns here (syncCallTurn), so there is one budget.
  * Any error (the file or the process is gone, the controller is not delegated) is null, as every
  * caller treats these files as optional.
  */
@@ -23,7 +24,11 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 const YIELD_EVERY = 32;
 let sinceYield = 0;
 
-async function turn(): Promise<void> {
+/**
+ * Counts one synchronous filesystem call; every YIELD_EVERY calls (counted across all callers)
+ * it yields to the event loop. Awaited before each call.
+ */
+export async function syncCallTurn(): Promise<void> {
   sinceYield += 1;
   if (sinceYield >= YIELD_EVERY) {
     sinceYield = 0;
@@ -33,7 +38,7 @@ async function turn(): Promise<void> {
 
 /** The file's text, or null when it cannot be read. */
 export async function readKernelFile(file: string): Promise<string | null> {
-  await turn();
+  await syncCallTurn();
   try {
     return readFileSync(file, 'utf8');
   } catch {
@@ -43,7 +48,7 @@ export async function readKernelFile(file: string): Promise<string | null> {
 
 /** "dev:ino" of a file (a namespace file tells namespaces apart by it), or null when absent. */
 export async function kernelFileIdentity(file: string): Promise<string | null> {
-  await turn();
+  await syncCallTurn();
   try {
     const s = statSync(file, { throwIfNoEntry: false });
     return s ? `${s.dev}:${s.ino}` : null;
@@ -54,7 +59,7 @@ export async function kernelFileIdentity(file: string): Promise<string | null> {
 
 /** A directory's entries (a cgroup's children, /proc/<pid>/fd), or [] when it cannot be read. */
 export async function readKernelDirectory(dir: string): Promise<Dirent[]> {
-  await turn();
+  await syncCallTurn();
   try {
     return readdirSync(dir, { withFileTypes: true });
   } catch {
@@ -64,7 +69,7 @@ export async function readKernelDirectory(dir: string): Promise<Dirent[]> {
 
 /** A symlink's target (/proc/<pid>/fd/<n>), or null when it cannot be read. */
 export async function readKernelLink(link: string): Promise<string | null> {
-  await turn();
+  await syncCallTurn();
   try {
     return readlinkSync(link);
   } catch {

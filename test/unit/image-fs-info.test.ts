@@ -32,7 +32,7 @@ function du(dir: string): { bytes: bigint; inodes: bigint } {
 
 describe.each([
   ['through the libuv pool', poolAccess],
-  ['in synchronous slices', slicedSyncAccess],
+  ['with synchronous calls', slicedSyncAccess],
 ])('measureDirectory %s', (_how, access) => {
   let root: string;
   let store: string;
@@ -121,8 +121,8 @@ describe('slicedSyncAccess', () => {
   });
 
   it('gives the event loop turns while it walks, not only before it starts', async () => {
-    // 10,000 lstat calls take several 1 ms slices on any machine; a walk that never yielded
-    // would run to its end in microtasks, before any setImmediate callback.
+    // 10,000 lstat calls are hundreds of 32-call turns; a walk that never yielded would run to
+    // its end in microtasks, before any setImmediate callback.
     let turns = 0;
     let walking = true;
     const spin = () => {
