@@ -17,6 +17,7 @@ import {
   HTTP_SERVER_PORT,
   pushCatalogue,
 } from '../fixtures/test-images.js';
+import { crictlPortForward } from '../harness/crictl-port-forward.js';
 import { APP_DIR, crictlCommand, mirrorConfig, sleep, TEST_USER, TestDaemon } from '../harness/daemon.js';
 
 const REPORT_DIR =
@@ -162,29 +163,14 @@ describe('crictl end to end from the host', () => {
   });
 
   it('port-forward reaches the pod HTTP server from the host', async () => {
-    const localPort = 20000 + Math.floor(Math.random() * 20000);
-    const forward = spawn(
-      'bash',
-      [
-        path.join(APP_DIR, 'deploy/run-as-user.sh'),
-        TEST_USER,
-        '--',
-        ...crictlCommand(daemon.crictlConfig, ['port-forward', podId, `${localPort}:${HTTP_SERVER_PORT}`]),
-      ],
-      { stdio: 'ignore', detached: true },
-    );
+    const forward = await crictlPortForward(daemon.crictlConfig, podId, HTTP_SERVER_PORT);
     try {
-      let body = '';
-      await waitFor(async () => {
-        body = await fetch(`http://127.0.0.1:${localPort}/`).then(
-          (r) => r.text(),
-          () => '',
-        );
-        return body !== '';
+      const page = await fetch(`http://127.0.0.1:${forward.localPort}/`, {
+        signal: AbortSignal.timeout(10_000),
       });
-      expect(body).toBe(HTTP_SERVER_INDEX_HTML);
+      expect(await page.text()).toBe(HTTP_SERVER_INDEX_HTML);
     } finally {
-      process.kill(-forward.pid!, 'SIGTERM');
+      await forward.stop();
     }
   });
 

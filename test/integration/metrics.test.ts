@@ -6,12 +6,11 @@
  * host's 127.0.0.1 before, during and after. Every family the README lists must have moved.
  * Then a restart over an unreadable container record: recovery and quarantine show it.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { chown, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, type RunningRegistry, startRegistry } from '../fixtures/registry.js';
+import { type RunningRegistry, startRegistry } from '../fixtures/registry.js';
 import {
   buildCatalogue,
   type CatalogueImage,
@@ -20,9 +19,8 @@ import {
   HTTP_SERVER_PORT,
   pushCatalogue,
 } from '../fixtures/test-images.js';
-import { crictlCommand, sleep, TEST_USER, TestDaemon } from '../harness/daemon.js';
-
-const RUN_AS_USER = path.resolve(import.meta.dirname, '../../deploy/run-as-user.sh');
+import { crictlPortForward } from '../harness/crictl-port-forward.js';
+import { sleep, TestDaemon } from '../harness/daemon.js';
 
 let daemon: TestDaemon;
 let registry: RunningRegistry;
@@ -102,34 +100,6 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 
 
 async function state(id: string): Promise<string> {
   return crictlOk(['inspect', '-o', 'go-template', '--template', '{{.status.state}}', id]);
-}
-
-/** `crictl port-forward` as the test user, in the background until it says it forwards. */
-async function portForward(pod: string, localPort: number, remotePort: number) {
-  const child: ChildProcess = spawn(
-    'bash',
-    [
-      RUN_AS_USER,
-      TEST_USER,
-      '--',
-      ...crictlCommand(daemon.crictlConfig, ['port-forward', pod, `${localPort}:${remotePort}`]),
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
-  );
-  let output = '';
-  for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (d: Buffer) => (output += d));
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  await waitFor(`crictl port-forward to ${remotePort} starting (${output})`, async () => {
-    if (child.exitCode !== null) throw new Error(`crictl port-forward exited: ${output}`);
-    return output.includes('Forwarding from');
-  });
-  return {
-    output: () => output,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGTERM');
-      await exited;
-    },
-  };
 }
 
 beforeAll(async () => {
@@ -223,19 +193,19 @@ beforeAll(async () => {
   expect((await daemon.crictl(['exec', '-s', 'f'.repeat(64), 'true'])).exitCode).not.toBe(0);
 
   // Port-forward: to the pod's HTTP server, and to a port nobody listens on.
-  const local = await freePort();
-  const forward = await portForward(pod, local, HTTP_SERVER_PORT);
+  const forward = await crictlPortForward(daemon.crictlConfig, pod, HTTP_SERVER_PORT);
   try {
-    const page = await fetch(`http://127.0.0.1:${local}/`, { signal: AbortSignal.timeout(10_000) });
+    const page = await fetch(`http://127.0.0.1:${forward.localPort}/`, {
+      signal: AbortSignal.timeout(10_000),
+    });
     expect(await page.text()).toBe(HTTP_SERVER_INDEX_HTML);
   } finally {
     await forward.stop();
   }
-  const nowhereLocal = await freePort();
-  const nowhere = await portForward(pod, nowhereLocal, 9);
+  const nowhere = await crictlPortForward(daemon.crictlConfig, pod, 9);
   try {
     await expect(
-      fetch(`http://127.0.0.1:${nowhereLocal}/`, { signal: AbortSignal.timeout(10_000) }),
+      fetch(`http://127.0.0.1:${nowhere.localPort}/`, { signal: AbortSignal.timeout(10_000) }),
     ).rejects.toThrow();
   } finally {
     await nowhere.stop();

@@ -5,13 +5,12 @@
  * port the daemon published on the host's 127.0.0.1. The daemon pulls from the registry on
  * the host's 127.0.0.1 through its supervisor's host dialer.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chown, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, type RunningRegistry, startRegistry } from '../fixtures/registry.js';
+import { type RunningRegistry, startRegistry } from '../fixtures/registry.js';
 import {
   buildCatalogue,
   type CatalogueImage,
@@ -20,9 +19,8 @@ import {
   HTTP_SERVER_PORT,
   pushCatalogue,
 } from '../fixtures/test-images.js';
-import { crictlCommand, type RunResult, sleep, TEST_USER, TestDaemon } from '../harness/daemon.js';
-
-const RUN_AS_USER = path.resolve(import.meta.dirname, '../../deploy/run-as-user.sh');
+import { crictlPortForward } from '../harness/crictl-port-forward.js';
+import { crictlCommand, type RunResult, sleep, TestDaemon } from '../harness/daemon.js';
 
 let daemon: TestDaemon;
 let registry: RunningRegistry;
@@ -180,7 +178,7 @@ describe('ExecSync (crictl exec -s)', () => {
   });
 });
 
-describe.each(['spdy', 'websocket'])('crictl exec over %s', (transport) => {
+describe.each(['spdy', 'websocket'] as const)('crictl exec over %s', (transport) => {
   it('streams stdout and stderr and returns the exit code', async () => {
     const ok = await daemon.crictl(['exec', '-r', transport, idle, 'sh', '-c', 'echo out; echo err >&2']);
     expect(ok.exitCode, ok.stderr).toBe(0);
@@ -246,7 +244,7 @@ describe.each(['spdy', 'websocket'])('crictl exec over %s', (transport) => {
   });
 });
 
-describe.each(['spdy', 'websocket'])('crictl attach over %s', (transport) => {
+describe.each(['spdy', 'websocket'] as const)('crictl attach over %s', (transport) => {
   it('attaches to a stdin_once container: input reaches sh, closing stdin ends it', async () => {
     const r = await daemon.asUser(
       crictlCommand(daemon.crictlConfig, ['attach', '-i', '-r', transport, onceShell]),
@@ -355,63 +353,15 @@ async function recreateOnceShell(): Promise<void> {
   });
 }
 
-/** `crictl port-forward` in the background until it says it is forwarding. */
-async function portForward(pod: string, localPort: number, remotePort: number, transport: string) {
-  const child: ChildProcess = spawn(
-    'bash',
-    [
-      RUN_AS_USER,
-      TEST_USER,
-      '--',
-      ...crictlCommand(daemon.crictlConfig, [
-        'port-forward',
-        '-r',
-        transport,
-        pod,
-        `${localPort}:${remotePort}`,
-      ]),
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
-  );
-  let output = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    output += d.toString();
-  });
-  child.stderr!.on('data', (d: Buffer) => {
-    output += d.toString();
-  });
-  const deadline = Date.now() + 20_000;
-  while (!output.includes('Forwarding from')) {
-    if (child.exitCode !== null || Date.now() > deadline) {
-      throw new Error(`crictl port-forward did not start: ${output}`);
-    }
-    await sleep(50);
-  }
-  return {
-    output: () => output,
-    exited: () => child.exitCode !== null || child.signalCode !== null,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const done = new Promise((r) => child.once('exit', r));
-      try {
-        process.kill(-child.pid!, 'SIGTERM');
-      } catch {
-        // gone
-      }
-      await done;
-    },
-  };
-}
-
 async function httpGet(port: number): Promise<string> {
   const response = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(10_000) });
   return response.text();
 }
 
-describe.each(['spdy', 'websocket'])('crictl port-forward over %s', (transport) => {
+describe.each(['spdy', 'websocket'] as const)('crictl port-forward over %s', (transport) => {
   it('forwards a host port to the HTTP server in a pod, for several requests', async () => {
-    const local = await freePort();
-    const forward = await portForward(podId, local, HTTP_SERVER_PORT, transport);
+    const forward = await crictlPortForward(daemon.crictlConfig, podId, HTTP_SERVER_PORT, { transport });
+    const local = forward.localPort;
     try {
       for (let i = 0; i < 3; i++) expect(await httpGet(local)).toBe(HTTP_SERVER_INDEX_HTML);
       // Several at once ride one connection as separate stream pairs.
@@ -423,8 +373,8 @@ describe.each(['spdy', 'websocket'])('crictl port-forward over %s', (transport) 
   });
 
   it('forwards to the node loopback for a host-network pod', async () => {
-    const local = await freePort();
-    const forward = await portForward(hostPodId, local, HTTP_SERVER_PORT, transport);
+    const forward = await crictlPortForward(daemon.crictlConfig, hostPodId, HTTP_SERVER_PORT, { transport });
+    const local = forward.localPort;
     try {
       expect(await httpGet(local)).toBe(HTTP_SERVER_INDEX_HTML);
     } finally {
@@ -433,8 +383,8 @@ describe.each(['spdy', 'websocket'])('crictl port-forward over %s', (transport) 
   });
 
   it('reports a port nobody listens on, and keeps serving', async () => {
-    const local = await freePort();
-    const forward = await portForward(podId, local, 9, transport);
+    const forward = await crictlPortForward(daemon.crictlConfig, podId, 9, { transport });
+    const local = forward.localPort;
     try {
       await expect(httpGet(local)).rejects.toThrow();
       // client-go reports the error stream's message (and may give up on the connection).
