@@ -13,12 +13,13 @@
  *
  * Needs root (a real daemon as the test user).
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { busyboxBaseLayer, ImageBuilder } from '../test/fixtures/image-builder.js';
 import { pushImage, startRegistry } from '../test/fixtures/registry.js';
 import { TestDaemon } from '../test/harness/daemon.js';
+import { processCpuMs } from './proc-cpu.js';
 import { percentile } from './stats.js';
 
 const SAMPLES = Number(process.env.BENCH_EXIT_SAMPLES ?? 20);
@@ -28,13 +29,6 @@ const IDLE_WINDOW_MS = Number(process.env.BENCH_IDLE_WINDOW_MS ?? 30_000);
 const REPOSITORY = 'rootless-cri/bench-exits';
 /** /metrics scrapes timed with the idle containers running (state is read at scrape time). */
 const SCRAPES = Number(process.env.BENCH_SCRAPES ?? 50);
-
-/** utime + stime of a process, in clock ticks (/proc/<pid>/stat fields 14 and 15). */
-async function cpuTicks(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
 
 function podConfig(name: string) {
   return {
@@ -112,13 +106,12 @@ export async function benchExits(): Promise<void> {
       }
     }
     const pid = await daemon.daemonPid();
-    const ticksPerSecond = 100; // USER_HZ on Linux
-    const before = await cpuTicks(pid);
+    const before = processCpuMs(pid);
     const t0 = Date.now();
     await new Promise((r) => setTimeout(r, IDLE_WINDOW_MS));
-    const used = (await cpuTicks(pid)) - before;
+    const usedMs = processCpuMs(pid) - before;
     const seconds = (Date.now() - t0) / 1000;
-    const share = (used / ticksPerSecond / seconds) * 100;
+    const share = (usedMs / 1000 / seconds) * 100;
     console.log(
       `exits: idle daemon CPU with ${IDLE_PODS * CONTAINERS_PER_POD} running containers (${IDLE_PODS} pods): ` +
         `${share.toFixed(2)} % of a core over ${seconds.toFixed(0)} s (aim: <= 0.5 %)`,
@@ -127,14 +120,14 @@ export async function benchExits(): Promise<void> {
     const metricsUrl = (JSON.parse(listeners) as { metrics: string }).metrics;
     const running = `rootless_cri_containers{state="running"} ${IDLE_PODS * CONTAINERS_PER_POD}`;
     const scrapeMs: number[] = [];
-    const ticksBeforeScrapes = await cpuTicks(pid);
+    const cpuBeforeScrapes = processCpuMs(pid);
     for (let i = 0; i < SCRAPES; i++) {
       const t = performance.now();
       const body = await (await fetch(metricsUrl)).text();
       scrapeMs.push(performance.now() - t);
       if (!body.includes(running)) throw new Error(`the scrape does not show ${running}`);
     }
-    const cpuMsPerScrape = (((await cpuTicks(pid)) - ticksBeforeScrapes) * 1000) / ticksPerSecond / SCRAPES;
+    const cpuMsPerScrape = (processCpuMs(pid) - cpuBeforeScrapes) / SCRAPES;
     scrapeMs.sort((a, b) => a - b);
     console.log(
       `exits: /metrics scrape with ${IDLE_PODS * CONTAINERS_PER_POD} running containers (n=${SCRAPES}): ` +

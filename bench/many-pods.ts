@@ -26,6 +26,7 @@ import { pushImage, startRegistry } from '../test/fixtures/registry.js';
 import type { CriClient } from '../test/harness/cri-client.js';
 import type { TestDaemon } from '../test/harness/daemon.js';
 import { daemonEnvFrom, startBenchDaemon } from './daemon-env.js';
+import { processCpuMs } from './proc-cpu.js';
 import { percentile } from './stats.js';
 
 const PODS = Number(process.env.BENCH_MANY_PODS ?? 110);
@@ -34,13 +35,6 @@ const CALLS = Number(process.env.BENCH_MANY_CALLS ?? 50);
 const IDLE_WINDOW_MS = Number(process.env.BENCH_MANY_IDLE_MS ?? 30_000);
 const WARMUP = 3;
 const REPOSITORY = 'rootless-cri/bench-many-pods';
-
-/** utime + stime of a process, in clock ticks (/proc/<pid>/stat fields 14 and 15). */
-async function cpuTicks(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
 
 /** VmRSS of a process, in MiB. */
 async function rssMiB(pid: number): Promise<number> {
@@ -85,13 +79,13 @@ interface Timing {
 async function timeCalls(daemonPid: number, calls: number, call: () => Promise<void>): Promise<Timing> {
   for (let i = 0; i < WARMUP; i++) await call();
   const samples: number[] = [];
-  const ticksBefore = await cpuTicks(daemonPid);
+  const cpuBefore = processCpuMs(daemonPid);
   for (let i = 0; i < calls; i++) {
     const t0 = process.hrtime.bigint();
     await call();
     samples.push(Number(process.hrtime.bigint() - t0) / 1e6);
   }
-  const cpuPerCall = (((await cpuTicks(daemonPid)) - ticksBefore) * 10) / calls; // USER_HZ is 100
+  const cpuPerCall = (processCpuMs(daemonPid) - cpuBefore) / calls;
   samples.sort((a, b) => a - b);
   return {
     p50: percentile(samples, 50),
@@ -181,12 +175,12 @@ export async function benchManyPods(): Promise<void> {
         `many-pods: ${PODS} pods, one busybox sleep container each, started ${PARALLEL} at a time in ${startSeconds.toFixed(1)} s`,
       );
 
-      const ticksBefore = await cpuTicks(daemonPid);
+      const cpuBefore = processCpuMs(daemonPid);
       const idleStart = Date.now();
       await new Promise((r) => setTimeout(r, IDLE_WINDOW_MS));
-      const ticks = (await cpuTicks(daemonPid)) - ticksBefore;
+      const cpuMs = processCpuMs(daemonPid) - cpuBefore;
       const idleSeconds = (Date.now() - idleStart) / 1000;
-      const cpuShare = (ticks / 100 / idleSeconds) * 100; // USER_HZ is 100 on Linux
+      const cpuShare = (cpuMs / 1000 / idleSeconds) * 100;
       const rssIdle = { daemon: await rssMiB(daemonPid), supervisor: await rssMiB(supervisorPid) };
       console.log(
         `  idle daemon CPU over ${idleSeconds.toFixed(0)} s: ${cpuShare.toFixed(2)} % of a core (aim <= 1 %, ratio ${(cpuShare / 1).toFixed(2)}x)`,

@@ -7,26 +7,7 @@
  * registry dialer copies every byte) and the registry. Linux only; clock ticks of 10 ms.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-
-const TICK_MS = 10;
-
-interface Times {
-  /** utime + stime, ms. */
-  own: number;
-  /** cutime + cstime (reaped children), ms. */
-  children: number;
-}
-
-function times(statPath: string): Times {
-  try {
-    const raw = readFileSync(statPath, 'utf8');
-    const fields = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-    const n = (i: number) => Number(fields[i]) * TICK_MS;
-    return { own: n(11) + n(12), children: n(13) + n(14) };
-  } catch {
-    return { own: 0, children: 0 };
-  }
-}
+import { statTimes as times } from './proc-cpu.js';
 
 function commandLine(pid: string): string {
   try {
