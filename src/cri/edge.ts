@@ -64,12 +64,14 @@ export interface EdgeOptions {
 export const NOT_READY_MESSAGE = 'rootless-cri is still recovering its state; retry shortly';
 
 /**
- * Read-only calls that kubelet and monitoring make every few seconds: their successes are
- * logged at debug so the info log shows what changed, not the polling.
+ * Calls that kubelet and monitoring make every few seconds: their successes are logged at debug
+ * so the info log shows what changed, not the polling. ExecSync is kubelet's exec probe (every
+ * 10 s per probe by default): containerd logs it at debug too. Its failures stay at warn.
  */
 export function isQuietMethod(method: string): boolean {
   return (
     method === 'Version' ||
+    method === 'ExecSync' ||
     method === 'Status' ||
     method === 'RuntimeConfig' ||
     method === 'ImageFsInfo' ||

@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CallContext, CriHandlers } from '../../src/api/handlers.js';
-import { NOT_READY_MESSAGE, ReadinessGate } from '../../src/cri/edge.js';
+import { isQuietMethod, NOT_READY_MESSAGE, ReadinessGate } from '../../src/cri/edge.js';
 import { type CriServer, createCriServer } from '../../src/cri/server.js';
 import { CancelledError, DeadlineExceededError, NotFoundError } from '../../src/errors.js';
 import type { RpcMetrics } from '../../src/metrics.js';
@@ -192,6 +192,20 @@ describe('edge adapter', () => {
       'RemovePodSandbox INTERNAL',
     ]);
     for (const c of metrics.calls) expect(c.seconds).toBeGreaterThanOrEqual(0);
+  });
+
+  it('counts polling and probes as quiet, and calls that change state as not', () => {
+    for (const method of [
+      'Version',
+      'Status',
+      'ListContainers',
+      'ContainerStatus',
+      'ListPodSandboxStats',
+      'ExecSync',
+    ])
+      expect(isQuietMethod(method), method).toBe(true);
+    for (const method of ['RunPodSandbox', 'CreateContainer', 'StopContainer', 'PullImage', 'Exec', 'Attach'])
+      expect(isQuietMethod(method), method).toBe(false);
   });
 
   it('turns plain and synchronous throws into INTERNAL and keeps serving', async () => {
