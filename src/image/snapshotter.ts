@@ -26,7 +26,7 @@
  *    user.overlay.opaque, user.fuseoverlayfs.opaque or a `.wh..wh..opq` file).
  */
 import { constants } from 'node:fs';
-import { access, chmod, chown, lstat, mkdir, readdir, readFile, rm, stat, symlink } from 'node:fs/promises';
+import { access, chmod, chown, lstat, mkdir, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { isAbsolute, join, normalize } from 'node:path';
 import {
   CriError,
@@ -36,6 +36,7 @@ import {
   NotFoundError,
   UnavailableError,
 } from '../errors.js';
+import { readKernelDirectory, readKernelFile } from '../os/kernel-file.js';
 import {
   type CommandResult,
   type CommandRunner,
@@ -170,18 +171,20 @@ export interface SnapshotterOs {
   sleep(ms: number): Promise<void>;
 }
 
+/**
+ * Every process's argv, from /proc. Each removal and each exited container's release looks for
+ * its fuse-overlayfs daemon this way, and a node of 110 pods has several hundred processes:
+ * through fs.promises each cmdline was four round trips to the libuv pool. These are procfs
+ * files, read like the other kernel files (kernel-file.ts: synchronous, yielding in turns).
+ */
 async function listProcessesFromProc(): Promise<ProcessInfo[]> {
-  const names = await readdir('/proc').catch(() => [] as string[]);
   const processes: ProcessInfo[] = [];
-  await Promise.all(
-    names
-      .filter((n) => /^\d+$/.test(n))
-      .map(async (n) => {
-        const raw = await readFile(`/proc/${n}/cmdline`, 'utf8').catch(() => '');
-        if (raw === '') return;
-        processes.push({ pid: Number(n), argv: raw.replace(/\0$/, '').split('\0') });
-      }),
-  );
+  for (const entry of await readKernelDirectory('/proc')) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const raw = await readKernelFile(`/proc/${entry.name}/cmdline`);
+    if (!raw) continue; // gone, or a kernel thread
+    processes.push({ pid: Number(entry.name), argv: raw.replace(/\0$/, '').split('\0') });
+  }
   return processes;
 }
 
