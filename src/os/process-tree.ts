@@ -3,11 +3,16 @@
  * helpers that detach from us (conmon daemonizes, so its children are not in our process group)
  * when their work must be undone: an aborted create kills conmon and the runtime it started.
  */
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readKernelDirectory, readKernelFile, readKernelLink } from './kernel-file.js';
+
+/** The pids in /proc (procfs files are read like the other kernel files: kernel-file.ts). */
+async function procPids(): Promise<string[]> {
+  return (await readKernelDirectory('/proc')).map((e) => e.name).filter((name) => /^\d+$/.test(name));
+}
 
 /** Field `index` (0 = state) of /proc/<pid>/stat after the command name; null when gone. */
 async function statField(pid: number, index: number): Promise<number | null> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+  const stat = await readKernelFile(`/proc/${pid}/stat`);
   if (stat === null) return null;
   // The command name may hold spaces and parentheses: the fields after the last ')' are fixed.
   const value = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[index]);
@@ -31,7 +36,7 @@ export function processGroupOf(pid: number): Promise<number | null> {
 export async function stdioChannels(pid: number, fds: readonly number[]): Promise<Set<string>> {
   const channels = new Set<string>();
   for (const fd of fds) {
-    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    const target = (await readKernelLink(`/proc/${pid}/fd/${fd}`)) ?? '';
     if (/^(pipe|socket):\[\d+\]$/.test(target)) channels.add(target);
   }
   return channels;
@@ -44,11 +49,10 @@ export async function stdioChannels(pid: number, fds: readonly number[]): Promis
 export async function channelHolders(channels: ReadonlySet<string>): Promise<number[]> {
   if (channels.size === 0) return [];
   const holders: number[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    const fds = await readdir(`/proc/${entry}/fd`).catch(() => [] as string[]);
-    for (const fd of fds) {
-      if (channels.has(await readlink(`/proc/${entry}/fd/${fd}`).catch(() => ''))) {
+  for (const entry of await procPids()) {
+    if (Number(entry) === process.pid) continue;
+    for (const fd of await readKernelDirectory(`/proc/${entry}/fd`)) {
+      if (channels.has((await readKernelLink(`/proc/${entry}/fd/${fd.name}`)) ?? '')) {
         holders.push(Number(entry));
         break;
       }
@@ -62,10 +66,9 @@ export async function channelHolders(channels: ReadonlySet<string>): Promise<num
  * its threads, and /proc lists a child under the thread that forked it: every thread is read.
  */
 export async function childrenOf(pid: number): Promise<number[]> {
-  const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
   const children: number[] = [];
-  for (const task of tasks) {
-    const text = await readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '');
+  for (const task of await readKernelDirectory(`/proc/${pid}/task`)) {
+    const text = (await readKernelFile(`/proc/${pid}/task/${task.name}/children`)) ?? '';
     for (const word of text.trim().split(/\s+/)) {
       const child = Number(word);
       if (word !== '' && Number.isSafeInteger(child) && child > 1) children.push(child);
@@ -77,8 +80,7 @@ export async function childrenOf(pid: number): Promise<number[]> {
 /** `pid` and its descendants, as they are now (parents before children). */
 export async function processTree(pid: number): Promise<number[]> {
   const parents = new Map<number, number>();
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
+  for (const entry of await procPids()) {
     const ppid = await parentOf(Number(entry));
     if (ppid !== null) parents.set(Number(entry), ppid);
   }
