@@ -34,7 +34,7 @@ import { nativeHelperPath } from './native-helpers.js';
 import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
 import { withPodViews } from './pod-user-namespace.js';
 import { CommandFailedError, type RunResult, run } from './process-runner.js';
-import { killTree } from './process-tree.js';
+import { killTree, parentOf } from './process-tree.js';
 import type { StdioOptions, StreamSession } from './stream-session.js';
 
 export type { ExecFailure, ExecResult, ExitInfo, ExitListener };
@@ -379,9 +379,33 @@ export class CrunConmonRuntime implements OciRuntime {
 
   async initDropsSignal(id: string, signal: string): Promise<boolean> {
     const number = signalNumber(signal);
-    const state = await this.state(id).catch(() => null);
-    if (number === undefined || !state || state.pid <= 0) return false;
-    return pidOneDropsSignal(await readFile(`/proc/${state.pid}/status`, 'utf8').catch(() => ''), number);
+    if (number === undefined) return false;
+    let pid = await this.#initPid(id);
+    if (pid === null) {
+      const state = await this.state(id).catch(() => null);
+      if (!state || state.pid <= 0) return false;
+      pid = state.pid;
+    }
+    return pidOneDropsSignal((await readKernelFile(`/proc/${pid}/status`)) ?? '', number);
+  }
+
+  /**
+   * The container's init pid without running crun (StopContainer asks twice, around its
+   * signal; each `crun state` was a few milliseconds): the pid conmon wrote, trusted only while
+   * that process's parent is the container's conmon. conmon is the init's subreaper and reaps
+   * it, so a pid reused since has another parent. Null when that cannot be shown.
+   */
+  async #initPid(id: string): Promise<number | null> {
+    const files = conmonFiles(this.dir(id));
+    const readPid = async (file: string) => {
+      const pid = Number.parseInt((await readFile(file, 'utf8').catch(() => '')).trim(), 10);
+      return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
+    };
+    const [init, conmon] = await Promise.all([readPid(files.containerPidFile), readPid(files.pidFile)]);
+    if (init === null || conmon === null) return null;
+    const conmonStat = (await readKernelFile(`/proc/${conmon}/stat`)) ?? '';
+    if (conmonStat.slice(conmonStat.indexOf('(') + 1, conmonStat.lastIndexOf(')')) !== 'conmon') return null;
+    return (await parentOf(init)) === conmon ? init : null;
   }
 
   async kill(id: string, signal: string, all = false): Promise<void> {
