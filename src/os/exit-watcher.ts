@@ -45,6 +45,8 @@ export class ExitWatcher {
   private readonly waiters = new Map<string, Set<Waiter>>();
   private readonly delivered = new Map<string, ExitInfo>();
   private readonly checking = new Map<string, Promise<void>>();
+  /** Ids asked about again while their check was under way. */
+  private readonly recheck = new Set<string>();
   private closed = false;
   private started: Promise<void> | null = null;
 
@@ -100,19 +102,31 @@ export class ExitWatcher {
     this.delivered.delete(id);
   }
 
-  /** Looks at one id now (e.g. when a caller has reason to believe it exited). */
+  /**
+   * Looks at one id now (e.g. when a caller has reason to believe it exited). A check asked for
+   * while one is under way is not dropped: that read may have started before conmon renamed the
+   * file into place (a waiter's first look racing the file's event), so it reads once more.
+   * Dropping it left the exit to the next rescan, 30 s later.
+   */
   check(id: string): Promise<void> {
     if (!ID.test(id) || this.delivered.has(id)) return Promise.resolve();
     const running = this.checking.get(id);
-    if (running) return running;
+    if (running) {
+      this.recheck.add(id);
+      return running;
+    }
     const p = (async () => {
       try {
-        const info = await this.options.read(id);
-        if (info && !this.delivered.has(id)) this.deliver(id, info);
+        do {
+          this.recheck.delete(id);
+          const info = await this.options.read(id);
+          if (info && !this.delivered.has(id)) this.deliver(id, info);
+        } while (this.recheck.has(id) && !this.delivered.has(id));
       } catch (err) {
         this.options.onError?.(err);
       } finally {
         this.checking.delete(id);
+        this.recheck.delete(id);
       }
     })();
     this.checking.set(id, p);
