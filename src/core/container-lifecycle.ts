@@ -105,8 +105,7 @@ export async function recordExit(
 /**
  * What an exited container no longer needs is let go at once, as containerd deletes a task
  * when it exits: crun's state and the container's cgroup (`crun delete`, which also runs
- * poststop hooks) and the mounts of its writable layer and image volumes (with fuse-overlayfs,
- * a daemon process each).
+ * poststop hooks) and the writable layer's mount (with fuse-overlayfs, its daemon process).
  * Kubelet keeps exited containers for their status and logs, one per crash-looping pod, long
  * after they ended; until RemoveContainer each held a fuse-overlayfs process and a mount.
  * The writable layer's files, the bundle, the exit file and the record stay: RemoveContainer
@@ -115,11 +114,7 @@ export async function recordExit(
  */
 async function releaseExited(core: CoreContext, record: ContainerRecord): Promise<void> {
   const fromRuntime = () => core.runtime.delete(record.id, true);
-  // Its root filesystem, and its image volumes (each a mount of its own).
-  const unmount = async () => {
-    await core.snapshotter.unmount(record.id);
-    for (const volume of record.imageVolumes ?? []) await core.snapshotter.unmount(volume.snapshotId);
-  };
+  const unmount = () => core.snapshotter.unmount(record.id);
   try {
     // A poststop hook an NRI plugin added may still use the root filesystem.
     if (core.nri.enabled === true) {
