@@ -5,7 +5,7 @@
  * Exits reach the core as events from the OCI runtime's exit watcher (runtime-core.ts); the
  * read paths also call observeExit so that an exit is never shown late even between events.
  */
-import { describeError, errorKind, InternalError } from '../errors.js';
+import { errorKind, InternalError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import type { ExitInfo, OciRuntime } from '../os/oci-runtime.js';
 import type { ContainerRecord } from './container-store.js';
@@ -98,38 +98,7 @@ export async function recordExit(
     core.now(),
   );
   core.observer.containerExited?.(updated);
-  await releaseExited(core, updated);
   return updated;
-}
-
-/**
- * What an exited container no longer needs is let go at once, as containerd deletes a task
- * when it exits: crun's state and the container's cgroup (`crun delete`, which also runs
- * poststop hooks) and the writable layer's mount (with fuse-overlayfs, its daemon process).
- * Kubelet keeps exited containers for their status and logs, one per crash-looping pod, long
- * after they ended; until RemoveContainer each held a fuse-overlayfs process and a mount.
- * The writable layer's files, the bundle, the exit file and the record stay: RemoveContainer
- * removes them, and repeats these two steps when they did not happen. Best effort: a failure
- * here is logged and left to RemoveContainer.
- */
-async function releaseExited(core: CoreContext, record: ContainerRecord): Promise<void> {
-  const fromRuntime = () => core.runtime.delete(record.id, true);
-  const unmount = () => core.snapshotter.unmount(record.id);
-  try {
-    // A poststop hook an NRI plugin added may still use the root filesystem.
-    if (core.nri.enabled === true) {
-      await fromRuntime();
-      await unmount();
-    } else {
-      const results = await Promise.allSettled([fromRuntime(), unmount()]);
-      for (const result of results) if (result.status === 'rejected') throw result.reason;
-    }
-  } catch (err) {
-    core.logger.warn(
-      { container: record.id, err: describeError(err) },
-      `could not release the runtime state and mount of exited container ${describeContainer(record)}; RemoveContainer will`,
-    );
-  }
 }
 
 /** Takes in an exit the monitor recorded that the record does not show yet. Caller holds the lock. */
