@@ -172,8 +172,8 @@ export interface SnapshotterOs {
 }
 
 /**
- * Every process's argv, from /proc. Each removal and each exited container's release looks for
- * its fuse-overlayfs daemon this way, and a node of 110 pods has several hundred processes:
+ * Every process's argv, from /proc. Each removal looks for its fuse-overlayfs daemon this way,
+ * and a node of 110 pods has several hundred processes:
  * through fs.promises each cmdline was four round trips to the libuv pool. These are procfs
  * files, read like the other kernel files (kernel-file.ts: synchronous, yielding in turns).
  */

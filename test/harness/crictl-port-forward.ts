@@ -29,14 +29,14 @@ export async function crictlPortForward(
   crictlConfig: string,
   pod: string,
   remotePort: number,
-  options: { transport?: 'spdy' | 'websocket'; user?: string } = {},
+  options: { transport?: 'spdy' | 'websocket' } = {},
 ): Promise<CrictlPortForward> {
   const transport = options.transport ? ['-r', options.transport] : [];
   const child: ChildProcess = spawn(
     'bash',
     [
       RUN_AS_USER,
-      options.user ?? TEST_USER,
+      TEST_USER,
       '--',
       ...crictlCommand(crictlConfig, ['port-forward', ...transport, pod, `:${remotePort}`]),
     ],

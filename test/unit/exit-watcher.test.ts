@@ -3,7 +3,7 @@
  * delivered once, to waiters and listeners, whether the file came before or after the wait, and
  * a check asked for while a read is under way is not lost.
  */
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -25,7 +25,6 @@ const info = (exitCode: number): ExitInfo => ({ exitCode, exitedAt: new Date(0),
 
 /** Reads `<dir>/<id>` as an exit code; no file (or an empty one) is no exit. */
 async function readExit(id: string): Promise<ExitInfo | null> {
-  const { readFile } = await import('node:fs/promises');
   const text = await readFile(path.join(dir, id), 'utf8').catch(() => '');
   return text.trim() === '' ? null : info(Number(text));
 }
