@@ -392,19 +392,16 @@ export class CrunConmonRuntime implements OciRuntime {
   /**
    * The container's init pid without running crun (StopContainer asks twice, around its
    * signal; each `crun state` was a few milliseconds): the pid conmon wrote, trusted only while
-   * that process's parent is the container's conmon. conmon is the init's subreaper and reaps
-   * it, so a pid reused since has another parent. Null when that cannot be shown.
+   * that process's parent is the container's conmon as monitorAlive identified it. conmon is the
+   * init's subreaper and reaps it, so a pid reused since has another parent. Null when that
+   * cannot be shown.
    */
   async #initPid(id: string): Promise<number | null> {
-    const files = conmonFiles(this.dir(id));
-    const readPid = async (file: string) => {
-      const pid = Number.parseInt((await readFile(file, 'utf8').catch(() => '')).trim(), 10);
-      return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
-    };
-    const [init, conmon] = await Promise.all([readPid(files.containerPidFile), readPid(files.pidFile)]);
-    if (init === null || conmon === null) return null;
-    const conmonStat = (await readKernelFile(`/proc/${conmon}/stat`)) ?? '';
-    if (conmonStat.slice(conmonStat.indexOf('(') + 1, conmonStat.lastIndexOf(')')) !== 'conmon') return null;
+    if ((await this.monitorAlive(id)) !== true) return null;
+    const conmon = this.monitors.get(id)?.pid;
+    const text = await readFile(conmonFiles(this.dir(id)).containerPidFile, 'utf8').catch(() => '');
+    const init = Number.parseInt(text.trim(), 10);
+    if (conmon === undefined || !Number.isSafeInteger(init) || init <= 0) return null;
     return (await parentOf(init)) === conmon ? init : null;
   }
 
@@ -542,10 +539,9 @@ export class CrunConmonRuntime implements OciRuntime {
     if (text === null) return null;
     const pid = Number.parseInt(text.trim(), 10);
     if (!Number.isSafeInteger(pid) || pid <= 0) return false;
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+    const stat = await readKernelFile(`/proc/${pid}/stat`);
     // A reused pid belongs to another program: conmon's comm is "conmon".
-    const comm = stat?.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-    if (stat === undefined || stat === null || comm !== 'conmon') {
+    if (stat === null || stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) !== 'conmon') {
       this.monitors.delete(id);
       return false;
     }
