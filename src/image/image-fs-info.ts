@@ -90,7 +90,7 @@ export const poolAccess: WalkAccess = {
  * its hand-offs. The price: a walk over a cold spinning disk holds the loop for one seek per
  * call, at most.
  */
-export const slicedSyncAccess: WalkAccess = {
+export const turnTakingSyncAccess: WalkAccess = {
   async stat(path) {
     await syncCallTurn();
     return statSync(path, { bigint: true });

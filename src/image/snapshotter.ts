@@ -50,7 +50,7 @@ import {
 } from '../os/mounts.js';
 import type { IdMapping } from '../os/pod-user-namespace.js';
 import { removeTree } from '../os/remove-tree.js';
-import { type DirectoryUsage, measureExistingDirectory, slicedSyncAccess } from './image-fs-info.js';
+import { type DirectoryUsage, measureExistingDirectory, turnTakingSyncAccess } from './image-fs-info.js';
 
 export type SnapshotterName = 'fuse-overlayfs' | 'overlay';
 
@@ -326,7 +326,7 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
 
   async usage(id: string): Promise<DirectoryUsage> {
     const paths = this.paths(id);
-    const usage = await measureExistingDirectory(paths.upper, slicedSyncAccess).catch(() => undefined);
+    const usage = await measureExistingDirectory(paths.upper, turnTakingSyncAccess).catch(() => undefined);
     if (usage === undefined) {
       throw new NotFoundError(`snapshot ${id} does not exist in the ${this.name} snapshotter`);
     }

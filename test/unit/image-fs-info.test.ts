@@ -10,7 +10,7 @@ import {
   measureDirectory,
   measureExistingDirectory,
   poolAccess,
-  slicedSyncAccess,
+  turnTakingSyncAccess,
 } from '../../src/image/image-fs-info.js';
 import { silentLogger } from '../../src/log.js';
 import { makeDeepTree } from '../fixtures/deep-tree.js';
@@ -32,7 +32,7 @@ function du(dir: string): { bytes: bigint; inodes: bigint } {
 
 describe.each([
   ['through the libuv pool', poolAccess],
-  ['with synchronous calls', slicedSyncAccess],
+  ['with synchronous calls', turnTakingSyncAccess],
 ])('measureDirectory %s', (_how, access) => {
   let root: string;
   let store: string;
@@ -105,7 +105,7 @@ describe.each([
   });
 });
 
-describe('slicedSyncAccess', () => {
+describe('turnTakingSyncAccess', () => {
   let root: string;
 
   beforeAll(async () => {
@@ -131,7 +131,7 @@ describe('slicedSyncAccess', () => {
       setImmediate(spin);
     };
     setImmediate(spin);
-    const usage = await measureDirectory(root, slicedSyncAccess);
+    const usage = await measureDirectory(root, turnTakingSyncAccess);
     walking = false;
     expect(usage.inodes).toBe(10_021n);
     expect(turns).toBeGreaterThanOrEqual(3);
