@@ -5,7 +5,9 @@
  * Exits reach the core as events from the OCI runtime's exit watcher (runtime-core.ts); the
  * read paths also call observeExit so that an exit is never shown late even between events.
  */
-import { errorKind, InternalError } from '../errors.js';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describeError, errorKind, InternalError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import type { ExitInfo, OciRuntime } from '../os/oci-runtime.js';
 import type { ContainerRecord } from './container-store.js';
@@ -98,7 +100,82 @@ export async function recordExit(
     core.now(),
   );
   core.observer.containerExited?.(updated);
+  await releaseExited(core, updated);
   return updated;
+}
+
+/**
+ * What an exited container no longer needs is let go at once, as containerd deletes a task
+ * when it exits: crun's state and the container's cgroup (`crun delete`, which also runs
+ * poststop hooks) and the mounts of its writable layer and image volumes (with fuse-overlayfs,
+ * a daemon process each).
+ * Kubelet keeps exited containers for their status and logs, one per crash-looping pod, long
+ * after they ended; until RemoveContainer each held a fuse-overlayfs process and a mount.
+ * The writable layer's files, the bundle, the exit file and the record stay: RemoveContainer
+ * removes them, and repeats these two steps when they did not happen. Best effort: a failure
+ * here is logged and left to RemoveContainer.
+ */
+async function releaseExited(core: CoreContext, record: ContainerRecord): Promise<void> {
+  // Processes of the container may outlive its init: in a pod-wide pid namespace, or an exec'd
+  // one still dying. crun delete cannot remove a cgroup they hold (the pod's cgroup then stays
+  // busy), and unmounting under them breaks their files: release only an emptied cgroup, and
+  // leave anything else to RemoveContainer, which kills what is left. No cgroup of its own, no
+  // way to tell: the same.
+  const cgroup = containerCgroup(record);
+  if (cgroup === null || !(await cgroupEmptied(core, cgroup))) {
+    core.logger.debug(
+      { container: record.id, cgroup },
+      'exited container keeps its runtime state and mount until it is removed: its cgroup is not empty',
+    );
+    return;
+  }
+  const fromRuntime = async () => {
+    await core.runtime.delete(record.id, true);
+    await core.cgroups.remove([cgroup]);
+  };
+  // Its root filesystem, and its image volumes (each a mount of its own).
+  const unmount = async () => {
+    await core.snapshotter.unmount(record.id);
+    for (const volume of record.imageVolumes ?? []) await core.snapshotter.unmount(volume.snapshotId);
+  };
+  try {
+    // A poststop hook an NRI plugin added may still use the root filesystem.
+    if (core.nri.enabled === true) {
+      await fromRuntime();
+      await unmount();
+    } else {
+      const results = await Promise.allSettled([fromRuntime(), unmount()]);
+      for (const result of results) if (result.status === 'rejected') throw result.reason;
+    }
+  } catch (err) {
+    core.logger.warn(
+      { container: record.id, err: describeError(err) },
+      `could not release the runtime state and mount of exited container ${describeContainer(record)}; RemoveContainer will`,
+    );
+  }
+}
+
+/**
+ * The container's own cgroup (`<pod cgroup>/<container id>`), or null: a cgroup an NRI
+ * plugin moved it into is not the container's to kill or remove.
+ */
+export function containerCgroup(record: ContainerRecord): string | null {
+  const cgroup = record.cgroupPath;
+  return cgroup && path.posix.basename(cgroup) === record.id ? cgroup : null;
+}
+
+/** How long an exit waits for the rest of the container's processes to be gone. */
+const CGROUP_EMPTY_WAIT_MS = 200;
+
+/** Whether the cgroup has no process left (or is gone), waiting briefly for dying ones. */
+async function cgroupEmptied(core: CoreContext, cgroup: string): Promise<boolean> {
+  const deadline = Date.now() + CGROUP_EMPTY_WAIT_MS;
+  for (;;) {
+    const events = await core.cgroups.readFile(cgroup, 'cgroup.events');
+    if (events === null || /^populated 0$/m.test(events)) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(5);
+  }
 }
 
 /** Takes in an exit the monitor recorded that the record does not show yet. Caller holds the lock. */
@@ -269,9 +346,13 @@ export async function removeContainerLocked(core: CoreContext, record: Container
   if (record.state === 'running' || record.state === 'created') {
     await stopContainerLocked(core, record, 0);
   }
+  const cgroup = containerCgroup(record);
   const fromRuntime = async () => {
     await core.runtime.delete(record.id, true);
     failpoint('container.runtime-deleted');
+    // crun delete removes the cgroup, but forgets the container even when processes still in
+    // it kept it from doing so; a cgroup left behind would keep the pod's cgroup busy for good.
+    if (cgroup !== null) await core.cgroups.remove([cgroup]);
     await core.runtime.cleanup(record.id);
   };
   if (core.nri.enabled === true) {

@@ -33,6 +33,8 @@ export interface ContainerSnapshotter {
     lowerDirs: readonly string[],
     options?: { readOnly?: boolean; idMapping?: { uids: readonly IdMapping[]; gids: readonly IdMapping[] } },
   ): Promise<{ rootfs: string }>;
+  /** Unmounts the root filesystem and keeps the writable layer (an exited container's). */
+  unmount(id: string): Promise<void>;
   remove(id: string): Promise<void>;
   usage(id: string): Promise<{ bytes: bigint; inodes: bigint }>;
   /** Ids with a snapshot (recovery removes those no record names). */

@@ -16,7 +16,7 @@
  * Cgroup paths come from records and pod configs: a `..` component or NUL is refused, never
  * clamped.
  */
-import { mkdir, readFile, rmdir, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rmdir, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, InternalError } from '../errors.js';
@@ -53,8 +53,8 @@ export interface CgroupManager {
   readFile(relative: string, file: string): Promise<string | null>;
   stats(relative: string): Promise<CgroupStats>;
   /**
-   * Kills what is left in each cgroup (cgroup.kill) and removes it; missing ones are fine.
-   * Give the deepest first.
+   * Kills what is left in each cgroup (cgroup.kill) and removes it with any cgroups below it;
+   * missing ones are fine. Give the deepest first.
    */
   remove(relatives: readonly string[]): Promise<void>;
 }
@@ -185,26 +185,47 @@ export class NodeCgroupManager implements CgroupManager {
   }
 
   async remove(relatives: readonly string[]): Promise<void> {
-    for (const relative of relatives) {
-      const dir = this.dir(relative);
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await rmdir(dir);
-          break;
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code;
-          if (code === 'ENOENT') break;
-          if (code !== 'EBUSY' || attempt >= 200) {
-            throw new InternalError(`cannot remove cgroup ${dir}: ${(err as Error).message}`, { cause: err });
-          }
-          // Processes still in it: kill them once, then wait for the kernel to empty it.
-          if (attempt === 0) await writeFile(path.join(dir, 'cgroup.kill'), '1').catch(() => undefined);
-          await sleep(10);
+    for (const relative of relatives) await this.#removeCgroup(this.dir(relative), 0);
+  }
+
+  /**
+   * rmdir, which a cgroup refuses (EBUSY) while processes or child cgroups are in it: kill
+   * what is in the subtree once (cgroup.kill), remove the children (a container's cgroup an
+   * interrupted removal left, ones a container made for itself), then wait for the kernel to
+   * empty it.
+   */
+  async #removeCgroup(dir: string, depth: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      let code: string | undefined;
+      try {
+        await rmdir(dir);
+        return;
+      } catch (err) {
+        code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') return;
+        // ENOTEMPTY is a plain directory's answer (a root given to at()): children are tried once.
+        const busy = code === 'EBUSY' || (code === 'ENOTEMPTY' && attempt === 0);
+        if (!busy || attempt >= 200) {
+          throw new InternalError(`cannot remove cgroup ${dir}: ${(err as Error).message}`, { cause: err });
         }
       }
+      if (attempt === 0) {
+        // r+: a kernel without cgroup.kill (before 5.14) must not get a file of that name.
+        await writeFile(path.join(dir, 'cgroup.kill'), '1', { flag: 'r+' }).catch(() => undefined);
+        const children =
+          depth < MAX_CGROUP_DEPTH
+            ? (await readdir(dir, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory())
+            : [];
+        for (const child of children) await this.#removeCgroup(path.join(dir, child.name), depth + 1);
+        if (children.length > 0) continue;
+      }
+      await sleep(10);
     }
   }
 }
+
+/** How deep remove() follows child cgroups (cgroup.max.depth bounds a delegated tree anyway). */
+const MAX_CGROUP_DEPTH = 32;
 
 async function enableControllers(dir: string): Promise<void> {
   const available = (await readFile(path.join(dir, 'cgroup.controllers'), 'utf8').catch(() => '')).trim();

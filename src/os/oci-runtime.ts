@@ -421,6 +421,8 @@ export class CrunConmonRuntime implements OciRuntime {
 
   async delete(id: string, force: boolean): Promise<void> {
     this.execs.forget(this.dir(id));
+    // Deleted already (when it exited): crun would only say it does not exist.
+    if (!this.known(id)) return;
     const r = await this.crun(['delete', ...(force ? ['--force'] : []), id]);
     if (r.exitCode === 0 || !this.known(id)) return;
     throw new CommandFailedError(r, ['delete', id], {

@@ -260,7 +260,53 @@ describe('crictl create/start/ps/inspect/logs/stats/stop/rm', () => {
       });
     expect((await done(ok)).status).toMatchObject({ exitCode: 0, reason: 'Completed' });
     expect((await done(bad)).status).toMatchObject({ exitCode: 3, reason: 'Error' });
+    // An exited container lets go of its mount (its fuse-overlayfs process) and crun's state
+    // at once, as containerd deletes the task; the writable layer stays until it is removed.
+    const ids = [ok, bad];
+    await waitFor('the exited containers released', async () => {
+      const mounts = (await daemon.enter(['cat', '/proc/self/mountinfo'])).stdout;
+      const known = await daemon.enter(['crun', '--root', path.join(daemon.runDir, 'crun'), 'list', '-q']);
+      expect(known.exitCode, known.stderr).toBe(0);
+      return ids.every((id) => !mounts.includes(`${id}/merged`) && !known.stdout.includes(id)) || undefined;
+    });
+    const daemons = (await daemon.enter(['ps', '-eo', 'args='])).stdout
+      .split('\n')
+      .filter((line) => line.includes('fuse-overlayfs') && ids.some((id) => line.includes(id)));
+    expect(daemons).toEqual([]);
+    const snapshots = path.join(daemon.rootDir, 'snapshots', 'fuse-overlayfs', 'snapshots');
+    for (const id of ids) expect((await stat(path.join(snapshots, id, 'upper'))).isDirectory()).toBe(true);
+    expect((await inspect(bad)).status).toMatchObject({ state: 'CONTAINER_EXITED', exitCode: 3 });
     await removePod(pod.id);
+    expect(await containerLeftovers()).toEqual([]);
+  });
+});
+
+describe('an exit whose processes live on', () => {
+  it('a container whose child outlives it (pod-wide pid namespace) keeps its mount until removed; its pod is removed whole', async () => {
+    const shared = { security_context: { namespace_options: { pid: 0 } } };
+    const pod = await runPod('survivor', { linux: shared });
+    const id = await createContainer(pod, 'forks', {
+      command: ['sh', '-c', 'sleep 1000 & exit 0'],
+      linux: shared,
+    });
+    await crictl(['start', id]);
+    await waitFor(
+      `exit of ${id}`,
+      async () => (await inspect(id)).status.state === 'CONTAINER_EXITED' || undefined,
+    );
+    const sleepers = async () =>
+      (await daemon.enter(['ps', '-eo', 'args='])).stdout
+        .split('\n')
+        .filter((l) => l.trim() === 'sleep 1000');
+    expect(await sleepers()).toHaveLength(1);
+    // Its cgroup still holds the sleep: the exit released neither crun's state nor the mount
+    // (the sleep's files are on it), and RemovePodSandbox below must still get the pod's cgroup.
+    const mounts = (await daemon.enter(['cat', '/proc/self/mountinfo'])).stdout;
+    expect(mounts).toContain(`${id}/merged`);
+    const known = await daemon.enter(['crun', '--root', path.join(daemon.runDir, 'crun'), 'list', '-q']);
+    expect(known.stdout).toContain(id);
+    await removePod(pod.id);
+    expect(await sleepers()).toEqual([]);
     expect(await containerLeftovers()).toEqual([]);
   });
 });

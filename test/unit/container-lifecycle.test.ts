@@ -238,6 +238,59 @@ describe('create, start, stop, remove', () => {
     await expect(status(id)).rejects.toMatchObject({ kind: 'NotFound' });
   });
 
+  it('an exited container lets go of its runtime state and mount at once, and keeps its layer until removed', async () => {
+    const stopped = await create({ metadata: { name: 'stopped', attempt: 0 } });
+    const ended = await create({ metadata: { name: 'ended', attempt: 0 } });
+    await start(stopped);
+    await start(ended);
+    await w.service.handlers.StopContainer!({ container_id: stopped, timeout: '0' }, ctx as never);
+    w.runtime.exitNow(ended, 3);
+    await w.core.exitsRecorded();
+    for (const id of [stopped, ended]) {
+      expect(w.runtime.containers.has(id)).toBe(false);
+      expect(w.runtime.calls.filter((c) => c.method === 'delete' && c.args[0] === id)).toHaveLength(1);
+      expect(w.snapshotter.snapshots.get(id)?.mounted).toBe(false);
+      expect((await status(id)).status!.state).toBe('CONTAINER_EXITED');
+    }
+    expect((await status(ended)).status!.exit_code).toBe(3);
+    // The writable layer is still measured (kubelet counts exited containers' layers).
+    const stats = await w.service.handlers.ContainerStats!({ container_id: ended }, ctx as never);
+    expect(stats.stats?.writable_layer?.used_bytes?.value).toBe('4096');
+    await w.service.handlers.RemoveContainer!({ container_id: stopped }, ctx as never);
+    await w.service.handlers.RemoveContainer!({ container_id: ended }, ctx as never);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('an exit whose release fails is still recorded, and RemoveContainer finishes the release', async () => {
+    const id = await create();
+    await start(id);
+    w.runtime.failNext('delete', new Error('crun delete: busy'));
+    w.runtime.exitNow(id, 1);
+    await w.core.exitsRecorded();
+    expect((await status(id)).status!.state).toBe('CONTAINER_EXITED');
+    expect(w.runtime.containers.has(id)).toBe(true);
+    await w.service.handlers.RemoveContainer!({ container_id: id }, ctx as never);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('an exited container whose cgroup still holds processes keeps its state and mount; RemoveContainer kills them and removes the cgroup', async () => {
+    const id = await create();
+    await start(id);
+    const cgroup = w.core.containers.get(id)!.cgroupPath!;
+    expect(cgroup.endsWith(`/${id}`)).toBe(true);
+    // A process of the container outlived its init (a pod-wide pid namespace): populated.
+    w.cgroups.setFile(cgroup, 'cgroup.events', 'populated 1\nfrozen 0\n');
+    w.runtime.exitNow(id, 0);
+    await w.core.exitsRecorded();
+    expect((await status(id)).status!.state).toBe('CONTAINER_EXITED');
+    expect(w.runtime.containers.has(id)).toBe(true);
+    expect(w.snapshotter.snapshots.get(id)?.mounted).toBe(true);
+    expect(w.cgroups.calls.filter((c) => c.startsWith('remove'))).toEqual([]);
+    await w.service.handlers.RemoveContainer!({ container_id: id }, ctx as never);
+    expect(w.cgroups.calls).toContain(`remove ${cgroup}`);
+    expect(await leftovers()).toEqual([]);
+  });
+
   it('a created container that is stopped gets SIGKILL at once', async () => {
     const id = await create();
     await w.service.handlers.StopContainer!({ container_id: id, timeout: '30' }, ctx as never);

@@ -88,6 +88,21 @@ describe('NodeCgroupManager', () => {
     await cgroups.remove(['/pods/p1/conmon']);
     expect(existsSync(path.join(dir, 'cgroup', 'pods', 'p1', 'conmon'))).toBe(false);
   });
+
+  it('removes the cgroups below one it removes (a container cgroup left in a pod cgroup)', async () => {
+    const root = path.join(dir, 'cgroup');
+    await mkdir(root);
+    const cgroups = NodeCgroupManager.at(root);
+    await cgroups.create('/pods/p2/c1/inner');
+    await cgroups.create('/pods/p2/c2');
+    await cgroups.remove(['/pods/p2']);
+    expect(existsSync(path.join(root, 'pods', 'p2'))).toBe(false);
+    // A directory that is not empty of files is not a cgroup: refused, and nothing is written to it.
+    await cgroups.create('/pods/p3/c1');
+    await writeFile(path.join(root, 'pods', 'p3', 'c1', 'note'), 'x');
+    await expect(cgroups.remove(['/pods/p3'])).rejects.toThrow(/cannot remove cgroup/);
+    expect(existsSync(path.join(root, 'pods', 'p3', 'cgroup.kill'))).toBe(false);
+  });
 });
 
 describe('the runtime monitor check', () => {

@@ -221,6 +221,13 @@ describe('create, status, remove', () => {
       { mountIndex: 2, snapshotId: `${id}-iv2`, imageId: DATA_IMAGE },
     ]);
 
+    // Once the container has exited its volumes are unmounted; they stay, with their holds,
+    // until it is removed.
+    await service.handlers.StopContainer!({ container_id: id, timeout: '0' }, ctx as never);
+    for (const snapshot of [id, `${id}-iv1`, `${id}-iv2`])
+      expect(snapshotter.snapshots.get(snapshot)?.mounted, snapshot).toBe(false);
+    expect(images.holdersOf(DATA_IMAGE)).toEqual([id]);
+
     await service.handlers.RemoveContainer!({ container_id: id }, ctx as never);
     expect(await leftovers()).toEqual([]);
   });
