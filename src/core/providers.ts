@@ -15,6 +15,7 @@ export interface ImageLookup {
   }>;
   /** Records that `holder` (a container id) uses the image: it is never deleted meanwhile. */
   markInUse(id: string, holder: string): Promise<void>;
+  /** Drops the hold, in memory only: the next start's retainHolders drops it on disk. */
   release(id: string, holder: string): Promise<void>;
   /** Loads the image store (last step of recovery). */
   recover(): Promise<unknown>;

@@ -150,15 +150,20 @@ export class ImageStore {
 
   /** Writes the record (crash-safe) and updates the indexes. Call inside `exclusive`. */
   async put(record: ImageRecord): Promise<void> {
-    const normalised: ImageRecord = {
-      ...record,
-      repoTags: [...new Set(record.repoTags)].sort(),
-      repoDigests: [...new Set(record.repoDigests)].sort(),
-      holders: [...new Set(record.holders)].sort(),
-    };
-    await writeAtomically(this.recordPath(record.id), `${JSON.stringify(normalised, null, 1)}\n`);
+    const normal = normalised(record);
+    await writeAtomically(this.recordPath(record.id), `${JSON.stringify(normal, null, 1)}\n`);
     this.unindex(record.id);
-    this.index(normalised);
+    this.index(normal);
+  }
+
+  /**
+   * Updates the record in memory only; its file keeps the old content until the record's next
+   * put. Only for changes a restart redoes by itself (a dropped hold: recovery drops the holds
+   * of containers that are gone). Call inside `exclusive`.
+   */
+  replaceInMemory(record: ImageRecord): void {
+    this.unindex(record.id);
+    this.index(normalised(record));
   }
 
   /** Removes the record file and its index entries. Call inside `exclusive`. */
@@ -185,6 +190,16 @@ export class ImageStore {
     for (const digest of old.repoDigests) if (this.byDigest.get(digest) === id) this.byDigest.delete(digest);
     this.records.delete(id);
   }
+}
+
+/** Tags, digests and holders sorted and without duplicates, as records are written. */
+function normalised(record: ImageRecord): ImageRecord {
+  return {
+    ...record,
+    repoTags: [...new Set(record.repoTags)].sort(),
+    repoDigests: [...new Set(record.repoDigests)].sort(),
+    holders: [...new Set(record.holders)].sort(),
+  };
 }
 
 /** temp file → write → fsync → rename → fsync of the directory. */

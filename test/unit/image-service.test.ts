@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -481,6 +482,29 @@ describe('restart', () => {
     expect(await list()).toEqual(before);
     await remove(id);
     expect((await dirNames('layers')).length).toBe(2);
+  });
+
+  it('a release is not written: the record keeps the hold until a restart drops it (its container is gone)', async () => {
+    push('held', 'v1', ['h']);
+    const id = await pull(`${registry.host}/held:v1`);
+    await service.markInUse(id, 'c1');
+    await service.markInUse(id, 'c2');
+    const recordFile = join(root, 'image', 'images', `${id.slice('sha256:'.length)}.json`);
+    const written = await readFile(recordFile, 'utf8');
+    expect(JSON.parse(written).holders).toEqual(['c1', 'c2']);
+    await service.release(id, 'c1');
+    expect(await readFile(recordFile, 'utf8')).toBe(written);
+    // In memory the hold is gone: removing the image while c2 holds it keeps its data, and
+    // c2's release then deletes it (that step is written).
+    await remove(id);
+    expect((await dirNames('layers')).length).toBe(1);
+    await service.close();
+    service = await startService();
+    await service.retainHolders(new Set(['c2']));
+    expect(JSON.parse(await readFile(recordFile, 'utf8')).holders).toEqual(['c2']);
+    await service.release(id, 'c2');
+    expect(await dirNames('layers')).toEqual([]);
+    expect(existsSync(recordFile)).toBe(false);
   });
 
   it('drops a damaged image, stray temp files and unreferenced data at recovery', async () => {
