@@ -5,12 +5,20 @@
  * with ENAMETOOLONG and could never be removed. The helper never follows a symlink and
  * stops at a mount point below the tree. A missing path is fine.
  */
+import { type Dirent, lstatSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { FailedPreconditionError, InternalError, ResourceExhaustedError } from '../errors.js';
+import { syncCallTurn } from './kernel-file.js';
 import { decodeHelperReport, nativeHelperPath } from './native-helpers.js';
 import { outputTail, ProgramNotFoundError, run } from './process-runner.js';
 
 export interface RemoveTreeOptions {
   helperPath?: string;
+  /**
+   * A tree of at most this many entries is removed in-process (see removeSmallTree), else by
+   * the helper. Only for a tree nothing else can change while it is removed.
+   */
+  inProcessUpTo?: number;
 }
 
 interface Report {
@@ -25,6 +33,10 @@ const OUTPUT_CAP = 16 * 1024;
 
 /** Removes `path` and everything below it; resolves with the number of entries removed. */
 export async function removeTree(path: string, options: RemoveTreeOptions = {}): Promise<number> {
+  if (options.inProcessUpTo !== undefined) {
+    const removed = await removeSmallTree(path, options.inProcessUpTo);
+    if (removed !== false) return removed;
+  }
   const helper = options.helperPath ?? nativeHelperPath('remove-tree');
   // A missing helper is an installation fault; anything else (the run server ended under the
   // run: Unavailable, a timeout) keeps its own kind: RemoveContainer answered INTERNAL for it.
@@ -48,4 +60,66 @@ function reportError(report: Report, path: string): Error {
   if (report.kind === 'mount') return new FailedPreconditionError(why);
   if (report.errno === 'ENOSPC' || report.errno === 'EDQUOT') return new ResourceExhaustedError(why);
   return new InternalError(why);
+}
+
+/** Paths longer than this go to the helper (it never builds a path at all). */
+const IN_PROCESS_MAX_PATH = 1024;
+
+/**
+ * Removes a small tree with synchronous calls (taking kernel-file's turns: each is a few µs on a
+ * tree the kernel has cached, where the helper's spawn is ~2 ms). Returns false, having removed
+ * nothing, when the tree is not small and simple: more than `maxEntries` entries, a path longer
+ * than IN_PROCESS_MAX_PATH, or a directory on another filesystem (a mount below, which the
+ * helper reports). A call failing midway also returns false, and the helper finishes: removal is
+ * idempotent. Paths are joined (unlike the helper's fd-relative walk), so the caller must own the
+ * tree outright: a container's writable layer once its mount is gone, which no process can reach.
+ */
+async function removeSmallTree(root: string, maxEntries: number): Promise<number | false> {
+  let dev: number;
+  try {
+    const top = lstatSync(root);
+    if (!top.isDirectory()) return false;
+    dev = top.dev;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 0 : false;
+  }
+  const dirs = [root];
+  const others: string[] = [];
+  for (let i = 0; i < dirs.length; i++) {
+    await syncCallTurn();
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(dirs[i]!, { withFileTypes: true });
+    } catch {
+      return false;
+    }
+    for (const entry of entries) {
+      const path = join(dirs[i]!, entry.name);
+      if (dirs.length + others.length >= maxEntries || path.length > IN_PROCESS_MAX_PATH) return false;
+      if (!entry.isDirectory()) {
+        others.push(path);
+        continue;
+      }
+      await syncCallTurn();
+      try {
+        if (lstatSync(path).dev !== dev) return false;
+      } catch {
+        return false;
+      }
+      dirs.push(path);
+    }
+  }
+  try {
+    for (const path of others) {
+      await syncCallTurn();
+      unlinkSync(path);
+    }
+    for (const dir of dirs.reverse()) {
+      await syncCallTurn();
+      rmdirSync(dir);
+    }
+  } catch {
+    return false;
+  }
+  return dirs.length + others.length;
 }

@@ -67,6 +67,40 @@ describe('removeTree', () => {
     expect(existsSync(top)).toBe(false);
   });
 
+  it('removes a small tree in-process (no helper), never following a symlink out of it', async () => {
+    const outside = join(work, 'outside');
+    await mkdir(outside);
+    await writeFile(join(outside, 'sentinel'), 'keep');
+    const top = join(work, 'top');
+    await mkdir(join(top, 'upper', 'etc'), { recursive: true });
+    await mkdir(join(top, 'work', 'work'), { recursive: true });
+    await writeFile(join(top, 'upper', 'etc', 'hostname'), 'x');
+    await symlink(outside, join(top, 'upper', 'link-dir'));
+    const noHelper = { helperPath: '/nonexistent/remove-tree', inProcessUpTo: 16 };
+    expect(await removeTree(top, noHelper)).toBe(7);
+    expect(existsSync(top)).toBe(false);
+    expect(await readFile(join(outside, 'sentinel'), 'utf8')).toBe('keep');
+    expect(await removeTree(top, noHelper)).toBe(0);
+  });
+
+  it('leaves a tree past the in-process bound (entries or path length) to the helper, untouched until then', async () => {
+    const wide = join(work, 'wide');
+    await mkdir(wide);
+    for (let i = 0; i < 20; i++) await writeFile(join(wide, `f${i}`), '');
+    const noHelper = { helperPath: '/nonexistent/remove-tree', inProcessUpTo: 16 };
+    await expect(removeTree(wide, noHelper)).rejects.toThrow(/cannot start the remove-tree helper/);
+    expect(await readdir(wide)).toHaveLength(20);
+    const deep = join(work, 'deep');
+    await mkdir(deep);
+    makeDeepTree(deep, 150);
+    await expect(removeTree(deep, { ...noHelper, inProcessUpTo: 1_000 })).rejects.toThrow(
+      /remove-tree helper/,
+    );
+    expect(existsSync(deep)).toBe(true);
+    expect(await removeTree(deep, { inProcessUpTo: 1_000 })).toBeGreaterThan(150);
+    expect(existsSync(deep)).toBe(false);
+  });
+
   it('is fine with a missing path and removes a single file', async () => {
     expect(await removeTree(join(work, 'absent'))).toBe(0);
     await writeFile(join(work, 'file'), 'x');

@@ -280,6 +280,8 @@ describe('overlay snapshotter', () => {
   it('remove keeps the kind of a failed tree removal: Unavailable when the run server ended under it', async () => {
     const s = new OverlaySnapshotter({ root, os });
     await s.prepare('c1', await layers(1));
+    // Past the in-process bound, so the helper removes it.
+    for (let i = 0; i < 600; i++) await writeFile(join(root, `snapshots/c1/upper/f${i}`), '');
     const gone = new UnavailableError('remove-tree was started but the run server ended before it reported');
     await withRunsFailing(gone, () => expect(s.remove('c1')).rejects.toBe(gone));
     await s.remove('c1');
