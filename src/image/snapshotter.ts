@@ -227,6 +227,8 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
   protected readonly root: string;
   protected readonly os: SnapshotterOs;
   readonly #locks = new Map<string, Promise<unknown>>();
+  /** Merged dirs unmounted by #unmount, their mount server gone, and not mounted since. */
+  readonly #cleanlyUnmounted = new Set<string>();
 
   constructor(options: SnapshotterOptions) {
     this.root = validateRoot(options.root);
@@ -279,6 +281,7 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
         // A mount whose server died answers ENOTCONN to everything: replace it.
         await this.#unmount(paths);
       }
+      this.#cleanlyUnmounted.delete(paths.merged);
       await this.checkPrerequisites();
       for (const dir of lowerDirs) await this.#checkLayerDir(dir);
       const created = await this.#createDirs(paths, lowerDirs);
@@ -313,10 +316,10 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
             'unmount it and retry',
         );
       }
-      // fd-relative: a container can grow its upper dir past PATH_MAX (catalogue row 45),
-      // which fs.rm could then never delete, and RemoveContainer would fail for good.
-      // A small layer (most are: a few dirs crun made) is removed in-process: nothing can
-      // reach it once unmounted, and the helper's spawn was a third of RemoveContainer.
+      // A small layer (most are: the few dirs crun made) is removed in-process: nothing can
+      // reach it once unmounted, and the helper's spawn was a fifth of RemoveContainer. A
+      // larger one goes to the fd-relative helper: a container can grow its upper dir past
+      // PATH_MAX (catalogue row 45), which fs.rm could never delete.
       await removeTree(paths.dir, { inProcessUpTo: SMALL_SNAPSHOT_ENTRIES }).catch((err: unknown) => {
         // A kind the removal chose is kept: a mount found below (FailedPrecondition), a full
         // disk, the run server ending under the helper (Unavailable: retry).
@@ -326,6 +329,7 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
           { cause: err },
         );
       });
+      this.#cleanlyUnmounted.delete(paths.merged);
     });
   }
 
@@ -461,6 +465,15 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
   }
 
   async #unmount(paths: SnapshotPaths): Promise<void> {
+    // Unmounted before (an exited container's release), its mount server seen gone then, and
+    // nothing mounted since: RemoveContainer need not look for the server again (a /proc scan).
+    if (
+      this.#cleanlyUnmounted.has(paths.merged) &&
+      (await mountsAt(paths.merged, this.os.readMountTable)).length === 0
+    ) {
+      return;
+    }
+    this.#cleanlyUnmounted.delete(paths.merged);
     await unmountWithRetries(paths.merged, {
       run: this.os.run,
       readMountTable: this.os.readMountTable,
@@ -468,6 +481,7 @@ export abstract class OverlaySnapshotterBase implements Snapshotter {
       sleep: this.os.sleep,
     });
     await this.afterUnmount(paths);
+    this.#cleanlyUnmounted.add(paths.merged);
   }
 }
 

@@ -8,9 +8,10 @@
  * Everything that touches the OS goes through `CommandRunner` and `MountTableReader`, so
  * the retry and error logic is unit-tested with fakes.
  */
-import { readFile } from 'node:fs/promises';
+
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UnavailableError } from '../errors.js';
+import { InternalError, UnavailableError } from '../errors.js';
+import { readKernelFile } from './kernel-file.js';
 import { ProcessTimeoutError, ProgramNotFoundError, run } from './process-runner.js';
 
 // ---- mountinfo ------------------------------------------------------------------------
@@ -77,7 +78,12 @@ export function parseMountInfo(text: string, containing?: string): MountInfoEntr
 /** Returns the mountinfo text of the caller's mount namespace. */
 export type MountTableReader = () => Promise<string>;
 
-export const readSelfMountInfo: MountTableReader = () => readFile('/proc/self/mountinfo', 'utf8');
+/** This process's mount table, read as the kernel pseudo-file it is (kernel-file.ts). */
+export const readSelfMountInfo: MountTableReader = async () => {
+  const text = await readKernelFile('/proc/self/mountinfo');
+  if (text === null) throw new InternalError('cannot read /proc/self/mountinfo');
+  return text;
+};
 
 /** Mounts stacked exactly at `path` (absolute, normalised), most recent last. */
 export async function mountsAt(path: string, read: MountTableReader): Promise<MountInfoEntry[]> {

@@ -353,6 +353,31 @@ describe('fuse-overlayfs snapshotter', () => {
     expect(os.processes).toHaveLength(1);
   });
 
+  it('an unmount that saw its daemon gone is not looked at again by remove; one mounted since is', async () => {
+    let scans = 0;
+    const list = os.listProcesses;
+    os.listProcesses = async () => {
+      scans += 1;
+      return list();
+    };
+    const s = new FuseOverlayfsSnapshotter({ root, os });
+    const l = await layers(1);
+    await s.prepare('c1', l);
+    await s.unmount('c1');
+    expect(scans).toBe(1);
+    await s.remove('c1');
+    expect(scans).toBe(1);
+    expect(await exists(join(root, 'snapshots/c1'))).toBe(false);
+    // Mounted again after an unmount: its remove looks for the new daemon.
+    await s.prepare('c2', l);
+    await s.unmount('c2');
+    await s.prepare('c2', l);
+    scans = 0;
+    await s.remove('c2');
+    expect(scans).toBe(1);
+    expect(os.processes).toEqual([]);
+  });
+
   it('says /dev/fuse is not usable and points at doctor, without running anything', async () => {
     os.deviceError = Object.assign(new Error('EACCES: permission denied'), { code: 'EACCES' });
     const s = new FuseOverlayfsSnapshotter({ root, os });
