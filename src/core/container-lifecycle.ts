@@ -122,10 +122,11 @@ async function releaseExited(core: CoreContext, record: ContainerRecord): Promis
   // leave anything else to RemoveContainer, which kills what is left. No cgroup of its own, no
   // way to tell: the same.
   const cgroup = containerCgroup(record);
-  if (cgroup === null || !(await cgroupEmptied(core, cgroup))) {
+  if (cgroup === null) return;
+  if (!(await cgroupEmptied(core, cgroup))) {
     core.logger.debug(
       { container: record.id, cgroup },
-      'exited container keeps its runtime state and mount until it is removed: its cgroup is not empty',
+      'exited container keeps its runtime state and mount until it is removed: processes are left in its cgroup',
     );
     return;
   }
@@ -159,7 +160,7 @@ async function releaseExited(core: CoreContext, record: ContainerRecord): Promis
  * The container's own cgroup (`<pod cgroup>/<container id>`), or null: a cgroup an NRI
  * plugin moved it into is not the container's to kill or remove.
  */
-export function containerCgroup(record: ContainerRecord): string | null {
+function containerCgroup(record: ContainerRecord): string | null {
   const cgroup = record.cgroupPath;
   return cgroup && path.posix.basename(cgroup) === record.id ? cgroup : null;
 }
