@@ -35,6 +35,7 @@ import type { OciProcess, OciResources, OciSpec } from './oci-spec.js';
 import { withPodViews } from './pod-user-namespace.js';
 import { CommandFailedError, type RunResult, run } from './process-runner.js';
 import { killTree, parentOf } from './process-tree.js';
+import { removeTree } from './remove-tree.js';
 import type { StdioOptions, StreamSession } from './stream-session.js';
 
 export type { ExecFailure, ExecResult, ExitInfo, ExitListener };
@@ -152,6 +153,8 @@ export interface CrunConmonOptions {
 const ID = /^[0-9a-zA-Z][0-9a-zA-Z_.-]{0,127}$/;
 /** How long a conmon identified by pid and start time is trusted on a signal-0 probe alone. */
 const MONITOR_REVERIFY_MS = 60_000;
+/** A bundle of up to this many entries is removed in-process (removeTree). */
+const SMALL_DIR_ENTRIES = 64;
 /** How long a failed create waits for a conmon that outlived its report to finish `crun create`. */
 const CREATE_SETTLE_MS = 10_000;
 
@@ -557,9 +560,12 @@ export class CrunConmonRuntime implements OciRuntime {
   }
 
   async cleanup(id: string): Promise<void> {
-    await rm(this.dir(id), { recursive: true, force: true });
+    // The bundle (a few files the daemon, conmon and crun wrote, nothing of the container's)
+    // and conmon's link to it in the socket dir: removed in-process, where fs.rm made a pool
+    // round trip for each call (about a millisecond of RemoveContainer).
+    await removeTree(this.dir(id), { inProcessUpTo: SMALL_DIR_ENTRIES });
     await rm(path.join(this.options.exitDir, id), { force: true });
-    await rm(path.join(this.options.socketDir, id), { recursive: true, force: true });
+    await removeTree(path.join(this.options.socketDir, id), { inProcessUpTo: SMALL_DIR_ENTRIES });
     this.exits.forget(id);
     this.monitors.delete(id);
   }

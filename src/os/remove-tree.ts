@@ -78,7 +78,12 @@ async function removeSmallTree(root: string, maxEntries: number): Promise<number
   let dev: number;
   try {
     const top = lstatSync(root);
-    if (!top.isDirectory()) return false;
+    if (!top.isDirectory()) {
+      // A single file or symlink (conmon's link from the socket dir to the bundle): unlink
+      // never follows a link.
+      unlinkSync(root);
+      return 1;
+    }
     dev = top.dev;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 0 : false;

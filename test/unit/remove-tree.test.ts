@@ -81,6 +81,11 @@ describe('removeTree', () => {
     expect(existsSync(top)).toBe(false);
     expect(await readFile(join(outside, 'sentinel'), 'utf8')).toBe('keep');
     expect(await removeTree(top, noHelper)).toBe(0);
+    // A symlink (conmon links its socket dir entry to the bundle) goes itself, its target stays.
+    await symlink(outside, join(work, 'link'));
+    expect(await removeTree(join(work, 'link'), noHelper)).toBe(1);
+    expect(existsSync(join(work, 'link'))).toBe(false);
+    expect(await readFile(join(outside, 'sentinel'), 'utf8')).toBe('keep');
   });
 
   it('leaves a tree past the in-process bound (entries or path length) to the helper, untouched until then', async () => {
