@@ -25,10 +25,13 @@ export const NATIVE_HELPERS: readonly NativeHelper[] = [
   'pod-userns',
 ];
 
-/** native/build/<name>, found from src/os/ (vitest) or dist/src/os/ (built). */
+/**
+ * native/build/<name>, found from src/os/ (vitest), dist/src/os/ (built) or
+ * dist/<driver>/src/os/ (a test driver compiled on its own, test/harness/node-driver.ts).
+ */
 export function nativeHelperPath(name: NativeHelper): string {
-  const candidates = [`../../native/build/${name}`, `../../../native/build/${name}`].map((rel) =>
-    fileURLToPath(new URL(rel, import.meta.url)),
+  const candidates = ['../..', '../../..', '../../../..'].map((up) =>
+    fileURLToPath(new URL(`${up}/native/build/${name}`, import.meta.url)),
   );
   return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
 }

@@ -67,14 +67,26 @@ const IN_PROCESS_MAX_PATH = 1024;
 
 /**
  * Removes a small tree with synchronous calls (taking kernel-file's turns: each is a few µs on a
- * tree the kernel has cached, where the helper's spawn is ~2 ms). Returns false, having removed
- * nothing, when the tree is not small and simple: more than `maxEntries` entries, a path longer
- * than IN_PROCESS_MAX_PATH, or a directory on another filesystem (a mount below, which the
- * helper reports). A call failing midway also returns false, and the helper finishes: removal is
- * idempotent. Paths are joined (unlike the helper's fd-relative walk), so the caller must own the
- * tree outright: a container's writable layer once its mount is gone, which no process can reach.
+ * tree the kernel has cached, where the helper's spawn is ~2 ms). Returns false when the tree is
+ * not small and simple: more than `maxEntries` entries, a path longer than IN_PROCESS_MAX_PATH,
+ * or a directory on another filesystem (a mount below, which the helper reports); nothing is
+ * removed then. An entry that vanishes meanwhile is fine (a conmon that is exiting removes its
+ * own files); an entry that appears meanwhile gets one more walk; any other failure returns
+ * false, and the helper finishes: removal is idempotent. Paths are joined (unlike the helper's
+ * fd-relative walk), so the caller must own the tree outright: a container's writable layer once
+ * its mount is gone, which no process can reach, or a bundle.
  */
 async function removeSmallTree(root: string, maxEntries: number): Promise<number | false> {
+  for (let walk = 0; walk < 2; walk++) {
+    const removed = await removeSmallTreeOnce(root, maxEntries);
+    if (removed !== 'raced') return removed;
+  }
+  return false;
+}
+
+const gone = (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENOENT';
+
+async function removeSmallTreeOnce(root: string, maxEntries: number): Promise<number | false | 'raced'> {
   let dev: number;
   try {
     const top = lstatSync(root);
@@ -86,7 +98,7 @@ async function removeSmallTree(root: string, maxEntries: number): Promise<number
     }
     dev = top.dev;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 0 : false;
+    return gone(err) ? 0 : false;
   }
   const dirs = [root];
   const others: string[] = [];
@@ -95,7 +107,8 @@ async function removeSmallTree(root: string, maxEntries: number): Promise<number
     let entries: Dirent[];
     try {
       entries = readdirSync(dirs[i]!, { withFileTypes: true });
-    } catch {
+    } catch (err) {
+      if (gone(err)) continue;
       return false;
     }
     for (const entry of entries) {
@@ -108,7 +121,8 @@ async function removeSmallTree(root: string, maxEntries: number): Promise<number
       await syncCallTurn();
       try {
         if (lstatSync(path).dev !== dev) return false;
-      } catch {
+      } catch (err) {
+        if (gone(err)) continue;
         return false;
       }
       dirs.push(path);
@@ -117,14 +131,22 @@ async function removeSmallTree(root: string, maxEntries: number): Promise<number
   try {
     for (const path of others) {
       await syncCallTurn();
-      unlinkSync(path);
+      try {
+        unlinkSync(path);
+      } catch (err) {
+        if (!gone(err)) throw err;
+      }
     }
     for (const dir of dirs.reverse()) {
       await syncCallTurn();
-      rmdirSync(dir);
+      try {
+        rmdirSync(dir);
+      } catch (err) {
+        if (!gone(err)) throw err;
+      }
     }
-  } catch {
-    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOTEMPTY' ? 'raced' : false;
   }
   return dirs.length + others.length;
 }
