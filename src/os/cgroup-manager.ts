@@ -196,12 +196,11 @@ export class NodeCgroupManager implements CgroupManager {
    */
   async #removeCgroup(dir: string, depth: number): Promise<void> {
     for (let attempt = 0; ; attempt++) {
-      let code: string | undefined;
       try {
         await rmdir(dir);
         return;
       } catch (err) {
-        code = (err as NodeJS.ErrnoException).code;
+        const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOENT') return;
         // ENOTEMPTY is a plain directory's answer (a root given to at()): children are tried once.
         const busy = code === 'EBUSY' || (code === 'ENOTEMPTY' && attempt === 0);

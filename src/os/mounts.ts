@@ -8,7 +8,6 @@
  * Everything that touches the OS goes through `CommandRunner` and `MountTableReader`, so
  * the retry and error logic is unit-tested with fakes.
  */
-
 import { setTimeout as sleep } from 'node:timers/promises';
 import { InternalError, UnavailableError } from '../errors.js';
 import { readKernelFile } from './kernel-file.js';

@@ -3,7 +3,8 @@
  * works one name at a time relative to directory fds. Node's fs.rm joins names into absolute
  * paths, so a tree deeper than PATH_MAX (a hostile layer, a container's upper dir) fails
  * with ENAMETOOLONG and could never be removed. The helper never follows a symlink and
- * stops at a mount point below the tree. A missing path is fine.
+ * stops at a mount point below the tree. A missing path is fine. A caller that owns its tree
+ * outright may let a small one be removed in-process instead (inProcessUpTo), sparing the spawn.
  */
 import { type Dirent, lstatSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
